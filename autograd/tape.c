@@ -1,0 +1,220 @@
+/* tape.c — recording. Every op call appends one node; the tape is therefore its own topological
+ * order and backward needs no graph search. Nodes, their outputs and saved data all live in
+ * the tape's arena, so tg_tape_reset drops a whole step at once. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+struct tg_tape *tg_tape_new(size_t arena_hint)
+{
+    struct tg_tape *t = calloc(1, sizeof *t);
+    if (!t) {
+        tg_error(TG_ERR_NOMEM, "tg_tape_new: out of memory");
+        return NULL;
+    }
+    tg_arena_init(&t->arena, arena_hint);
+    t->tag_step = t->tag_layer = -1;
+    return t;
+}
+
+void tg_tape_free(struct tg_tape *t)
+{
+    if (!t) return;
+    tg_arena_free(&t->arena);
+    free(t->nodes);
+    free(t);
+}
+
+void tg_tape_reset(struct tg_tape *t)
+{
+    tg_arena_reset(&t->arena);
+    t->n_nodes = 0;
+    t->status = TG_OK;
+    t->errmsg[0] = '\0';
+    t->tag_step = t->tag_layer = -1;
+    t->walked = 0;
+}
+
+int tg_tape_set_no_grad(struct tg_tape *t, int no_grad)
+{
+    int old = t->no_grad;
+    t->no_grad = no_grad != 0;
+    return old;
+}
+
+int tg_tape_no_grad(const struct tg_tape *t) { return t->no_grad; }
+
+void tg_tape_set_tag(struct tg_tape *t, int step, int layer)
+{
+    t->tag_step = step;
+    t->tag_layer = layer;
+}
+
+enum tg_status tg_tape_status(const struct tg_tape *t) { return t->status; }
+const char *tg_tape_error(const struct tg_tape *t) { return t->errmsg; }
+size_t tg_tape_num_nodes(const struct tg_tape *t) { return t->n_nodes; }
+
+struct tg_node *tg_tape_node(const struct tg_tape *t, size_t i)
+{
+    return i < t->n_nodes ? t->nodes[i] : NULL;
+}
+
+size_t tg_tape_arena_used(const struct tg_tape *t) { return t->arena.used_total; }
+size_t tg_tape_arena_capacity(const struct tg_tape *t) { return t->arena.capacity; }
+size_t tg_tape_heap_allocs(const struct tg_tape *t) { return t->arena.heap_allocs + t->heap_allocs; }
+
+void tg_op_fail(struct tg_tape *t, enum tg_status s, const char *fmt, ...)
+{
+    char buf[sizeof t->errmsg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    tg_error(s, "%s", buf);
+    if (t && t->status == TG_OK) {
+        t->status = s;
+        memcpy(t->errmsg, buf, sizeof buf);
+    }
+}
+
+void *tg_tape_alloc(struct tg_tape *t, size_t bytes)
+{
+    void *p = tg_arena_alloc(&t->arena, bytes);
+    if (!p) tg_op_fail(t, TG_ERR_NOMEM, "tg_tape_alloc: out of memory for %zu bytes", bytes);
+    return p;
+}
+
+/* Tensor header and data: two arena pieces, data 64-byte aligned for vector loads. */
+static struct tg_tensor *arena_tensor(struct tg_tape *t, int rows, int cols, enum tg_dtype dtype,
+                                      int zero)
+{
+    struct tg_tensor *x = tg_tape_alloc(t, sizeof *x);
+    if (!x) return NULL;
+    memset(x, 0, sizeof *x);
+    x->rows = rows;
+    x->cols = cols;
+    x->dtype = dtype;
+    x->data = tg_tape_alloc(t, tg_nbytes(x));
+    if (!x->data) return NULL;
+    if (zero) memset(x->data, 0, tg_nbytes(x));
+    return x;
+}
+
+struct tg_tensor *tg_tensor_new(struct tg_tape *t, int rows, int cols, enum tg_dtype dtype)
+{
+    if (rows <= 0 || cols <= 0) {
+        tg_op_fail(t, TG_ERR_SHAPE, "tg_tensor_new: shape must be positive, got (%dx%d)", rows, cols);
+        return NULL;
+    }
+    if (dtype != TG_F32 && dtype != TG_F64) {
+        tg_op_fail(t, TG_ERR_DTYPE, "tg_tensor_new: unknown dtype %d", (int)dtype);
+        return NULL;
+    }
+    struct tg_tensor *x = arena_tensor(t, rows, cols, dtype, 1);
+    if (x) x->flags = TG_INPUT;
+    return x;
+}
+
+struct tg_tensor *tg_detach(struct tg_tape *t, const struct tg_tensor *x)
+{
+    if (!x) {
+        if (t->status == TG_OK) tg_op_fail(t, TG_ERR_VALUE, "tg_detach: NULL input");
+        return NULL;
+    }
+    struct tg_tensor *y = arena_tensor(t, x->rows, x->cols, x->dtype, 0);
+    if (!y) return NULL;
+    memcpy(y->data, x->data, tg_nbytes(x));
+    y->name = x->name;
+    return y;
+}
+
+void *tg_grad_buffer(struct tg_tape *t, struct tg_tensor *x)
+{
+    if (!x->grad) {
+        x->grad = tg_tape_alloc(t, tg_nbytes(x));
+        if (x->grad) memset(x->grad, 0, tg_nbytes(x));
+    }
+    return x->grad;
+}
+
+static const char *shape_str(char *buf, size_t n, const struct tg_tensor *x)
+{
+    snprintf(buf, n, "(%dx%d)", x->rows, x->cols);
+    return buf;
+}
+
+int tg_op_check_inputs(struct tg_tape *t, const char *opname, struct tg_tensor *const *src,
+                       int nsrc)
+{
+    for (int i = 0; i < nsrc; i++) {
+        if (!src[i]) {
+            /* An earlier op failed and already said why; stay quiet so its message survives. */
+            if (t->status == TG_OK)
+                tg_op_fail(t, TG_ERR_VALUE, "%s: input %d is NULL", opname, i);
+            return 0;
+        }
+    }
+    for (int i = 1; i < nsrc; i++) {
+        if (src[i]->dtype != src[0]->dtype) {
+            char a[32], b[32];
+            tg_op_fail(t, TG_ERR_DTYPE, "%s: mixed dtypes: %s %s and %s %s", opname,
+                       tg_dtype_name(src[0]->dtype), shape_str(a, sizeof a, src[0]),
+                       tg_dtype_name(src[i]->dtype), shape_str(b, sizeof b, src[i]));
+            return 0;
+        }
+    }
+    return 1;
+}
+
+struct tg_tensor *tg_op_emit(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
+                             int nsrc, int rows, int cols, const union tg_op_args *args)
+{
+    /* Node, source list and output header in one arena piece: one bump per op. */
+    size_t node_sz = (sizeof(struct tg_node) + 15) & ~(size_t)15;
+    size_t src_sz = ((size_t)nsrc * sizeof(struct tg_tensor *) + 15) & ~(size_t)15;
+    unsigned char *mem = tg_tape_alloc(t, node_sz + src_sz + sizeof(struct tg_tensor));
+    if (!mem) return NULL;
+    struct tg_node *n = (struct tg_node *)mem;
+    struct tg_tensor *out = (struct tg_tensor *)(mem + node_sz + src_sz);
+    n->src = (struct tg_tensor **)(mem + node_sz);
+    n->nsrc = nsrc;
+    n->op = op;
+    n->out = out;
+    if (args) n->args = *args;
+    else memset(&n->args, 0, sizeof n->args);
+    n->step = t->tag_step;
+    n->layer = t->tag_layer;
+    n->index = (uint32_t)t->n_nodes;
+    memset(out, 0, sizeof *out);
+    out->rows = rows;
+    out->cols = cols;
+    out->dtype = src[0]->dtype;
+    out->data = tg_tape_alloc(t, tg_nbytes(out));
+    if (!out->data) return NULL;
+    int req = 0;
+    for (int i = 0; i < nsrc; i++) {
+        n->src[i] = src[i];
+        req |= tg_requires_grad(src[i]);
+    }
+    tg_op_table[op].forward(n);
+    if (t->no_grad) return out; /* computed, not recorded: no history, no gradient */
+    if (req) out->flags |= TG_REQUIRES_GRAD;
+    out->node = n;
+    if (t->n_nodes == t->cap_nodes) {
+        size_t cap = t->cap_nodes ? 2 * t->cap_nodes : 1024;
+        struct tg_node **nodes = realloc(t->nodes, cap * sizeof *nodes);
+        if (!nodes) {
+            tg_op_fail(t, TG_ERR_NOMEM, "%s: out of memory growing the tape to %zu nodes",
+                       tg_op_name(op), cap);
+            return NULL;
+        }
+        t->nodes = nodes;
+        t->cap_nodes = cap;
+        t->heap_allocs++;
+    }
+    t->nodes[t->n_nodes++] = n;
+    return out;
+}

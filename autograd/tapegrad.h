@@ -1,0 +1,231 @@
+/*
+ * tapegrad.h — tensors, the tape, reverse-mode backward, gradient checking, errors.
+ *
+ * A worked example: f(W, x) = sum(tanh(x·Wᵀ)), its gradient with respect to W.
+ *
+ *   struct tg_tape *t = tg_tape_new(0);                       // one arena per tape
+ *   struct tg_tensor *W = tg_param_new("W", 4, 3, TG_F64);    // lives outside the tape
+ *   struct tg_tensor *x = tg_tensor_new(t, 2, 3, TG_F64);     // activation: in the arena
+ *   ... fill W->data and x->data ...
+ *   struct tg_tensor *y = tg_sum(t, tg_tanh(t, tg_matmul(t, x, W, 0, 1)));
+ *   if (!y || tg_backward(t, y) != TG_OK) puts(tg_last_error());
+ *   // W->grad now holds dy/dW (accumulated: call tg_tensor_zero_grad(W) between steps)
+ *   tg_tape_reset(t);                                        // frees every activation at once
+ *
+ * Model of the engine
+ * - A tensor is a 2-D row-major block of float32 or float64 (a vector is 1×n, a scalar 1×1);
+ *   the dtype is chosen at run time and every op handles both.
+ * - Every op called on a tape appends one node to it, so the tape is already in topological
+ *   order; tg_backward walks it once, last node first, with a plain loop (no recursion).
+ *   Op constructors are declared in ops/tapegrad_ops.h.
+ * - Backward always accumulates (+=) into gradient buffers; a tensor used twice, or a weight
+ *   used at every time step, thus receives the sum of its uses with no special code.
+ * - Parameters (tg_param_new) live on the heap and own a gradient buffer that accumulates until
+ *   zeroed. Activations live in the tape's arena and are freed together by tg_tape_reset; the
+ *   arena keeps its blocks, so a loop that records the same graph each step allocates nothing
+ *   on the heap after the first step.
+ * - Errors a caller can cause (shapes, dtypes, labels out of range, …) never abort: the op
+ *   returns NULL, the tape remembers the first error, and tg_last_error() gives a one-line
+ *   message naming the op and the shapes. An op given a NULL input returns NULL quietly, so a
+ *   whole expression can be checked once at the end.
+ */
+#ifndef TAPEGRAD_H
+#define TAPEGRAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- errors */
+
+enum tg_status {
+    TG_OK = 0,
+    TG_ERR_SHAPE,     /* shapes do not fit the op */
+    TG_ERR_DTYPE,     /* mixed or unsupported dtypes */
+    TG_ERR_VALUE,     /* a value out of range: label, id, argument */
+    TG_ERR_NOMEM,     /* the allocator failed */
+    TG_ERR_IO,        /* a file could not be read or written */
+    TG_ERR_FORMAT,    /* a file is corrupt, truncated or of the wrong kind */
+    TG_ERR_STATE,     /* the call is not valid now (e.g. backward twice, no-grad tape) */
+};
+
+/* The message of the last error raised on this thread ("" if none). */
+const char *tg_last_error(void);
+/* Set the thread's last error (printf-style); returns `status` for `return tg_error(...)`. */
+enum tg_status tg_error(enum tg_status status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void tg_error_clear(void);
+const char *tg_status_name(enum tg_status s);
+
+/* Internal invariants (not user errors): print file:line and abort. */
+#define TG_ASSERT(cond)                                                            \
+    do {                                                                           \
+        if (!(cond)) tg_assert_fail(__FILE__, __LINE__, #cond);                   \
+    } while (0)
+void tg_assert_fail(const char *file, int line, const char *what) __attribute__((noreturn));
+
+/* --------------------------------------------------------------- tensors */
+
+enum tg_dtype { TG_F32 = 0, TG_F64 = 1 };
+
+size_t tg_dtype_size(enum tg_dtype d);
+const char *tg_dtype_name(enum tg_dtype d);
+
+enum tg_tensor_flags {
+    TG_REQUIRES_GRAD = 1 << 0, /* backward computes a gradient for it */
+    TG_PARAM = 1 << 1,         /* a parameter: heap-owned, named, grad accumulates */
+    TG_HEAP = 1 << 2,          /* owned by the heap (tg_tensor_free), not by a tape */
+    TG_INPUT = 1 << 3,         /* a leaf created as data input (for DOT roles) */
+};
+
+struct tg_node;
+
+struct tg_tensor {
+    int rows, cols;
+    enum tg_dtype dtype;
+    unsigned flags;
+    void *data;              /* rows*cols elements, row-major, contiguous, 64-byte aligned */
+    void *grad;              /* same layout; NULL until a gradient flows (arena tensors) */
+    struct tg_node *node;    /* node that produced it on its tape; NULL for leaves */
+    const char *name;        /* optional; parameters always have one */
+};
+
+static inline size_t tg_numel(const struct tg_tensor *x) { return (size_t)x->rows * (size_t)x->cols; }
+static inline size_t tg_nbytes(const struct tg_tensor *x) { return tg_numel(x) * tg_dtype_size(x->dtype); }
+static inline int tg_requires_grad(const struct tg_tensor *x) { return (x->flags & TG_REQUIRES_GRAD) != 0; }
+/* Element access in double whatever the dtype (slow path: tests, tools, printing). */
+double tg_get(const struct tg_tensor *x, int r, int c);
+void tg_set(struct tg_tensor *x, int r, int c, double v);
+double tg_grad_get(const struct tg_tensor *x, int r, int c); /* 0 if no grad buffer */
+
+/* Heap tensors: parameters and long-lived state. A parameter owns a zeroed gradient buffer. */
+struct tg_tensor *tg_param_new(const char *name, int rows, int cols, enum tg_dtype dtype);
+/* A heap tensor without gradient (data, targets, carried state). Zero-filled. */
+struct tg_tensor *tg_tensor_new_heap(int rows, int cols, enum tg_dtype dtype);
+void tg_tensor_free(struct tg_tensor *x); /* heap tensors only; NULL is fine */
+void tg_tensor_zero_grad(struct tg_tensor *x);
+/* Give a heap tensor a gradient buffer (e.g. an input whose gradient a test wants). */
+enum tg_status tg_tensor_set_requires_grad(struct tg_tensor *x);
+
+/* Copy values between tensors of the same shape (dtypes may differ: converts). */
+enum tg_status tg_tensor_copy(struct tg_tensor *dst, const struct tg_tensor *src);
+void tg_tensor_fill(struct tg_tensor *x, double v);
+void tg_tensor_set_name(struct tg_tensor *x, const char *name); /* not copied: keep it alive */
+
+/* ------------------------------------------------------------------ tape */
+
+/* Per-op payload kept on the node for backward (what each op saved). */
+union tg_op_args {
+    struct { int trans_a, trans_b; } matmul;
+    struct { double a, b; } affine;         /* y = a·x + b */
+    struct { int axis, start, end; } slice; /* axis 0 = rows, 1 = cols; [start, end) */
+    struct { int axis; } concat;
+    struct { const int32_t *labels; void *probs; int reduction; } xent;
+    struct { int reduction; } mse;
+    struct { const int32_t *ids; } embedding;
+    double raw[4];
+};
+
+enum tg_reduction { TG_REDUCE_SUM = 0, TG_REDUCE_MEAN = 1 };
+
+struct tg_node {
+    int op;                     /* enum tg_op (ops/tapegrad_ops.h) */
+    int nsrc;
+    struct tg_tensor **src;     /* nsrc inputs, in the arena */
+    struct tg_tensor *out;
+    union tg_op_args args;
+    int32_t step, layer;        /* tags for DOT clusters: set by the unrolling code, -1 if none */
+    uint32_t index;             /* position on the tape */
+};
+
+struct tg_tape;
+
+/* A new tape. arena_hint: bytes to reserve up front (0 for a default); it grows as needed. */
+struct tg_tape *tg_tape_new(size_t arena_hint);
+void tg_tape_free(struct tg_tape *t);
+/* Drop every node and activation; keeps the arena's memory for the next step. */
+void tg_tape_reset(struct tg_tape *t);
+
+/* No-grad mode: ops compute but record nothing (sampling, inference, finite differences).
+ * Returns the previous setting. */
+int tg_tape_set_no_grad(struct tg_tape *t, int no_grad);
+int tg_tape_no_grad(const struct tg_tape *t);
+
+/* Tag nodes recorded from now on with a time step and a layer (-1: none). Cells need not
+ * know: the sequence unroller sets the tag before calling the cell. */
+void tg_tape_set_tag(struct tg_tape *t, int step, int layer);
+
+/* The first error raised by an op on this tape since the last reset (TG_OK if none). */
+enum tg_status tg_tape_status(const struct tg_tape *t);
+const char *tg_tape_error(const struct tg_tape *t);
+
+size_t tg_tape_num_nodes(const struct tg_tape *t);
+struct tg_node *tg_tape_node(const struct tg_tape *t, size_t i);
+/* Bytes handed out by the arena since the last reset / reserved in total. */
+size_t tg_tape_arena_used(const struct tg_tape *t);
+size_t tg_tape_arena_capacity(const struct tg_tape *t);
+/* Heap allocations the tape has made since it was created (for the no-alloc-after-warm-up test). */
+size_t tg_tape_heap_allocs(const struct tg_tape *t);
+
+/* A fresh activation leaf in the arena, zero-filled, no gradient. */
+struct tg_tensor *tg_tensor_new(struct tg_tape *t, int rows, int cols, enum tg_dtype dtype);
+/* A leaf copy of x with no history (truncated BPTT): same values, no gradient flows back. */
+struct tg_tensor *tg_detach(struct tg_tape *t, const struct tg_tensor *x);
+
+/* Raw arena memory (64-byte aligned), freed at reset. NULL and an error on failure. */
+void *tg_tape_alloc(struct tg_tape *t, size_t bytes);
+
+/* --------------------------------------------------------------- backward */
+
+/* Seed d loss/d loss = 1 and walk the tape backwards, accumulating into every gradient buffer.
+ * loss must be 1×1 and recorded on t. Parameter gradients accumulate across calls. */
+enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss);
+
+/* ---------------------------------------------------------- gradient check */
+
+/* Builds the graph on t from tensors it knows through ctx and returns a 1×1 loss (or NULL). */
+typedef struct tg_tensor *(*tg_loss_fn)(struct tg_tape *t, void *ctx);
+
+struct tg_gradcheck_opts {
+    double step;        /* finite-difference step h (scaled by max(1,|x|)); 0: 1e-3 */
+    double tol;         /* pass if every relative error ≤ tol; 0: 1e-7 */
+    double rel_floor;   /* rel = |a−n| / max(|a|, |n|, rel_floor); 0: 1e-3 */
+    int skip_kinks;     /* skip elements where the one-sided differences disagree (relu at 0) */
+    int max_elems;      /* check at most this many elements per tensor (0: all) */
+};
+
+struct tg_gradcheck_report {
+    double max_abs, max_rel;      /* worst errors over every checked element */
+    int worst_tensor, worst_row, worst_col;
+    double worst_analytic, worst_numeric;
+    long checked, skipped;
+    int passed;
+};
+
+/* Compare tg_backward's gradient with central differences (4-point stencil, O(h⁴)) for every
+ * element of every tensor in xs (float64 heap tensors with gradient buffers). */
+enum tg_status tg_gradcheck(tg_loss_fn fn, void *ctx, struct tg_tensor **xs, int nx,
+                            const struct tg_gradcheck_opts *opts,
+                            struct tg_gradcheck_report *report);
+
+/* -------------------------------------------------------------------- rng */
+
+/* xoshiro256** seeded through splitmix64: fast, reproducible on every platform, and its whole
+ * state is four words, so a checkpoint can save and restore it exactly. */
+struct tg_rng { uint64_t s[4]; };
+void tg_rng_seed(struct tg_rng *r, uint64_t seed);
+uint64_t tg_rng_next(struct tg_rng *r);
+double tg_rng_uniform(struct tg_rng *r);               /* [0, 1), 53 random bits */
+double tg_rng_normal(struct tg_rng *r);                /* N(0, 1), Box–Muller */
+uint32_t tg_rng_below(struct tg_rng *r, uint32_t n);   /* uniform integer in [0, n), unbiased */
+/* Fill with U(lo, hi) / N(mean, std²). */
+void tg_tensor_uniform(struct tg_tensor *x, struct tg_rng *r, double lo, double hi);
+void tg_tensor_normal(struct tg_tensor *x, struct tg_rng *r, double mean, double std);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

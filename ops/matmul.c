@@ -1,0 +1,64 @@
+/* matmul.c — C = op(A)·op(B) through CBLAS, op(X) = X or Xᵀ.
+ *
+ * Shapes: op(A) is m×k, op(B) is k×n, C is m×n.
+ * Derivative (from dC = dL/dC):  d op(A) = dC·op(B)ᵀ,   d op(B) = op(A)ᵀ·dC,
+ * and undoing the transposes:
+ *   trans_a = 0:  dA += dC·op(B)ᵀ          trans_a = 1:  dA += op(B)·dCᵀ
+ *   trans_b = 0:  dB += op(A)ᵀ·dC          trans_b = 1:  dB += dCᵀ·op(A)
+ * Every update is one GEMM with β = 1 straight into the existing gradient buffer: a weight used
+ * at every time step accumulates its per-step terms with no temporary. */
+#include <cblas.h>
+
+#include "op_util.h"
+
+static void gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
+                 const void *b, int ldb, double beta, void *c, int ldc)
+{
+    enum CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans;
+    enum CBLAS_TRANSPOSE TB = tb ? CblasTrans : CblasNoTrans;
+    if (dt == TG_F64)
+        cblas_dgemm(CblasRowMajor, TA, TB, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc);
+    else
+        cblas_sgemm(CblasRowMajor, TA, TB, m, n, k, 1.0f, a, lda, b, ldb, (float)beta, c, ldc);
+}
+
+void tg_matmul_forward(struct tg_node *nd)
+{
+    const struct tg_tensor *A = nd->src[0], *B = nd->src[1];
+    struct tg_tensor *C = nd->out;
+    int ta = nd->args.matmul.trans_a, tb = nd->args.matmul.trans_b;
+    int k = ta ? A->rows : A->cols;
+    gemm(C->dtype, ta, tb, C->rows, C->cols, k, A->data, A->cols, B->data, B->cols, 0.0, C->data,
+         C->cols);
+}
+
+void tg_matmul_backward(struct tg_node *nd)
+{
+    struct tg_tensor *A = nd->src[0], *B = nd->src[1], *C = nd->out;
+    int ta = nd->args.matmul.trans_a, tb = nd->args.matmul.trans_b;
+    int m = C->rows, n = C->cols, k = ta ? A->rows : A->cols;
+    if (A->grad) {
+        if (!ta) gemm(C->dtype, 0, !tb, m, k, n, C->grad, n, B->data, B->cols, 1.0, A->grad, A->cols);
+        else gemm(C->dtype, tb, 1, k, m, n, B->data, B->cols, C->grad, n, 1.0, A->grad, A->cols);
+    }
+    if (B->grad) {
+        if (!tb) gemm(C->dtype, !ta, 0, k, n, m, A->data, A->cols, C->grad, n, 1.0, B->grad, B->cols);
+        else gemm(C->dtype, 1, ta, n, k, m, C->grad, n, A->data, A->cols, 1.0, B->grad, B->cols);
+    }
+}
+
+struct tg_tensor *tg_matmul(struct tg_tape *t, struct tg_tensor *a, struct tg_tensor *b,
+                            int trans_a, int trans_b)
+{
+    struct tg_tensor *src[2] = {a, b};
+    if (!tg_op_check_inputs(t, "tg_matmul", src, 2)) return NULL;
+    int m = trans_a ? a->cols : a->rows, ka = trans_a ? a->rows : a->cols;
+    int kb = trans_b ? b->cols : b->rows, n = trans_b ? b->rows : b->cols;
+    if (ka != kb) {
+        tg_op_fail(t, TG_ERR_SHAPE, "tg_matmul: inner dimensions differ: (%dx%d)%s @ (%dx%d)%s",
+                   a->rows, a->cols, trans_a ? "^T" : "", b->rows, b->cols, trans_b ? "^T" : "");
+        return NULL;
+    }
+    union tg_op_args args = {.matmul = {trans_a != 0, trans_b != 0}};
+    return tg_op_emit(t, TG_OP_MATMUL, src, 2, m, n, &args);
+}

@@ -1,0 +1,33 @@
+/* op_util.h — helpers shared by the op files (not public). */
+#ifndef TG_OP_UTIL_H
+#define TG_OP_UTIL_H
+
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Instantiate a kernel body for both dtypes: DEF(float, f32) and DEF(double, f64). */
+#define TG_BOTH_DTYPES(DEF) DEF(float, f32) DEF(double, f64)
+
+/* Call name_f32 or name_f64 on the dtype of tensor x. */
+#define TG_CALL(x, name, ...)                                                                  \
+    ((x)->dtype == TG_F64 ? name##_f64(__VA_ARGS__) : name##_f32(__VA_ARGS__))
+
+#if TG_HAVE_OPENMP
+#define TG_PRAGMA(x) _Pragma(#x)
+#else
+#define TG_PRAGMA(x)
+#endif
+/* An elementwise loop over n items goes parallel only when n is worth waking threads for. */
+#define TG_OMP_FOR(n) TG_PRAGMA(omp parallel for schedule(static) if ((n) >= TG_OMP_MIN))
+
+/* Broadcast rule of add/sub/mul: equal shapes, or one side a 1×n row and the other m×n.
+ * Returns 0 and raises "name: shapes do not broadcast: (axb) op (cxd)" otherwise. */
+int tg_binary_shape(struct tg_tape *t, const char *name, const char *sym,
+                    const struct tg_tensor *a, const struct tg_tensor *b, int *rows, int *cols);
+
+/* Add the column sums of g (m×n) into dst (1×n) times `scale`: a broadcast row's gradient. */
+void tg_colsum_acc(const struct tg_tensor *g_like, const void *g, void *dst, double scale);
+
+#endif

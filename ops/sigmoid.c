@@ -1,0 +1,43 @@
+/* sigmoid.c — y = σ(x) = 1 / (1 + e^{−x}).
+ *
+ * Forward without overflow: for x < 0 use e^{x} / (1 + e^{x}), which never forms e^{+big}.
+ * Derivative from the saved output: σ'(x) = σ(x)(1 − σ(x)), so  dx += dy·y·(1 − y). */
+#include "op_util.h"
+
+#define DEF_SIGMOID(T, S)                                                                      \
+    static void sigmoid_fwd_##S(const T *x, T *y, size_t n)                                    \
+    {                                                                                          \
+        TG_OMP_FOR(n)                                                                          \
+        for (size_t i = 0; i < n; i++) {                                                       \
+            T v = x[i];                                                                        \
+            if (v >= 0) {                                                                      \
+                y[i] = (T)(1 / (1 + exp(-v)));                                                 \
+            } else {                                                                           \
+                T e = (T)exp(v);                                                               \
+                y[i] = e / (1 + e);                                                            \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+    static void sigmoid_bwd_##S(T *dx, const T *y, const T *dy, size_t n)                      \
+    {                                                                                          \
+        TG_OMP_FOR(n)                                                                          \
+        for (size_t i = 0; i < n; i++) dx[i] += dy[i] * y[i] * (1 - y[i]);                     \
+    }
+TG_BOTH_DTYPES(DEF_SIGMOID)
+
+void tg_sigmoid_forward(struct tg_node *nd)
+{
+    TG_CALL(nd->out, sigmoid_fwd, nd->src[0]->data, nd->out->data, tg_numel(nd->out));
+}
+
+void tg_sigmoid_backward(struct tg_node *nd)
+{
+    struct tg_tensor *x = nd->src[0], *y = nd->out;
+    if (x->grad) TG_CALL(y, sigmoid_bwd, x->grad, y->data, y->grad, tg_numel(y));
+}
+
+struct tg_tensor *tg_sigmoid(struct tg_tape *t, struct tg_tensor *x)
+{
+    if (!tg_op_check_inputs(t, "tg_sigmoid", &x, 1)) return NULL;
+    return tg_op_emit(t, TG_OP_SIGMOID, &x, 1, x->rows, x->cols, NULL);
+}

@@ -1,0 +1,112 @@
+/* softmax_xent.c — fused softmax + cross-entropy with integer labels.
+ *
+ * For row i with logits l and label y:  p = softmax(l),  loss_i = −log p_y = logsumexp(l) − l_y.
+ * Computed as m = max_j l_j,  logsumexp = m + log Σ_j e^{l_j − m}: every exponent is ≤ 0, so
+ * logits of ±1000 give a finite loss and finite probabilities.
+ * Reduction: sum over rows, or mean over the rows that carry a label. A label of −1 marks a
+ * row without loss (padding); such rows get no gradient.
+ *
+ * Derivative (the softmax Jacobian collapses against the one-hot target):
+ *   ∂loss_i/∂l_j = p_j − [j = y],   so  dl[i][j] += g·s·(p[i][j] − [j = y_i]),
+ * with g the incoming gradient of the 1×1 loss and s = 1 (sum) or 1/n_labelled (mean).
+ * p is saved by the forward pass in the arena. */
+#include "op_util.h"
+
+#define DEF_XENT(T, S)                                                                         \
+    static double xent_fwd_##S(const T *l, T *p, const int32_t *y, int n, int c)               \
+    {                                                                                          \
+        double total = 0;                                                                      \
+        for (int i = 0; i < n; i++) {                                                          \
+            const T *li = l + (size_t)i * c;                                                   \
+            T *pi = p + (size_t)i * c;                                                         \
+            T m = li[0];                                                                       \
+            for (int j = 1; j < c; j++) m = li[j] > m ? li[j] : m;                             \
+            double s = 0;                                                                      \
+            for (int j = 0; j < c; j++) {                                                      \
+                pi[j] = (T)exp((double)(li[j] - m));                                           \
+                s += pi[j];                                                                    \
+            }                                                                                  \
+            T inv = (T)(1.0 / s);                                                              \
+            for (int j = 0; j < c; j++) pi[j] *= inv;                                          \
+            if (y[i] >= 0) total += (double)m + log(s) - (double)li[y[i]];                     \
+        }                                                                                      \
+        return total;                                                                          \
+    }                                                                                          \
+    static void xent_bwd_##S(T *dl, const T *p, const int32_t *y, int n, int c, T scale)       \
+    {                                                                                          \
+        TG_OMP_FOR((size_t)n * c)                                                              \
+        for (int i = 0; i < n; i++) {                                                          \
+            if (y[i] < 0) continue;                                                            \
+            const T *pi = p + (size_t)i * c;                                                   \
+            T *di = dl + (size_t)i * c;                                                        \
+            for (int j = 0; j < c; j++) di[j] += scale * pi[j];                                \
+            di[y[i]] -= scale;                                                                 \
+        }                                                                                      \
+    }
+TG_BOTH_DTYPES(DEF_XENT)
+
+static int labelled_rows(const int32_t *y, int n)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++) k += y[i] >= 0;
+    return k;
+}
+
+void tg_softmax_xent_forward(struct tg_node *nd)
+{
+    const struct tg_tensor *l = nd->src[0];
+    const int32_t *y = nd->args.xent.labels;
+    double total = TG_CALL(l, xent_fwd, l->data, nd->args.xent.probs, y, l->rows, l->cols);
+    if (nd->args.xent.reduction == TG_REDUCE_MEAN) {
+        int k = labelled_rows(y, l->rows);
+        total = k ? total / k : 0.0; /* no labelled row: no loss (PyTorch would give NaN) */
+    }
+    tg_set(nd->out, 0, 0, total);
+}
+
+void tg_softmax_xent_backward(struct tg_node *nd)
+{
+    struct tg_tensor *l = nd->src[0];
+    if (!l->grad) return;
+    const int32_t *y = nd->args.xent.labels;
+    double scale = tg_grad_get(nd->out, 0, 0);
+    if (nd->args.xent.reduction == TG_REDUCE_MEAN) {
+        int k = labelled_rows(y, l->rows);
+        if (!k) return;
+        scale /= k;
+    }
+    if (l->dtype == TG_F64)
+        xent_bwd_f64(l->grad, nd->args.xent.probs, y, l->rows, l->cols, scale);
+    else
+        xent_bwd_f32(l->grad, nd->args.xent.probs, y, l->rows, l->cols, (float)scale);
+}
+
+struct tg_tensor *tg_softmax_xent(struct tg_tape *t, struct tg_tensor *logits,
+                                  const int32_t *labels, enum tg_reduction reduction)
+{
+    if (!tg_op_check_inputs(t, "tg_softmax_xent", &logits, 1)) return NULL;
+    if (!labels) {
+        tg_op_fail(t, TG_ERR_VALUE, "tg_softmax_xent: labels are NULL for logits (%dx%d)",
+                   logits->rows, logits->cols);
+        return NULL;
+    }
+    if (reduction != TG_REDUCE_SUM && reduction != TG_REDUCE_MEAN) {
+        tg_op_fail(t, TG_ERR_VALUE, "tg_softmax_xent: unknown reduction %d", (int)reduction);
+        return NULL;
+    }
+    for (int i = 0; i < logits->rows; i++) {
+        if (labels[i] < -1 || labels[i] >= logits->cols) {
+            tg_op_fail(t, TG_ERR_VALUE, "tg_softmax_xent: label %d at row %d out of range [0, %d) "
+                       "for logits (%dx%d) (-1 marks a row without loss)", (int)labels[i], i,
+                       logits->cols, logits->rows, logits->cols);
+            return NULL;
+        }
+    }
+    /* Labels are copied (the caller's buffer may change before backward); p is saved. */
+    int32_t *y = tg_tape_alloc(t, (size_t)logits->rows * sizeof *y);
+    void *p = tg_tape_alloc(t, tg_nbytes(logits));
+    if (!y || !p) return NULL;
+    memcpy(y, labels, (size_t)logits->rows * sizeof *y);
+    union tg_op_args args = {.xent = {y, p, reduction}};
+    return tg_op_emit(t, TG_OP_SOFTMAX_XENT, &logits, 1, 1, 1, &args);
+}

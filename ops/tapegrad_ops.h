@@ -1,0 +1,105 @@
+/*
+ * tapegrad_ops.h — the primitive ops. Each call computes its result at once and, unless the
+ * tape is in no-grad mode, appends one node so that tg_backward can apply the op's local
+ * derivative later. Every op works in float32 and float64; inputs of one op share a dtype.
+ *
+ * On bad input an op returns NULL and sets a one-line error naming itself and the shapes,
+ * e.g. "tg_matmul: inner dimensions differ: (3x4) @ (5x2)". Given a NULL input it returns
+ * NULL and keeps the first error, so a whole cell can be checked once at its end.
+ *
+ * Each op lives in ops/<name>.c with its forward and backward next to each other and the
+ * derivative in a comment above the backward. ops/op_table.c lists them all.
+ */
+#ifndef TAPEGRAD_OPS_H
+#define TAPEGRAD_OPS_H
+
+#include "tapegrad.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum tg_op {
+    TG_OP_MATMUL = 0,
+    TG_OP_ADD,
+    TG_OP_SUB,
+    TG_OP_MUL,
+    TG_OP_AFFINE,
+    TG_OP_TANH,
+    TG_OP_SIGMOID,
+    TG_OP_RELU,
+    TG_OP_CONCAT,
+    TG_OP_SLICE,
+    TG_OP_SOFTMAX_XENT,
+    TG_OP_MSE,
+    TG_OP_SUM,
+    TG_OP_MEAN,
+    TG_OP_EMBEDDING,
+    TG_OP_COUNT
+};
+
+struct tg_op_info {
+    const char *name;                     /* "matmul", … */
+    int arity;                            /* number of inputs; -1: any number ≥ 1 */
+    void (*forward)(struct tg_node *n);   /* fills n->out->data from n->src */
+    void (*backward)(struct tg_node *n);  /* adds d loss/d src into every src->grad != NULL */
+};
+
+extern const struct tg_op_info tg_op_table[TG_OP_COUNT];
+const char *tg_op_name(int op);
+
+/* C = op(A)·op(B), op(X) = Xᵀ when its flag is set. GEMM through CBLAS.
+ * With PyTorch's (out, in) weights, x·Wᵀ is tg_matmul(t, x, W, 0, 1). */
+struct tg_tensor *tg_matmul(struct tg_tape *t, struct tg_tensor *a, struct tg_tensor *b,
+                            int trans_a, int trans_b);
+
+/* Elementwise a+b, a−b, a⊙b. Same shape, or either side a 1×n row broadcast over the
+ * other's m rows (biases, per-unit scales). */
+struct tg_tensor *tg_add(struct tg_tape *t, struct tg_tensor *a, struct tg_tensor *b);
+struct tg_tensor *tg_sub(struct tg_tape *t, struct tg_tensor *a, struct tg_tensor *b);
+struct tg_tensor *tg_mul(struct tg_tape *t, struct tg_tensor *a, struct tg_tensor *b);
+
+/* y = a·x + b with constants a, b (1 − z is tg_affine(t, z, -1, 1)). */
+struct tg_tensor *tg_affine(struct tg_tape *t, struct tg_tensor *x, double a, double b);
+static inline struct tg_tensor *tg_one_minus(struct tg_tape *t, struct tg_tensor *x)
+{
+    return tg_affine(t, x, -1.0, 1.0);
+}
+
+struct tg_tensor *tg_tanh(struct tg_tape *t, struct tg_tensor *x);
+struct tg_tensor *tg_sigmoid(struct tg_tape *t, struct tg_tensor *x);
+struct tg_tensor *tg_relu(struct tg_tape *t, struct tg_tensor *x);
+
+/* Concatenate n ≥ 1 tensors along axis 1 (columns: [a, b]) or axis 0 (rows). */
+struct tg_tensor *tg_concat(struct tg_tape *t, int axis, int n, struct tg_tensor *const *xs);
+static inline struct tg_tensor *tg_concat2(struct tg_tape *t, int axis, struct tg_tensor *a,
+                                           struct tg_tensor *b)
+{
+    struct tg_tensor *xs[2] = {a, b};
+    return tg_concat(t, axis, 2, xs);
+}
+
+/* Columns (axis 1) or rows (axis 0) [start, end) of x, as a new tensor. */
+struct tg_tensor *tg_slice(struct tg_tape *t, struct tg_tensor *x, int axis, int start, int end);
+
+/* Fused softmax + cross-entropy over the columns of each row of logits (N×C), with integer
+ * labels in [0, C) (copied). Returns 1×1: the sum or the mean over the N rows. */
+struct tg_tensor *tg_softmax_xent(struct tg_tape *t, struct tg_tensor *logits,
+                                  const int32_t *labels, enum tg_reduction reduction);
+
+/* Squared error Σ(p − y)² over all elements, summed or averaged (PyTorch's MSELoss). */
+struct tg_tensor *tg_mse(struct tg_tape *t, struct tg_tensor *pred, struct tg_tensor *target,
+                         enum tg_reduction reduction);
+
+/* 1×1 sum / mean of all elements. */
+struct tg_tensor *tg_sum(struct tg_tape *t, struct tg_tensor *x);
+struct tg_tensor *tg_mean(struct tg_tape *t, struct tg_tensor *x);
+
+/* Row gather: out[i] = W[ids[i]] for i < n (ids copied, each in [0, W->rows)). */
+struct tg_tensor *tg_embedding(struct tg_tape *t, struct tg_tensor *w, const int32_t *ids,
+                               int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

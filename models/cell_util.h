@@ -1,0 +1,29 @@
+/* cell_util.h — tiny compositions shared by the built-in cells (ops only, no gradients). */
+#ifndef TG_CELL_UTIL_H
+#define TG_CELL_UTIL_H
+
+#include "tapegrad_models.h"
+
+/* x·Wᵀ + b with W stored (out, in) as PyTorch does. */
+static inline struct tg_tensor *tg_linear(struct tg_tape *t, struct tg_tensor *x,
+                                          struct tg_tensor *w, struct tg_tensor *b)
+{
+    return tg_add(t, tg_matmul(t, x, w, 0, 1), b);
+}
+
+/* Gate block k of width h from a B×(G·h) pre-activation. */
+static inline struct tg_tensor *tg_block(struct tg_tape *t, struct tg_tensor *g, int k, int h)
+{
+    return g ? tg_slice(t, g, 1, k * h, (k + 1) * h) : NULL;
+}
+
+/* Rows [k·h, (k+1)·h) of a weight, or columns of a 1×(G·h) bias: one gate's parameters. */
+static inline struct tg_tensor *tg_weight_block(struct tg_tape *t, struct tg_tensor *w, int k, int h)
+{
+    return tg_slice(t, w, 0, k * h, (k + 1) * h);
+}
+
+/* Hidden width of a step: the state's columns. */
+static inline int tg_hidden_of(struct tg_tensor *const *state) { return state[0] ? state[0]->cols : 0; }
+
+#endif

@@ -1,0 +1,47 @@
+/* registry.c — the built-in cells by name. */
+#include <stdio.h>
+#include <string.h>
+
+#include "tapegrad_models.h"
+
+extern const struct tg_cell tg_cell_rnn_tanh, tg_cell_rnn_relu, tg_cell_lstm, tg_cell_gru,
+    tg_cell_gru_cho, tg_cell_lstm_peephole, tg_cell_lstm_coupled, tg_cell_lstm_dlbook, tg_cell_mgu;
+
+static const struct tg_cell *const cells[] = {
+    &tg_cell_rnn_tanh,      &tg_cell_rnn_relu,     &tg_cell_lstm,
+    &tg_cell_gru,           &tg_cell_gru_cho,      &tg_cell_lstm_peephole,
+    &tg_cell_lstm_coupled,  &tg_cell_lstm_dlbook,  &tg_cell_mgu,
+};
+enum { N_CELLS = sizeof cells / sizeof cells[0] };
+
+int tg_cell_count(void) { return N_CELLS; }
+
+const struct tg_cell *tg_cell_at(int i) { return i >= 0 && i < N_CELLS ? cells[i] : NULL; }
+
+const struct tg_cell *tg_cell_find(const char *name)
+{
+    for (int i = 0; name && i < N_CELLS; i++)
+        if (strcmp(cells[i]->name, name) == 0) return cells[i];
+    tg_error(TG_ERR_VALUE, "unknown cell '%s' (expected one of: %s)", name ? name : "(null)",
+             tg_cell_names());
+    return NULL;
+}
+
+const char *tg_cell_names(void)
+{
+    static char buf[256];
+    if (!buf[0]) {
+        for (int i = 0; i < N_CELLS; i++) {
+            strncat(buf, cells[i]->name, sizeof buf - strlen(buf) - 1);
+            if (i + 1 < N_CELLS) strncat(buf, ", ", sizeof buf - strlen(buf) - 1);
+        }
+    }
+    return buf;
+}
+
+void tg_param_spec_dims(const struct tg_param_spec *s, int in, int hidden, int *rows, int *cols)
+{
+    const struct tg_param_shape *p = &s->shape;
+    *rows = p->r_h * hidden + p->r_in * in + p->r_1;
+    *cols = p->c_h * hidden + p->c_in * in + p->c_1;
+}

@@ -1,0 +1,149 @@
+/*
+ * tapegrad_models.h — recurrent cells as pure compositions of ops, and the sequence model that
+ * unrolls them. Nothing here computes a gradient: BPTT is tg_backward on the unrolled tape.
+ *
+ * Defining a cell: a parameter list (shapes as linear forms in the layer's input width `in` and
+ * hidden width H) and one step function that maps (x_t, state_{t−1}) to state_t with ops:
+ *
+ *   static const struct tg_param_spec my_params[] = {
+ *       {"weight_ih", TG_SHAPE(1, 0, 0, 0, 1, 0)},   // H × in
+ *       {"weight_hh", TG_SHAPE(1, 0, 0, 1, 0, 0)},   // H × H
+ *       {"bias",      TG_SHAPE(0, 0, 1, 1, 0, 0)},   // 1 × H
+ *   };
+ *   static void my_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *x,
+ *                       struct tg_tensor *const *s, struct tg_tensor **next)
+ *   {
+ *       struct tg_tensor *a = tg_add(t, tg_matmul(t, x, w[0], 0, 1), tg_matmul(t, s[0], w[1], 0, 1));
+ *       next[0] = tg_tanh(t, tg_add(t, a, w[2]));
+ *   }
+ *   const struct tg_cell my_cell = {"my_rnn", "h' = tanh(W x + U h + b)", 1, 1, 3, my_params, my_step};
+ *
+ * and it trains, checks and draws like the built-in ones (tg_model_new takes any struct tg_cell).
+ */
+#ifndef TAPEGRAD_MODELS_H
+#define TAPEGRAD_MODELS_H
+
+#include "tapegrad.h"
+#include "tapegrad_ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ cells */
+
+/* rows = r_h·H + r_in·in + r_1,  cols = c_h·H + c_in·in + c_1 */
+struct tg_param_shape { int r_h, r_in, r_1, c_h, c_in, c_1; };
+#define TG_SHAPE(rh, rin, r1, ch, cin, c1) {rh, rin, r1, ch, cin, c1}
+
+struct tg_param_spec {
+    const char *name;             /* PyTorch's name where one exists, without the _l{k} suffix */
+    struct tg_param_shape shape;
+};
+
+/* One time step. w: the layer's parameters in spec order; x: B×in; state: n_state tensors of
+ * B×H (state[0] is h, the layer's output); writes the new state into next[0..n_state).
+ * Compose ops only; a failing op leaves NULL, which the unroller reports. */
+typedef void (*tg_cell_step_fn)(struct tg_tape *t, struct tg_tensor *const *w,
+                                struct tg_tensor *x, struct tg_tensor *const *state,
+                                struct tg_tensor **next);
+
+struct tg_cell {
+    const char *name;
+    const char *equations;        /* one line, for --help and DOT titles */
+    int n_state;                  /* 1: h; 2: h and c */
+    int gates;                    /* gate blocks stacked in the weights' rows (for reports) */
+    int n_params;
+    const struct tg_param_spec *params;
+    tg_cell_step_fn step;
+};
+
+/* The nine built-in cells: rnn_tanh, rnn_relu, lstm, gru, gru_cho, lstm_peephole,
+ * lstm_coupled, lstm_dlbook, mgu. */
+const struct tg_cell *tg_cell_find(const char *name);
+int tg_cell_count(void);
+const struct tg_cell *tg_cell_at(int i);
+/* "rnn_tanh, rnn_relu, …" for error messages. */
+const char *tg_cell_names(void);
+
+void tg_param_spec_dims(const struct tg_param_spec *s, int in, int hidden, int *rows, int *cols);
+
+/* ------------------------------------------------------------------ model */
+
+enum tg_loss_kind {
+    TG_LOSS_XENT_SUM,   /* softmax-cross-entropy over every labelled (t, b), summed */
+    TG_LOSS_XENT_MEAN,  /* … averaged over labelled positions */
+    TG_LOSS_MSE_LAST,   /* MSE (mean) between the output at the last step and a B×V target */
+};
+
+struct tg_model_config {
+    const struct tg_cell *cell;
+    int input;          /* I: width of a dense input, or of the embedding when vocab > 0 */
+    int vocab;          /* > 0: inputs are token ids in [0, vocab), embedded (embed.weight) */
+    int hidden;         /* H */
+    int layers;         /* L ≥ 1 */
+    int outputs;        /* V: classes (xent) or regression width (mse) */
+    enum tg_dtype dtype;
+    enum tg_loss_kind loss;
+};
+
+struct tg_model {
+    struct tg_model_config cfg;
+    int n_params;
+    struct tg_tensor **params;    /* [embed.weight], layer 0's spec order, …, out.weight, out.bias */
+    char **names;                 /* "rnn.weight_ih_l0", …: PyTorch's state_dict names */
+    int *param_layer;             /* layer of each parameter (−1: embedding or output) */
+    int *param_spec;              /* index into the cell's spec (−1: embedding or output) */
+    struct tg_tensor **state;     /* L·n_state heap tensors (B×H) carried between chunks */
+    int state_batch;              /* B the carried state was sized for (0: none yet) */
+};
+
+enum tg_status tg_model_new(const struct tg_model_config *cfg, struct tg_model **out);
+void tg_model_free(struct tg_model *m);
+struct tg_tensor *tg_model_param(const struct tg_model *m, const char *name); /* NULL if absent */
+void tg_model_zero_grad(struct tg_model *m);
+size_t tg_model_num_weights(const struct tg_model *m);
+
+/* PyTorch's default: every parameter U(−1/√H, 1/√H) (embedding N(0, 1) as nn.Embedding). */
+void tg_model_init_uniform(struct tg_model *m, struct tg_rng *rng);
+/* min-char-rnn's: weights N(0, 0.01²), biases 0. */
+void tg_model_init_normal(struct tg_model *m, struct tg_rng *rng, double std);
+/* Add `value` to the forget-gate bias block of the LSTM variants (Jozefowicz et al. 2015). */
+void tg_model_set_forget_bias(struct tg_model *m, double value);
+
+/* One batch of T steps × B sequences, time-major. Exactly one of x (T·B·I values) and tokens
+ * (T·B ids) is given; labels (T·B, −1 = no loss) for xent losses, target (B·V) for MSE. */
+struct tg_seq_batch {
+    int T, B;
+    const double *x;
+    const int32_t *tokens;
+    const int32_t *labels;
+    const double *target;
+};
+
+struct tg_seq_result {
+    struct tg_tensor *loss;       /* 1×1 */
+    struct tg_tensor *logits;     /* T·B × V (xent) or B × V (mse): model outputs */
+    struct tg_tensor **final;     /* L·n_state tensors: state after the last step */
+    struct tg_tensor *input;      /* T·B × I dense input leaf (to read its gradient) */
+};
+
+/* Record the unrolled model on t. The initial state is zero, or the carried state when
+ * `carry` is set and its batch size matches (truncated BPTT: copied in as leaves, so no
+ * gradient flows into the previous chunk). Steps and layers are tagged for DOT. */
+enum tg_status tg_model_forward(struct tg_model *m, struct tg_tape *t,
+                                const struct tg_seq_batch *b, int carry,
+                                struct tg_seq_result *res);
+/* Like tg_model_forward but from a given initial state (L·n_state tensors, B×H each; NULL
+ * entries mean zero). */
+enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
+                                     const struct tg_seq_batch *b,
+                                     struct tg_tensor *const *init, struct tg_seq_result *res);
+/* Copy res->final into the model's carried state (allocated on first use). */
+enum tg_status tg_model_keep_state(struct tg_model *m, const struct tg_seq_result *res, int B);
+void tg_model_reset_state(struct tg_model *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,35 @@
+/* cli.h — the `tapegrad` program's subcommands and its small flag parser. */
+#ifndef TG_CLI_H
+#define TG_CLI_H
+
+#include <stdio.h>
+
+enum cli_kind { CLI_INT, CLI_LONG, CLI_DOUBLE, CLI_STR, CLI_BOOL };
+
+struct cli_flag {
+    const char *name;  /* without the leading "--" */
+    enum cli_kind kind;
+    void *dst;         /* int*, long*, double*, const char**, int* (bool) */
+    const char *help;
+    double min, max;   /* numeric range, inclusive; ignored when min > max */
+};
+
+/* Parse "--name value" / "--name=value" / "--flag" into the flags' destinations. On a bad or
+ * unknown flag, a missing or malformed value or one out of range: prints one line
+ * "tapegrad CMD: …" to stderr and returns -1. "--help" prints usage and returns 1. */
+int cli_parse(const char *cmd, const char *usage, int argc, char **argv,
+              const struct cli_flag *flags, int nflags);
+void cli_usage(FILE *f, const char *cmd, const char *usage, const struct cli_flag *flags, int nflags);
+/* Print "tapegrad CMD: message" to stderr; returns 1 (the exit status for user errors). */
+int cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Does path end in ext (".dot", …)? */
+int cli_has_ext(const char *path, const char *ext);
+
+int cmd_check(int argc, char **argv);
+int cmd_grad(int argc, char **argv);
+int cmd_dot(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_sample(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+#endif

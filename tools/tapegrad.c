@@ -1,0 +1,56 @@
+/* tapegrad.c — the command-line program: one subcommand per job. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+/* TEMPORARY while subcommands are being written in parallel: a command whose file is not in
+ * the build yet links to this and says so. Removed once every cmd_*.c exists. */
+#define PENDING(fn)                                                                            \
+    __attribute__((weak)) int fn(int argc, char **argv)                                        \
+    {                                                                                          \
+        (void)argc, (void)argv;                                                                \
+        fprintf(stderr, "tapegrad: " #fn " is not built yet\n");                              \
+        return 1;                                                                              \
+    }
+PENDING(cmd_train) PENDING(cmd_sample) PENDING(cmd_check) PENDING(cmd_grad) PENDING(cmd_dot)
+PENDING(cmd_bench)
+
+struct subcommand {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+};
+
+static const struct subcommand commands[] = {
+    {"train", cmd_train, "train a recurrent network on a built-in task or a text file"},
+    {"sample", cmd_sample, "sample text from a checkpoint of a text model"},
+    {"check", cmd_check, "compare autodiff, hand-derived BPTT and finite differences for a cell"},
+    {"grad", cmd_grad, "loss, final state and gradients of a PyTorch-layout model (safetensors)"},
+    {"dot", cmd_dot, "draw the unrolled forward/backward graph (DOT, SVG or PNG)"},
+    {"bench", cmd_bench, "time training steps against the hand-written BPTT"},
+};
+enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: tapegrad COMMAND [flags]   (tapegrad COMMAND --help for its flags)\n");
+    for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].help);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 1;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);
+    fprintf(stderr, "tapegrad: unknown command '%s' (expected train, sample, check, grad, dot, or bench)\n",
+            argv[1]);
+    return 1;
+}

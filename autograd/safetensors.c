@@ -6,11 +6,14 @@
  *   keys);  per tensor: dtype known, 0 ≤ shape[k], numel·elsize = end − begin (no overflow),
  *   begin ≤ end ≤ size − 8 − N;  sorted by begin, the intervals tile [0, size − 8 − N) exactly.
  * The tiling rule is the format's own ("the byte buffer needs to be entirely indexed, and cannot
- * contain holes"); it rejects overlaps, holes and trailing garbage with one pass.
+ * contain holes"); one pass over the sorted intervals rejects overlaps, holes and trailing bytes.
  *
  * Writing builds the header with jansson (so names and metadata are escaped correctly) and
- * writes through a temporary file + fsync + rename, which is atomic on POSIX file systems: a
- * reader or a crash sees either the old file or the new one, never a mixture. */
+ * goes through a temporary file + fsync + rename, which is atomic on POSIX file systems: a
+ * reader, or a crash, sees either the old file or the new one, never a mixture. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* strdup, O_CLOEXEC, O_DIRECTORY (meson defines it too) */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -23,7 +26,7 @@
 
 #include "tg_safetensors.h"
 
-/* Tensor bytes are copied to and from memory as they are: the file is little-endian. */
+/* Tensor bytes are copied between file and memory as they are: the format is little-endian. */
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "tapegrad's safetensors code assumes a little-endian host"
 #endif
@@ -33,15 +36,8 @@
 static const char *const dtype_names[] = {"F32", "F64", "I32", "I64"};
 static const size_t dtype_sizes[] = {4, 8, 4, 8};
 
-const char *tg_st_dtype_name(enum tg_st_dtype d)
-{
-    return (unsigned)d < 4 ? dtype_names[d] : "?";
-}
-
-size_t tg_st_dtype_size(enum tg_st_dtype d)
-{
-    return (unsigned)d < 4 ? dtype_sizes[d] : 0;
-}
+const char *tg_st_dtype_name(enum tg_st_dtype d) { return (unsigned)d < 4 ? dtype_names[d] : "?"; }
+size_t tg_st_dtype_size(enum tg_st_dtype d) { return (unsigned)d < 4 ? dtype_sizes[d] : 0; }
 
 int64_t tg_st_numel(const struct tg_st_tensor *t)
 {
@@ -51,22 +47,21 @@ int64_t tg_st_numel(const struct tg_st_tensor *t)
 }
 
 /* A name from an untrusted file, made safe for a one-line message: control bytes become '?',
- * long names are cut (at a UTF-8 character boundary) and marked with "...". Returned by value
- * so it can be used inline in a printf argument list. */
+ * long names are cut (at a UTF-8 character boundary) and end in "...". Returned by value so it
+ * can be used inline in an argument list. */
 struct safe_str { char s[100]; };
 
 static struct safe_str safe(const char *in)
 {
     struct safe_str o;
-    size_t n = 0, max = 80;
+    size_t n = 0;
     if (!in) in = "(null)";
-    for (; in[n] && n < max; n++) {
+    for (; in[n] && n < 80; n++) {
         unsigned char c = (unsigned char)in[n];
         o.s[n] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
     }
     if (in[n]) {
-        while (n > 0 && ((unsigned char)o.s[n] & 0xC0) == 0x80) n--; /* drop a cut sequence */
-        if (n > 0 && ((unsigned char)o.s[n - 1] & 0xC0) == 0xC0) n--;
+        while (n > 0 && ((unsigned char)o.s[n] & 0xC0) == 0x80) n--; /* inside a sequence */
         memcpy(o.s + n, "...", 4);
     } else {
         o.s[n] = '\0';
@@ -74,19 +69,47 @@ static struct safe_str safe(const char *in)
     return o;
 }
 
-/* "[4, 5]" — shape for messages (up to 8 dims, so 8·21 chars at most). */
+/* "[4, 5]" — a shape for messages (at most 8 dims of ≤ 20 digits). */
 struct shape_str { char s[200]; };
 
 static struct shape_str fmt_shape(int ndim, const int64_t *shape)
 {
     struct shape_str o;
-    size_t len = 0;
-    o.s[len++] = '[';
+    size_t len = 1;
+    o.s[0] = '[';
     for (int k = 0; k < ndim && k < TG_ST_MAX_DIMS; k++)
         len += (size_t)snprintf(o.s + len, sizeof o.s - len, "%s%lld", k ? ", " : "",
                                 (long long)shape[k]);
     snprintf(o.s + len, sizeof o.s - len, "]");
     return o;
+}
+
+/* An error "fn: path: tensor 'name': what" (no tensor part when name is NULL). */
+static enum tg_status fail(enum tg_status st, const char *fn, const char *path, const char *name,
+                           const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static enum tg_status fail(enum tg_status st, const char *fn, const char *path, const char *name,
+                           const char *fmt, ...)
+{
+    char what[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    if (name) return tg_error(st, "%s: %s: tensor '%s': %s", fn, path, safe(name).s, what);
+    return tg_error(st, "%s: %s: %s", fn, path, what);
+}
+
+#define RFAIL(st, name, ...) fail(st, "tg_st_read", path, name, __VA_ARGS__)
+
+struct st_kv { char *key, *value; }; /* a metadata entry */
+
+/* Sorting and searching by name: every array sorted here holds structs whose first member is
+ * the name (const char *), or the names themselves, so one comparator serves them all (a
+ * pointer to a struct points to its first member). */
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
 /* ================================================================ reading */
@@ -97,56 +120,44 @@ struct st_entry {
     void *copy;            /* an aligned copy when the bytes in the file are misaligned */
 };
 
+_Static_assert(offsetof(struct st_entry, t.name) == 0, "cmp_name needs the name first");
+
 struct tg_st_file {
     char *path;
     unsigned char *buf; /* the whole file */
     size_t size;
-    int n;
+    int n, nmeta;
     struct st_entry *e; /* sorted by name */
-    int nmeta;
-    char **mkey, **mval; /* sorted by key */
+    struct st_kv *meta; /* sorted by key; key and value share one allocation */
 };
 
+/* The whole file into one malloc'd buffer (a file that changes meanwhile is read up to the
+ * size it had when opened: our writer never changes a file in place). */
 static enum tg_status read_all(const char *path, unsigned char **out, size_t *out_size)
 {
-    *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return tg_error(TG_ERR_IO, "tg_st_read: %s: cannot open: %s", path, strerror(errno));
+    if (fd < 0) return RFAIL(TG_ERR_IO, NULL, "cannot open: %s", strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int err = errno;
-        close(fd);
-        return tg_error(TG_ERR_IO, "tg_st_read: %s: cannot stat: %s", path, strerror(err));
-    }
+    if (fstat(fd, &st) != 0) st.st_mode = 0;
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return tg_error(TG_ERR_IO, "tg_st_read: %s: %s", path,
-                        S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
+        return RFAIL(TG_ERR_IO, NULL, "%s",
+                     S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
     }
-    size_t cap = (size_t)st.st_size + 1, len = 0; /* +1: reaching EOF needs one more read */
-    unsigned char *buf = malloc(cap);
+    size_t cap = (size_t)st.st_size, len = 0;
+    unsigned char *buf = malloc(cap ? cap : 1);
     if (!buf) {
         close(fd);
-        return tg_error(TG_ERR_NOMEM, "tg_st_read: %s: cannot allocate %zu bytes", path, cap);
+        return RFAIL(TG_ERR_NOMEM, NULL, "out of memory for %zu bytes", cap);
     }
-    for (;;) {
-        if (len == cap) { /* the file grew while we read it */
-            unsigned char *nb = cap < SIZE_MAX / 2 ? realloc(buf, cap * 2) : NULL;
-            if (!nb) {
-                free(buf);
-                close(fd);
-                return tg_error(TG_ERR_NOMEM, "tg_st_read: %s: out of memory", path);
-            }
-            buf = nb;
-            cap *= 2;
-        }
+    while (len < cap) {
         ssize_t r = read(fd, buf + len, cap - len);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) {
             int err = errno;
             free(buf);
             close(fd);
-            return tg_error(TG_ERR_IO, "tg_st_read: %s: read failed: %s", path, strerror(err));
+            return RFAIL(TG_ERR_IO, NULL, "read failed: %s", strerror(err));
         }
         if (r == 0) break;
         len += (size_t)r;
@@ -157,91 +168,63 @@ static enum tg_status read_all(const char *path, unsigned char **out, size_t *ou
     return TG_OK;
 }
 
-static int cmp_entry_name(const void *a, const void *b)
-{
-    return strcmp(((const struct st_entry *)a)->t.name, ((const struct st_entry *)b)->t.name);
-}
-
 static int cmp_entry_offset(const void *a, const void *b)
 {
     const struct st_entry *x = *(const struct st_entry *const *)a;
     const struct st_entry *y = *(const struct st_entry *const *)b;
     if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
-    if (x->end != y->end) return x->end < y->end ? -1 : 1;
-    return 0;
+    return (x->end > y->end) - (x->end < y->end);
 }
 
-static int cmp_str_ptr(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* One header entry → e (name already set). data_len is the size of the data buffer. */
+/* One header entry → e (e->t.name already set). data_len: size of the data buffer. */
 static enum tg_status parse_entry(const char *path, json_t *v, struct st_entry *e, size_t data_len)
 {
     const char *nm = e->t.name;
-    if (!json_is_object(v))
-        return tg_error(TG_ERR_FORMAT, "tg_st_read: %s: tensor '%s': entry is not a JSON object",
-                        path, safe(nm).s);
+    if (!json_is_object(v)) return RFAIL(TG_ERR_FORMAT, nm, "entry is not a JSON object");
     json_t *dt = json_object_get(v, "dtype"), *sh = json_object_get(v, "shape");
     json_t *off = json_object_get(v, "data_offsets");
     if (!json_is_string(dt))
-        return tg_error(TG_ERR_FORMAT, "tg_st_read: %s: tensor '%s': \"dtype\" is missing or not a string",
-                        path, safe(nm).s);
+        return RFAIL(TG_ERR_FORMAT, nm, "\"dtype\" is missing or not a string");
     int d = -1;
     for (int k = 0; k < 4; k++)
         if (strcmp(json_string_value(dt), dtype_names[k]) == 0) d = k;
     if (d < 0)
-        return tg_error(TG_ERR_FORMAT,
-                        "tg_st_read: %s: tensor '%s': unsupported dtype '%s' (tapegrad reads F32, F64, I32, I64)",
-                        path, safe(nm).s, safe(json_string_value(dt)).s);
+        return RFAIL(TG_ERR_FORMAT, nm, "unsupported dtype '%s' (tapegrad reads %s)",
+                     safe(json_string_value(dt)).s, "F32, F64, I32, I64");
     e->t.dtype = (enum tg_st_dtype)d;
 
-    if (!json_is_array(sh))
-        return tg_error(TG_ERR_FORMAT, "tg_st_read: %s: tensor '%s': \"shape\" is missing or not an array",
-                        path, safe(nm).s);
+    if (!json_is_array(sh)) return RFAIL(TG_ERR_FORMAT, nm, "\"shape\" is missing or not an array");
     if (json_array_size(sh) > TG_ST_MAX_DIMS)
-        return tg_error(TG_ERR_FORMAT, "tg_st_read: %s: tensor '%s': shape has %zu dimensions (at most %d)",
-                        path, safe(nm).s, json_array_size(sh), TG_ST_MAX_DIMS);
+        return RFAIL(TG_ERR_FORMAT, nm, "shape has %zu dimensions (at most %d)",
+                     json_array_size(sh), TG_ST_MAX_DIMS);
     e->t.ndim = (int)json_array_size(sh);
-    /* bytes = Π shape[k] · elsize, watching for overflow of 64 bits. */
-    uint64_t bytes = dtype_sizes[d];
+    uint64_t bytes = dtype_sizes[d]; /* Π shape[k] · elsize, watching for 64-bit overflow */
     int overflow = 0;
     for (int k = 0; k < e->t.ndim; k++) {
         json_t *x = json_array_get(sh, (size_t)k);
         if (!json_is_integer(x) || json_integer_value(x) < 0)
-            return tg_error(TG_ERR_FORMAT,
-                            "tg_st_read: %s: tensor '%s': shape entry %d is not a non-negative integer",
-                            path, safe(nm).s, k);
+            return RFAIL(TG_ERR_FORMAT, nm, "shape entry %d is not a non-negative integer", k);
         e->t.shape[k] = (int64_t)json_integer_value(x);
-        if (__builtin_mul_overflow(bytes, (uint64_t)e->t.shape[k], &bytes)) overflow = 1;
+        overflow |= __builtin_mul_overflow(bytes, (uint64_t)e->t.shape[k], &bytes);
     }
     struct shape_str shs = fmt_shape(e->t.ndim, e->t.shape);
-    if (overflow)
-        return tg_error(TG_ERR_FORMAT, "tg_st_read: %s: tensor '%s': shape %s is too large",
-                        path, safe(nm).s, shs.s);
+    if (overflow) return RFAIL(TG_ERR_FORMAT, nm, "shape %s is too large", shs.s);
 
     if (!json_is_array(off) || json_array_size(off) != 2 ||
         !json_is_integer(json_array_get(off, 0)) || !json_is_integer(json_array_get(off, 1)))
-        return tg_error(TG_ERR_FORMAT,
-                        "tg_st_read: %s: tensor '%s': \"data_offsets\" is missing or not two integers",
-                        path, safe(nm).s);
-    json_int_t b = json_integer_value(json_array_get(off, 0));
-    json_int_t en = json_integer_value(json_array_get(off, 1));
-    if (b < 0 || en < 0 || b > en)
-        return tg_error(TG_ERR_FORMAT, "tg_st_read: %s: tensor '%s': invalid data_offsets [%lld, %lld)",
-                        path, safe(nm).s, (long long)b, (long long)en);
+        return RFAIL(TG_ERR_FORMAT, nm, "\"data_offsets\" is missing or not two integers");
+    long long b = json_integer_value(json_array_get(off, 0));
+    long long en = json_integer_value(json_array_get(off, 1));
+    if (b < 0 || b > en)
+        return RFAIL(TG_ERR_FORMAT, nm, "invalid data_offsets [%lld, %lld)", b, en);
     e->begin = (uint64_t)b;
     e->end = (uint64_t)en;
     if (e->end - e->begin != bytes)
-        return tg_error(TG_ERR_FORMAT,
-                        "tg_st_read: %s: tensor '%s': data_offsets [%lld, %lld) but shape %s of %s needs %llu bytes",
-                        path, safe(nm).s, (long long)b, (long long)en, shs.s, dtype_names[d],
-                        (unsigned long long)bytes);
+        return RFAIL(TG_ERR_FORMAT, nm, "data_offsets [%lld, %lld) but shape %s of %s needs %llu"
+                     " bytes", b, en, shs.s, dtype_names[d], (unsigned long long)bytes);
     if (e->end > data_len)
-        return tg_error(TG_ERR_FORMAT,
-                        "tg_st_read: %s: tensor '%s': data_offsets [%lld, %lld) extend beyond the %zu-byte data buffer (truncated file?)",
-                        path, safe(nm).s, (long long)b, (long long)en, data_len);
+        return RFAIL(TG_ERR_FORMAT, nm, "data_offsets [%lld, %lld) extend beyond the %zu-byte %s",
+                     b, en, data_len, "data buffer (truncated file?)");
     e->t.nbytes = (size_t)bytes;
     return TG_OK;
 }
@@ -249,72 +232,63 @@ static enum tg_status parse_entry(const char *path, json_t *v, struct st_entry *
 static enum tg_status parse_meta(const char *path, json_t *m, struct tg_st_file *f)
 {
     if (!json_is_object(m))
-        return tg_error(TG_ERR_FORMAT, "tg_st_read: %s: \"__metadata__\" is not a JSON object", path);
-    size_t n = json_object_size(m);
-    f->mkey = calloc(n + 1, sizeof *f->mkey);
-    f->mval = calloc(n + 1, sizeof *f->mval);
-    if (!f->mkey || !f->mval) return tg_error(TG_ERR_NOMEM, "tg_st_read: %s: out of memory", path);
+        return RFAIL(TG_ERR_FORMAT, NULL, "\"__metadata__\" is not a JSON object");
+    if (!(f->meta = calloc(json_object_size(m) + 1, sizeof *f->meta)))
+        return RFAIL(TG_ERR_NOMEM, NULL, "out of memory");
     const char *key;
     json_t *v;
     json_object_foreach(m, key, v) {
         if (!json_is_string(v))
-            return tg_error(TG_ERR_FORMAT, "tg_st_read: %s: __metadata__ value of '%s' is not a string",
-                            path, safe(key).s);
-        /* key and value share one allocation, value right after key's NUL: sorting keys moves
-         * the pair together. */
+            return RFAIL(TG_ERR_FORMAT, NULL, "__metadata__ value of '%s' is not a string",
+                         safe(key).s);
         size_t kl = strlen(key), vl = strlen(json_string_value(v));
         char *kv = malloc(kl + vl + 2);
-        if (!kv) return tg_error(TG_ERR_NOMEM, "tg_st_read: %s: out of memory", path);
+        if (!kv) return RFAIL(TG_ERR_NOMEM, NULL, "out of memory");
         memcpy(kv, key, kl + 1);
         memcpy(kv + kl + 1, json_string_value(v), vl + 1);
-        f->mkey[f->nmeta++] = kv;
+        f->meta[f->nmeta++] = (struct st_kv){kv, kv + kl + 1};
     }
-    qsort(f->mkey, (size_t)f->nmeta, sizeof *f->mkey, cmp_str_ptr);
-    for (int i = 0; i < f->nmeta; i++) f->mval[i] = f->mkey[i] + strlen(f->mkey[i]) + 1;
+    qsort(f->meta, (size_t)f->nmeta, sizeof *f->meta, cmp_name);
     return TG_OK;
 }
 
-/* Check that the tensors tile the data buffer and give each an aligned data pointer. */
+/* Check that the tensors tile the data buffer, and give each an aligned data pointer. */
 static enum tg_status place_tensors(const char *path, struct tg_st_file *f,
                                     const unsigned char *data, size_t data_len)
 {
     struct st_entry **by = malloc((size_t)(f->n ? f->n : 1) * sizeof *by);
-    if (!by) return tg_error(TG_ERR_NOMEM, "tg_st_read: %s: out of memory", path);
+    if (!by) return RFAIL(TG_ERR_NOMEM, NULL, "out of memory");
     for (int i = 0; i < f->n; i++) by[i] = &f->e[i];
     qsort(by, (size_t)f->n, sizeof *by, cmp_entry_offset);
     uint64_t pos = 0;
-    const struct st_entry *prev = NULL;
     enum tg_status st = TG_OK;
     for (int i = 0; i < f->n && st == TG_OK; i++) {
-        const struct st_entry *e = by[i];
+        const struct st_entry *e = by[i], *p = i ? by[i - 1] : NULL;
         if (e->begin < pos)
-            st = tg_error(TG_ERR_FORMAT,
-                          "tg_st_read: %s: tensor '%s': data_offsets [%llu, %llu) overlap tensor '%s' at [%llu, %llu)",
-                          path, safe(e->t.name).s, (unsigned long long)e->begin,
-                          (unsigned long long)e->end, safe(prev->t.name).s,
-                          (unsigned long long)prev->begin, (unsigned long long)prev->end);
+            st = RFAIL(TG_ERR_FORMAT, e->t.name,
+                       "data_offsets [%llu, %llu) overlap tensor '%s' at [%llu, %llu)",
+                       (unsigned long long)e->begin, (unsigned long long)e->end, safe(p->t.name).s,
+                       (unsigned long long)p->begin, (unsigned long long)p->end);
         else if (e->begin > pos)
-            st = tg_error(TG_ERR_FORMAT,
-                          "tg_st_read: %s: tensor '%s': data_offsets [%llu, %llu) leave a hole: bytes [%llu, %llu) belong to no tensor",
-                          path, safe(e->t.name).s, (unsigned long long)e->begin,
-                          (unsigned long long)e->end, (unsigned long long)pos,
-                          (unsigned long long)e->begin);
+            st = RFAIL(TG_ERR_FORMAT, e->t.name,
+                       "data_offsets [%llu, %llu) leave a hole: bytes [%llu, %llu) are unused",
+                       (unsigned long long)e->begin, (unsigned long long)e->end,
+                       (unsigned long long)pos, (unsigned long long)e->begin);
         pos = e->end;
-        prev = e;
     }
     free(by);
     if (st != TG_OK) return st;
     if (pos != data_len)
-        return tg_error(TG_ERR_FORMAT,
-                        "tg_st_read: %s: the data buffer has %zu bytes but the tensors cover %llu (trailing bytes)",
-                        path, data_len, (unsigned long long)pos);
+        return RFAIL(TG_ERR_FORMAT, NULL,
+                     "the data buffer has %zu bytes but the tensors cover %llu (trailing bytes)",
+                     data_len, (unsigned long long)pos);
+    static const double nothing; /* what empty tensors point to: aligned, never read */
     for (int i = 0; i < f->n; i++) {
         struct st_entry *e = &f->e[i];
-        const unsigned char *p = data + e->begin;
-        size_t align = dtype_sizes[e->t.dtype];
-        if (e->t.nbytes > 0 && (uintptr_t)p % align != 0) {
-            e->copy = malloc(e->t.nbytes); /* malloc's alignment suits every dtype */
-            if (!e->copy) return tg_error(TG_ERR_NOMEM, "tg_st_read: %s: out of memory", path);
+        const unsigned char *p = e->t.nbytes ? data + e->begin : (const unsigned char *)&nothing;
+        if (e->t.nbytes > 0 && (uintptr_t)p % dtype_sizes[e->t.dtype] != 0) {
+            if (!(e->copy = malloc(e->t.nbytes))) /* malloc's alignment suits every dtype */
+                return RFAIL(TG_ERR_NOMEM, NULL, "out of memory");
             memcpy(e->copy, p, e->t.nbytes);
             p = e->copy;
         }
@@ -327,57 +301,45 @@ static enum tg_status parse_file(struct tg_st_file *f)
 {
     const char *path = f->path;
     if (f->size < 8)
-        return tg_error(TG_ERR_FORMAT,
-                        "tg_st_read: %s: file is %zu bytes, too short for the 8-byte header length",
-                        path, f->size);
+        return RFAIL(TG_ERR_FORMAT, NULL, "file is %zu bytes, too short for the header length",
+                     f->size);
     uint64_t hlen;
     memcpy(&hlen, f->buf, 8);
     if (hlen > ST_MAX_HEADER)
-        return tg_error(TG_ERR_FORMAT, "tg_st_read: %s: header length %llu is absurd (limit %llu)",
-                        path, (unsigned long long)hlen, ST_MAX_HEADER);
+        return RFAIL(TG_ERR_FORMAT, NULL, "header length %llu is absurd (limit %llu)",
+                     (unsigned long long)hlen, ST_MAX_HEADER);
     if (hlen > f->size - 8)
-        return tg_error(TG_ERR_FORMAT,
-                        "tg_st_read: %s: header length %llu exceeds the %zu bytes that follow it (truncated file?)",
-                        path, (unsigned long long)hlen, f->size - 8);
+        return RFAIL(TG_ERR_FORMAT, NULL,
+                     "header length %llu exceeds the %zu bytes that follow it (truncated file?)",
+                     (unsigned long long)hlen, f->size - 8);
     json_error_t jerr;
     /* REJECT_DUPLICATES: jansson would otherwise keep the last of two equal names silently. */
-    json_t *root = json_loadb((const char *)f->buf + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loadb((const char *)f->buf + 8, (size_t)hlen, JSON_REJECT_DUPLICATES,
+                              &jerr);
     if (!root)
-        return tg_error(TG_ERR_FORMAT, "tg_st_read: %s: header is not valid JSON: %s (column %d)",
-                        path, jerr.text, jerr.column);
+        return RFAIL(TG_ERR_FORMAT, NULL, "header is not valid JSON: %s (at header byte %d)",
+                     jerr.text, jerr.position);
     enum tg_status st = TG_OK;
-    if (!json_is_object(root)) {
-        st = tg_error(TG_ERR_FORMAT, "tg_st_read: %s: header is not a JSON object", path);
-        goto done;
-    }
     json_t *meta = json_object_get(root, "__metadata__");
     size_t ntensors = json_object_size(root) - (meta ? 1 : 0);
-    if (ntensors > (size_t)INT32_MAX) {
-        st = tg_error(TG_ERR_FORMAT, "tg_st_read: %s: too many tensors", path);
-        goto done;
-    }
-    f->e = calloc(ntensors + 1, sizeof *f->e);
-    if (!f->e) {
-        st = tg_error(TG_ERR_NOMEM, "tg_st_read: %s: out of memory", path);
-        goto done;
-    }
-    if (meta && (st = parse_meta(path, meta, f)) != TG_OK) goto done;
-    size_t data_len = f->size - 8 - (size_t)hlen;
-    const char *key;
-    json_t *v;
-    json_object_foreach(root, key, v) {
-        if (strcmp(key, "__metadata__") == 0) continue;
-        struct st_entry *e = &f->e[f->n];
-        if (!(e->t.name = strdup(key))) {
-            st = tg_error(TG_ERR_NOMEM, "tg_st_read: %s: out of memory", path);
-            goto done;
+    if (!json_is_object(root)) {
+        st = RFAIL(TG_ERR_FORMAT, NULL, "header is not a JSON object");
+    } else if (ntensors > INT32_MAX || !(f->e = calloc(ntensors + 1, sizeof *f->e))) {
+        st = RFAIL(TG_ERR_NOMEM, NULL, "out of memory for %zu tensors", ntensors);
+    } else if (!meta || (st = parse_meta(path, meta, f)) == TG_OK) {
+        size_t data_len = f->size - 8 - (size_t)hlen;
+        const char *key;
+        json_t *v;
+        json_object_foreach(root, key, v) {
+            if (strcmp(key, "__metadata__") == 0) continue;
+            struct st_entry *e = &f->e[f->n];
+            if (!(e->t.name = strdup(key))) st = RFAIL(TG_ERR_NOMEM, NULL, "out of memory");
+            else f->n++;
+            if (st != TG_OK || (st = parse_entry(path, v, e, data_len)) != TG_OK) break;
         }
-        f->n++;
-        if ((st = parse_entry(path, v, e, data_len)) != TG_OK) goto done;
+        qsort(f->e, (size_t)f->n, sizeof *f->e, cmp_name);
+        if (st == TG_OK) st = place_tensors(path, f, f->buf + 8 + hlen, data_len);
     }
-    qsort(f->e, (size_t)f->n, sizeof *f->e, cmp_entry_name);
-    st = place_tensors(path, f, f->buf + 8 + hlen, data_len);
-done:
     json_decref(root);
     return st;
 }
@@ -390,7 +352,7 @@ enum tg_status tg_st_read(const char *path, struct tg_st_file **out)
     struct tg_st_file *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
         free(f);
-        return tg_error(TG_ERR_NOMEM, "tg_st_read: %s: out of memory", path);
+        return RFAIL(TG_ERR_NOMEM, NULL, "out of memory");
     }
     enum tg_status st = read_all(path, &f->buf, &f->size);
     if (st == TG_OK) st = parse_file(f);
@@ -409,10 +371,9 @@ void tg_st_close(struct tg_st_file *f)
         free((char *)f->e[i].t.name);
         free(f->e[i].copy);
     }
-    for (int i = 0; i < f->nmeta; i++) free(f->mkey[i]); /* owns the value too */
+    for (int i = 0; i < f->nmeta; i++) free(f->meta[i].key); /* owns the value too */
     free(f->e);
-    free(f->mkey);
-    free(f->mval);
+    free(f->meta);
     free(f->buf);
     free(f->path);
     free(f);
@@ -420,67 +381,55 @@ void tg_st_close(struct tg_st_file *f)
 
 const char *tg_st_path(const struct tg_st_file *f) { return f ? f->path : NULL; }
 int tg_st_count(const struct tg_st_file *f) { return f ? f->n : 0; }
+int tg_st_meta_count(const struct tg_st_file *f) { return f ? f->nmeta : 0; }
 
 const struct tg_st_tensor *tg_st_at(const struct tg_st_file *f, int i)
 {
     return f && i >= 0 && i < f->n ? &f->e[i].t : NULL;
 }
 
+const char *tg_st_meta_key(const struct tg_st_file *f, int i)
+{
+    return f && i >= 0 && i < f->nmeta ? f->meta[i].key : NULL;
+}
+
 const struct tg_st_tensor *tg_st_find(const struct tg_st_file *f, const char *name)
 {
-    if (!f || !name) return NULL;
-    int lo = 0, hi = f->n - 1;
-    while (lo <= hi) {
-        int mid = lo + (hi - lo) / 2, c = strcmp(name, f->e[mid].t.name);
-        if (c == 0) return &f->e[mid].t;
-        if (c < 0) hi = mid - 1;
-        else lo = mid + 1;
-    }
-    return NULL;
+    if (!f || !name || f->n == 0) return NULL;
+    const struct st_entry *e = bsearch(&name, f->e, (size_t)f->n, sizeof *f->e, cmp_name);
+    return e ? &e->t : NULL;
 }
 
 const char *tg_st_meta(const struct tg_st_file *f, const char *key)
 {
-    if (!f || !key) return NULL;
-    for (int lo = 0, hi = f->nmeta - 1; lo <= hi;) {
-        int mid = lo + (hi - lo) / 2, c = strcmp(key, f->mkey[mid]);
-        if (c == 0) return f->mval[mid];
-        if (c < 0) hi = mid - 1;
-        else lo = mid + 1;
-    }
-    return NULL;
-}
-
-int tg_st_meta_count(const struct tg_st_file *f) { return f ? f->nmeta : 0; }
-
-const char *tg_st_meta_key(const struct tg_st_file *f, int i)
-{
-    return f && i >= 0 && i < f->nmeta ? f->mkey[i] : NULL;
+    if (!f || !key || f->nmeta == 0) return NULL;
+    const struct st_kv *kv = bsearch(&key, f->meta, (size_t)f->nmeta, sizeof *f->meta, cmp_name);
+    return kv ? kv->value : NULL;
 }
 
 /* ------------------------------------------------------------- typed getters */
 
-/* *out = the tensor `name`, checked against exp_shape (when exp_ndim > 0); an error naming fn,
- * the file and the tensor otherwise. */
+/* *out = the tensor `name`, checked against exp_shape when exp_ndim > 0. */
 static enum tg_status lookup(const char *fn, const struct tg_st_file *f, const char *name,
-                             int exp_ndim, const int64_t *exp_shape, const struct tg_st_tensor **out)
+                             int exp_ndim, const int64_t *exp_shape,
+                             const struct tg_st_tensor **out)
 {
     if (!f || !name) return tg_error(TG_ERR_VALUE, "%s: file or name is NULL", fn);
     const struct tg_st_tensor *t = tg_st_find(f, name);
-    if (!t) return tg_error(TG_ERR_FORMAT, "%s: %s: tensor '%s' is missing", fn, f->path, safe(name).s);
+    if (!t) return fail(TG_ERR_FORMAT, fn, f->path, name, "not in the file");
     if (exp_ndim > 0) {
         int same = exp_shape && exp_ndim == t->ndim;
         for (int k = 0; same && k < t->ndim; k++) same = exp_shape[k] == t->shape[k];
         if (!same)
-            return tg_error(TG_ERR_FORMAT, "%s: %s: tensor '%s' has shape %s, expected %s", fn,
-                            f->path, safe(name).s, fmt_shape(t->ndim, t->shape).s,
-                            exp_shape ? fmt_shape(exp_ndim, exp_shape).s : "(null)");
+            return fail(TG_ERR_FORMAT, fn, f->path, name, "has shape %s, expected %s",
+                        fmt_shape(t->ndim, t->shape).s,
+                        exp_shape ? fmt_shape(exp_ndim, exp_shape).s : "(null)");
     }
     *out = t;
     return TG_OK;
 }
 
-/* Element i of t as a double / an int64 (data is aligned for its dtype by construction). */
+/* Element i as a double (data is aligned for its dtype by construction). */
 static double elem_f64(const struct tg_st_tensor *t, size_t i)
 {
     switch (t->dtype) {
@@ -496,21 +445,21 @@ enum tg_status tg_st_get_tensor(const struct tg_st_file *f, const char *name,
 {
     static const char fn[] = "tg_st_get_tensor";
     if (!dst || (!dst->data && tg_numel(dst) > 0) || (unsigned)dst->dtype > TG_F64)
-        return tg_error(TG_ERR_VALUE, "%s: destination tensor for '%s' is NULL or invalid", fn,
+        return tg_error(TG_ERR_VALUE, "%s: destination for '%s' is NULL or invalid", fn,
                         safe(name).s);
     const struct tg_st_tensor *t;
     enum tg_status st = lookup(fn, f, name, exp_ndim, exp_shape, &t);
     if (st != TG_OK) return st;
     if (t->dtype != TG_ST_F32 && t->dtype != TG_ST_F64)
-        return tg_error(TG_ERR_FORMAT, "%s: %s: tensor '%s' is %s, expected F32 or F64", fn, f->path,
-                        safe(name).s, dtype_names[t->dtype]);
+        return fail(TG_ERR_FORMAT, fn, f->path, name, "is %s, expected F32 or F64",
+                    dtype_names[t->dtype]);
     /* 2-D view: every dimension but the last folds into rows. */
     int64_t rows = 1, cols = t->ndim > 0 ? t->shape[t->ndim - 1] : 1;
     for (int k = 0; k + 1 < t->ndim; k++) rows *= t->shape[k];
     if (rows != dst->rows || cols != dst->cols)
-        return tg_error(TG_ERR_FORMAT, "%s: %s: tensor '%s' has shape %s (%lldx%lld), expected %dx%d",
-                        fn, f->path, safe(name).s, fmt_shape(t->ndim, t->shape).s, (long long)rows,
-                        (long long)cols, dst->rows, dst->cols);
+        return fail(TG_ERR_FORMAT, fn, f->path, name, "has shape %s (%lldx%lld), expected %dx%d",
+                    fmt_shape(t->ndim, t->shape).s, (long long)rows, (long long)cols, dst->rows,
+                    dst->cols);
     size_t n = tg_numel(dst);
     if ((t->dtype == TG_ST_F32) == (dst->dtype == TG_F32)) {
         if (n) memcpy(dst->data, t->data, t->nbytes);
@@ -522,38 +471,40 @@ enum tg_status tg_st_get_tensor(const struct tg_st_file *f, const char *name,
     return TG_OK;
 }
 
-enum tg_status tg_st_get_i64(const struct tg_st_file *f, const char *name, int64_t *dst,
-                             size_t n, int exp_ndim, const int64_t *exp_shape)
+/* tg_st_get_i64 (ints: I32/I64 only, into int64_t) and tg_st_get_f64 (any dtype, into double). */
+static enum tg_status get_flat(const char *fn, const struct tg_st_file *f, const char *name,
+                               void *dst, size_t n, int exp_ndim, const int64_t *exp_shape,
+                               int ints)
 {
-    static const char fn[] = "tg_st_get_i64";
     const struct tg_st_tensor *t;
     enum tg_status st = lookup(fn, f, name, exp_ndim, exp_shape, &t);
     if (st != TG_OK) return st;
-    if (t->dtype != TG_ST_I32 && t->dtype != TG_ST_I64)
-        return tg_error(TG_ERR_FORMAT, "%s: %s: tensor '%s' is %s, expected I32 or I64", fn, f->path,
-                        safe(name).s, dtype_names[t->dtype]);
+    if (ints && t->dtype != TG_ST_I32 && t->dtype != TG_ST_I64)
+        return fail(TG_ERR_FORMAT, fn, f->path, name, "is %s, expected I32 or I64",
+                    dtype_names[t->dtype]);
     if ((uint64_t)tg_st_numel(t) != (uint64_t)n)
-        return tg_error(TG_ERR_FORMAT, "%s: %s: tensor '%s' has %lld elements, expected %zu", fn,
-                        f->path, safe(name).s, (long long)tg_st_numel(t), n);
-    if (n && !dst) return tg_error(TG_ERR_VALUE, "%s: destination for '%s' is NULL", fn, safe(name).s);
-    for (size_t i = 0; i < n; i++)
-        dst[i] = t->dtype == TG_ST_I64 ? ((const int64_t *)t->data)[i] : ((const int32_t *)t->data)[i];
+        return fail(TG_ERR_FORMAT, fn, f->path, name, "has %lld elements (shape %s), expected %zu",
+                    (long long)tg_st_numel(t), fmt_shape(t->ndim, t->shape).s, n);
+    if (n && !dst)
+        return tg_error(TG_ERR_VALUE, "%s: destination for '%s' is NULL", fn, safe(name).s);
+    for (size_t i = 0; i < n; i++) {
+        if (!ints) ((double *)dst)[i] = elem_f64(t, i);
+        else if (t->dtype == TG_ST_I64) ((int64_t *)dst)[i] = ((const int64_t *)t->data)[i];
+        else ((int64_t *)dst)[i] = ((const int32_t *)t->data)[i];
+    }
     return TG_OK;
+}
+
+enum tg_status tg_st_get_i64(const struct tg_st_file *f, const char *name, int64_t *dst,
+                             size_t n, int exp_ndim, const int64_t *exp_shape)
+{
+    return get_flat("tg_st_get_i64", f, name, dst, n, exp_ndim, exp_shape, 1);
 }
 
 enum tg_status tg_st_get_f64(const struct tg_st_file *f, const char *name, double *dst,
                              size_t n, int exp_ndim, const int64_t *exp_shape)
 {
-    static const char fn[] = "tg_st_get_f64";
-    const struct tg_st_tensor *t;
-    enum tg_status st = lookup(fn, f, name, exp_ndim, exp_shape, &t);
-    if (st != TG_OK) return st;
-    if ((uint64_t)tg_st_numel(t) != (uint64_t)n)
-        return tg_error(TG_ERR_FORMAT, "%s: %s: tensor '%s' has %lld elements, expected %zu", fn,
-                        f->path, safe(name).s, (long long)tg_st_numel(t), n);
-    if (n && !dst) return tg_error(TG_ERR_VALUE, "%s: destination for '%s' is NULL", fn, safe(name).s);
-    for (size_t i = 0; i < n; i++) dst[i] = elem_f64(t, i);
-    return TG_OK;
+    return get_flat("tg_st_get_f64", f, name, dst, n, exp_ndim, exp_shape, 0);
 }
 
 /* ================================================================ writing */
@@ -571,24 +522,23 @@ struct st_item {
 struct tg_st_writer {
     struct st_item *items;
     int n, cap;
-    char **mkey, **mval;
-    int nmeta, mcap;
-    enum tg_status err; /* first failure of an add, replayed by save */
+    json_t *meta;       /* key → JSON string; jansson replaces on a repeated key */
+    enum tg_status err; /* the first failed add, replayed by save */
     char *errmsg;
 };
 
-/* Record the first failure on w (an add's status is also returned to its caller). */
-static enum tg_status writer_fail(struct tg_st_writer *w, enum tg_status st, const char *fmt, ...)
+/* Report a failed add and remember the first one on w. */
+static enum tg_status wfail(struct tg_st_writer *w, enum tg_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static enum tg_status writer_fail(struct tg_st_writer *w, enum tg_status st, const char *fmt, ...)
+static enum tg_status wfail(struct tg_st_writer *w, enum tg_status st, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (w && w->err == TG_OK) {
+    if (w->err == TG_OK) {
         w->err = st;
         w->errmsg = strdup(msg);
     }
@@ -609,20 +559,15 @@ void tg_st_writer_free(struct tg_st_writer *w)
         free(w->items[i].name);
         free(w->items[i].data);
     }
-    for (int i = 0; i < w->nmeta; i++) {
-        free(w->mkey[i]);
-        free(w->mval[i]);
-    }
     free(w->items);
-    free(w->mkey);
-    free(w->mval);
+    json_decref(w->meta);
     free(w->errmsg);
     free(w);
 }
 
 static int valid_utf8(const char *s)
 {
-    json_t *j = json_string(s); /* jansson validates UTF-8 when it makes a string */
+    json_t *j = json_string(s); /* jansson checks UTF-8 when it makes a string */
     json_decref(j);
     return j != NULL;
 }
@@ -632,48 +577,44 @@ enum tg_status tg_st_writer_add(struct tg_st_writer *w, const char *name, enum t
 {
     static const char fn[] = "tg_st_writer_add";
     if (!w) return tg_error(TG_ERR_VALUE, "%s: writer is NULL", fn);
+    const struct safe_str sn_ = safe(name);
+    const char *sn = sn_.s;
     if (!name || !valid_utf8(name) || strcmp(name, "__metadata__") == 0)
-        return writer_fail(w, TG_ERR_VALUE, "%s: tensor name '%s' is NULL, not UTF-8 or reserved",
-                           fn, safe(name).s);
+        return wfail(w, TG_ERR_VALUE, "%s: tensor name '%s' is NULL, not UTF-8 or reserved", fn,
+                     sn);
     if ((unsigned)dtype > TG_ST_I64)
-        return writer_fail(w, TG_ERR_DTYPE, "%s: tensor '%s': invalid dtype %d", fn, safe(name).s,
-                           (int)dtype);
+        return wfail(w, TG_ERR_DTYPE, "%s: tensor '%s': invalid dtype %d", fn, sn, (int)dtype);
     if (ndim < 0 || ndim > TG_ST_MAX_DIMS || (ndim > 0 && !shape))
-        return writer_fail(w, TG_ERR_SHAPE, "%s: tensor '%s': ndim %d (0..%d, shape %s)", fn,
-                           safe(name).s, ndim, TG_ST_MAX_DIMS, shape ? "given" : "NULL");
+        return wfail(w, TG_ERR_SHAPE, "%s: tensor '%s': ndim %d not in 0..%d, or shape NULL", fn,
+                     sn, ndim, TG_ST_MAX_DIMS);
     uint64_t bytes = dtype_sizes[dtype];
     for (int k = 0; k < ndim; k++)
         if (shape[k] < 0 || __builtin_mul_overflow(bytes, (uint64_t)shape[k], &bytes) ||
             bytes > (uint64_t)SIZE_MAX / 2)
-            return writer_fail(w, TG_ERR_SHAPE, "%s: tensor '%s': invalid shape %s", fn,
-                               safe(name).s, fmt_shape(ndim, shape).s);
-    if (bytes > 0 && !data)
-        return writer_fail(w, TG_ERR_VALUE, "%s: tensor '%s': data is NULL", fn, safe(name).s);
+            return wfail(w, TG_ERR_SHAPE, "%s: tensor '%s': invalid shape %s", fn, sn,
+                         fmt_shape(ndim, shape).s);
+    if (bytes > 0 && !data) return wfail(w, TG_ERR_VALUE, "%s: tensor '%s': data is NULL", fn, sn);
     for (int i = 0; i < w->n; i++)
         if (strcmp(w->items[i].name, name) == 0)
-            return writer_fail(w, TG_ERR_VALUE, "%s: duplicate tensor name '%s'", fn, safe(name).s);
+            return wfail(w, TG_ERR_VALUE, "%s: duplicate tensor name '%s'", fn, sn);
     if (w->n == w->cap) {
         int nc = w->cap ? 2 * w->cap : 16;
         struct st_item *ni = realloc(w->items, (size_t)nc * sizeof *ni);
-        if (!ni) return writer_fail(w, TG_ERR_NOMEM, "%s: out of memory", fn);
+        if (!ni) return wfail(w, TG_ERR_NOMEM, "%s: out of memory", fn);
         w->items = ni;
         w->cap = nc;
     }
     struct st_item *it = &w->items[w->n];
-    memset(it, 0, sizeof *it);
-    it->name = strdup(name);
-    it->data = malloc(bytes ? (size_t)bytes : 1);
+    *it = (struct st_item){.name = strdup(name), .dtype = dtype, .ndim = ndim,
+                           .data = malloc(bytes ? (size_t)bytes : 1), .nbytes = (size_t)bytes};
     if (!it->name || !it->data) {
         free(it->name);
         free(it->data);
-        return writer_fail(w, TG_ERR_NOMEM, "%s: tensor '%s': out of memory (%llu bytes)", fn,
-                           safe(name).s, (unsigned long long)bytes);
+        return wfail(w, TG_ERR_NOMEM, "%s: tensor '%s': out of memory for %llu bytes", fn, sn,
+                     (unsigned long long)bytes);
     }
     if (bytes) memcpy(it->data, data, (size_t)bytes);
-    it->dtype = dtype;
-    it->ndim = ndim;
     for (int k = 0; k < ndim; k++) it->shape[k] = shape[k];
-    it->nbytes = (size_t)bytes;
     w->n++;
     return TG_OK;
 }
@@ -684,29 +625,25 @@ enum tg_status tg_st_writer_add_tensor(struct tg_st_writer *w, const char *name,
     static const char fn[] = "tg_st_writer_add_tensor";
     if (!w) return tg_error(TG_ERR_VALUE, "%s: writer is NULL", fn);
     if (!x || (unsigned)x->dtype > TG_F64 || x->rows < 0 || x->cols < 0)
-        return writer_fail(w, TG_ERR_VALUE, "%s: tensor '%s': source is NULL or invalid", fn,
-                           safe(name).s);
-    int64_t numel = (int64_t)x->rows * x->cols, derived[2];
-    if (!shape) {
-        if (ndim == 0 && numel != 1)
-            return writer_fail(w, TG_ERR_SHAPE, "%s: tensor '%s': a scalar needs a 1x1 source, got %dx%d",
-                               fn, safe(name).s, x->rows, x->cols);
-        if (ndim < 0 || ndim > 2)
-            return writer_fail(w, TG_ERR_SHAPE, "%s: tensor '%s': shape NULL needs ndim 0, 1 or 2, got %d",
-                               fn, safe(name).s, ndim);
-        derived[0] = ndim == 1 ? numel : x->rows;
-        derived[1] = x->cols;
+        return wfail(w, TG_ERR_VALUE, "%s: tensor '%s': source is NULL or invalid", fn,
+                     safe(name).s);
+    int64_t numel = (int64_t)x->rows * x->cols, derived[2] = {x->rows, x->cols}, n = 1;
+    if (!shape) { /* derive the shape from x: [], [rows·cols] or [rows, cols] */
+        if (ndim < 0 || ndim > 2 || (ndim == 0 && numel != 1))
+            return wfail(w, TG_ERR_SHAPE, "%s: tensor '%s': cannot view %dx%d as %d-D", fn,
+                         safe(name).s, x->rows, x->cols, ndim);
+        if (ndim == 1) derived[0] = numel;
         shape = derived;
     } else if (ndim >= 0 && ndim <= TG_ST_MAX_DIMS) {
-        int64_t n = 1;
         int bad = 0;
         for (int k = 0; k < ndim; k++)
-            if (shape[k] < 0 || __builtin_mul_overflow(n, shape[k], &n)) bad = 1;
+            bad |= shape[k] < 0 || __builtin_mul_overflow(n, shape[k], &n);
         if (bad || n != numel)
-            return writer_fail(w, TG_ERR_SHAPE, "%s: tensor '%s': shape %s does not hold the %dx%d source",
-                               fn, safe(name).s, fmt_shape(ndim, shape).s, x->rows, x->cols);
+            return wfail(w, TG_ERR_SHAPE, "%s: tensor '%s': shape %s does not hold %dx%d", fn,
+                         safe(name).s, fmt_shape(ndim, shape).s, x->rows, x->cols);
     }
-    return tg_st_writer_add(w, name, x->dtype == TG_F32 ? TG_ST_F32 : TG_ST_F64, ndim, shape, x->data);
+    return tg_st_writer_add(w, name, x->dtype == TG_F32 ? TG_ST_F32 : TG_ST_F64, ndim, shape,
+                            x->data);
 }
 
 enum tg_status tg_st_writer_meta(struct tg_st_writer *w, const char *key, const char *value)
@@ -714,90 +651,60 @@ enum tg_status tg_st_writer_meta(struct tg_st_writer *w, const char *key, const 
     static const char fn[] = "tg_st_writer_meta";
     if (!w) return tg_error(TG_ERR_VALUE, "%s: writer is NULL", fn);
     if (!key || !value || !valid_utf8(key) || !valid_utf8(value))
-        return writer_fail(w, TG_ERR_VALUE, "%s: key '%s' or its value is NULL or not UTF-8", fn,
-                           safe(key).s);
-    char *v = strdup(value);
-    if (!v) return writer_fail(w, TG_ERR_NOMEM, "%s: out of memory", fn);
-    for (int i = 0; i < w->nmeta; i++)
-        if (strcmp(w->mkey[i], key) == 0) {
-            free(w->mval[i]);
-            w->mval[i] = v;
-            return TG_OK;
-        }
-    if (w->nmeta == w->mcap) {
-        int nc = w->mcap ? 2 * w->mcap : 8;
-        char **nk = realloc(w->mkey, (size_t)nc * sizeof *nk);
-        if (nk) w->mkey = nk;
-        char **nv = nk ? realloc(w->mval, (size_t)nc * sizeof *nv) : NULL;
-        if (nv) w->mval = nv;
-        if (!nk || !nv) {
-            free(v);
-            return writer_fail(w, TG_ERR_NOMEM, "%s: out of memory", fn);
-        }
-        w->mcap = nc;
-    }
-    if (!(w->mkey[w->nmeta] = strdup(key))) {
-        free(v);
-        return writer_fail(w, TG_ERR_NOMEM, "%s: out of memory", fn);
-    }
-    w->mval[w->nmeta++] = v;
+        return wfail(w, TG_ERR_VALUE, "%s: key '%s' or its value is NULL or not UTF-8", fn,
+                     safe(key).s);
+    if ((!w->meta && !(w->meta = json_object())) ||
+        json_object_set_new(w->meta, key, json_string(value)) != 0)
+        return wfail(w, TG_ERR_NOMEM, "%s: out of memory", fn);
     return TG_OK;
 }
 
 static int cmp_item_name(const void *a, const void *b)
 {
-    return strcmp((*(const struct st_item *const *)a)->name, (*(const struct st_item *const *)b)->name);
+    return strcmp((*(const struct st_item *const *)a)->name,
+                  (*(const struct st_item *const *)b)->name);
 }
 
 /* Larger elements first, then by name: every tensor then starts at a multiple of its size. */
 static int cmp_item_layout(const void *a, const void *b)
 {
-    const struct st_item *x = *(const struct st_item *const *)a, *y = *(const struct st_item *const *)b;
+    const struct st_item *x = *(const struct st_item *const *)a;
+    const struct st_item *y = *(const struct st_item *const *)b;
     size_t sx = dtype_sizes[x->dtype], sy = dtype_sizes[y->dtype];
     if (sx != sy) return sx > sy ? -1 : 1;
     return strcmp(x->name, y->name);
 }
 
-/* The padded JSON header (malloc'd, length *len, a multiple of 8); NULL when out of memory. */
+/* The JSON header padded with spaces to a multiple of 8 bytes (malloc'd, length *len), or NULL
+ * when out of memory. Keys: __metadata__ (its keys sorted), then the tensors in name order —
+ * jansson ≥ 2.8 dumps keys in insertion order, so the same contents give the same bytes. */
 static char *build_header(struct tg_st_writer *w, struct st_item **by_name, size_t *len)
 {
     json_t *root = json_object();
     int ok = root != NULL;
-    if (ok && w->nmeta > 0) {
-        /* Keys in sorted order so that the same contents give the same bytes. */
-        int *ord = malloc((size_t)w->nmeta * sizeof *ord);
-        json_t *m = json_object();
-        ok = ord && m;
-        for (int i = 0; ok && i < w->nmeta; i++) {
-            int j = i;
-            while (j > 0 && strcmp(w->mkey[ord[j - 1]], w->mkey[i]) > 0) {
-                ord[j] = ord[j - 1];
-                j--;
-            }
-            ord[j] = i;
-        }
-        for (int i = 0; ok && i < w->nmeta; i++)
-            ok = json_object_set_new(m, w->mkey[ord[i]], json_string(w->mval[ord[i]])) == 0;
-        free(ord);
-        if (ok) ok = json_object_set_new(root, "__metadata__", m) == 0;
-        else json_decref(m);
+    size_t nm = json_object_size(w->meta), j = 0;
+    if (ok && nm > 0) { /* metadata keys in sorted order */
+        const char **keys = malloc(nm * sizeof *keys), *key;
+        json_t *m = json_object(), *v;
+        ok = json_object_set_new(root, "__metadata__", m) == 0 && keys; /* root owns m */
+        if (ok) json_object_foreach(w->meta, key, v) keys[j++] = key;
+        if (ok) qsort(keys, nm, sizeof *keys, cmp_name);
+        for (j = 0; ok && j < nm; j++)
+            ok = json_object_set(m, keys[j], json_object_get(w->meta, keys[j])) == 0;
+        free(keys);
     }
     for (int i = 0; ok && i < w->n; i++) {
         const struct st_item *it = by_name[i];
-        json_t *e = json_object(), *sh = json_array();
-        ok = e && sh && json_object_set_new(e, "dtype", json_string(dtype_names[it->dtype])) == 0;
+        json_t *sh = json_array();
+        ok = sh != NULL;
         for (int k = 0; ok && k < it->ndim; k++)
             ok = json_array_append_new(sh, json_integer((json_int_t)it->shape[k])) == 0;
-        if (ok) ok = json_object_set_new(e, "shape", sh) == 0;
-        else json_decref(sh);
-        sh = NULL;
-        json_t *off = ok ? json_pack("[II]", (json_int_t)it->begin,
-                                     (json_int_t)(it->begin + it->nbytes)) : NULL;
-        if (ok) ok = off && json_object_set_new(e, "data_offsets", off) == 0;
-        if (ok) ok = json_object_set_new(root, it->name, e) == 0;
-        else json_decref(e);
+        json_t *e = !ok ? NULL : json_pack("{s:s, s:O, s:[I, I]}", "dtype", dtype_names[it->dtype],
+                                           "shape", sh, "data_offsets", (json_int_t)it->begin,
+                                           (json_int_t)(it->begin + it->nbytes));
+        json_decref(sh);
+        ok = e && json_object_set_new(root, it->name, e) == 0;
     }
-    /* jansson ≥ 2.8 dumps keys in insertion order: __metadata__, then names in sorted order. */
     char *js = ok ? json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);
     if (!js) return NULL;
@@ -826,19 +733,17 @@ static int write_all(int fd, const void *p, size_t n)
     return 0;
 }
 
-/* fsync the directory holding path, so that the rename itself survives a power cut. */
+/* fsync the directory holding path so that the rename itself survives a power cut. Best
+ * effort: some file systems refuse to fsync directories, and the new file is in place. */
 static void sync_dir(const char *path)
 {
     char *dir = strdup(path);
     if (!dir) return;
     char *slash = strrchr(dir, '/');
-    const char *d = dir;
-    if (!slash) d = ".";
-    else if (slash == dir) dir[1] = '\0';
-    else *slash = '\0';
-    int fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (slash) slash[slash == dir ? 1 : 0] = '\0'; /* "/x" → "/", "a/b" → "a" */
+    int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
-        (void)fsync(fd); /* best effort: some file systems refuse (EINVAL) */
+        (void)fsync(fd);
         close(fd);
     }
     free(dir);
@@ -851,16 +756,14 @@ enum tg_status tg_st_writer_save(struct tg_st_writer *w, const char *path)
     if (w->err != TG_OK)
         return tg_error(w->err, "%s: %s: not written, an earlier call failed: %s", fn, path,
                         w->errmsg ? w->errmsg : "(message lost)");
-    struct st_item **by_name = malloc((size_t)(w->n ? w->n : 1) * sizeof *by_name);
-    struct st_item **by_layout = malloc((size_t)(w->n ? w->n : 1) * sizeof *by_layout);
-    size_t tlen = strlen(path) + 32;
-    char *tmp = malloc(tlen);
-    char *header = NULL;
-    size_t hlen = 0;
+    size_t cnt = (size_t)(w->n ? w->n : 1), tlen = strlen(path) + 32, hlen = 0;
+    struct st_item **by_name = malloc(cnt * sizeof *by_name);
+    struct st_item **by_layout = malloc(cnt * sizeof *by_layout);
+    char *tmp = malloc(tlen), *header = NULL;
     enum tg_status st = TG_OK;
     int fd = -1, created = 0;
     if (!by_name || !by_layout || !tmp) {
-        st = tg_error(TG_ERR_NOMEM, "%s: %s: out of memory", fn, path);
+        st = fail(TG_ERR_NOMEM, fn, path, NULL, "out of memory");
         goto out;
     }
     for (int i = 0; i < w->n; i++) by_name[i] = by_layout[i] = &w->items[i];
@@ -872,31 +775,31 @@ enum tg_status tg_st_writer_save(struct tg_st_writer *w, const char *path)
         pos += by_layout[i]->nbytes;
     }
     if (!(header = build_header(w, by_name, &hlen))) {
-        st = tg_error(TG_ERR_NOMEM, "%s: %s: cannot build the header (out of memory)", fn, path);
+        st = fail(TG_ERR_NOMEM, fn, path, NULL, "out of memory for the header");
         goto out;
     }
     snprintf(tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        st = tg_error(TG_ERR_IO, "%s: %s: cannot create %s: %s", fn, path, tmp, strerror(errno));
+    if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666)) < 0) {
+        st = fail(TG_ERR_IO, fn, path, NULL, "cannot create %s: %s", tmp, strerror(errno));
         goto out;
     }
     created = 1;
     uint64_t n64 = hlen;
     int bad = write_all(fd, &n64, 8) || write_all(fd, header, hlen);
-    for (int i = 0; !bad && i < w->n; i++) bad = write_all(fd, by_layout[i]->data, by_layout[i]->nbytes);
+    for (int i = 0; !bad && i < w->n; i++)
+        bad = write_all(fd, by_layout[i]->data, by_layout[i]->nbytes);
     if (bad || fsync(fd) != 0) {
-        st = tg_error(TG_ERR_IO, "%s: %s: writing %s failed: %s", fn, path, tmp, strerror(errno));
+        st = fail(TG_ERR_IO, fn, path, NULL, "writing %s failed: %s", tmp, strerror(errno));
         goto out;
     }
     int rc = close(fd);
     fd = -1;
     if (rc != 0) {
-        st = tg_error(TG_ERR_IO, "%s: %s: closing %s failed: %s", fn, path, tmp, strerror(errno));
+        st = fail(TG_ERR_IO, fn, path, NULL, "closing %s failed: %s", tmp, strerror(errno));
         goto out;
     }
     if (rename(tmp, path) != 0) {
-        st = tg_error(TG_ERR_IO, "%s: %s: cannot rename %s over it: %s", fn, path, tmp, strerror(errno));
+        st = fail(TG_ERR_IO, fn, path, NULL, "cannot rename %s over it: %s", tmp, strerror(errno));
         goto out;
     }
     created = 0;

@@ -11,12 +11,18 @@ static const struct tg_param_spec gru_params[] = {
     {"bias_hh", TG_SHAPE(0, 0, 1, 3, 0, 0)},
 };
 
-static void gru_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *x,
+/* x W_ihᵀ + b_ih for all T·B rows at once; each step receives its block gi. */
+static struct tg_tensor *gru_input(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *X)
+{
+    return tg_linear(t, X, w[0], w[2]);
+}
+
+static void gru_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *gi,
                      struct tg_tensor *const *s, struct tg_tensor **next)
 {
     int H = tg_hidden_of(s);
     struct tg_tensor *h = s[0];
-    struct tg_tensor *gi = tg_linear(t, x, w[0], w[2]), *gh = tg_linear(t, h, w[1], w[3]);
+    struct tg_tensor *gh = tg_linear(t, h, w[1], w[3]);
     /* r and z share one add and one σ over their two blocks */
     struct tg_tensor *rz = tg_sigmoid(t, tg_add(t, tg_slice(t, gi, 1, 0, 2 * H),
                                                tg_slice(t, gh, 1, 0, 2 * H)));
@@ -27,7 +33,7 @@ static void gru_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_te
 
 const struct tg_cell tg_cell_gru = {
     "gru", "r,z = σ(W_i* x + b_i* + W_h* h + b_h*), n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn)), h' = (1−z)⊙n + z⊙h",
-    1, 3, 4, gru_params, gru_step};
+    1, 3, 4, gru_params, gru_step, gru_input};
 
 /* gru_cho (Cho et al. 2014; reset before the matmul), weight rows u, r, c over columns [h, x]:
  *   u = σ(W_u [h, x] + b_u),  r = σ(W_r [h, x] + b_r),
@@ -52,4 +58,4 @@ static void cho_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_te
 
 const struct tg_cell tg_cell_gru_cho = {
     "gru_cho", "u,r = σ(W[h,x] + b), c~ = tanh(W_c[r⊙h,x] + b_c), h' = u⊙c~ + (1−u)⊙h", 1, 3, 2,
-    cho_params, cho_step};
+    cho_params, cho_step, NULL};

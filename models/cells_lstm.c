@@ -12,11 +12,18 @@ static const struct tg_param_spec lstm_params[] = {
     {"bias_hh", TG_SHAPE(0, 0, 1, 4, 0, 0)},
 };
 
-static void lstm_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *x,
+/* x W_ihᵀ + b_ih for all T·B rows at once; each step receives its B-row block xp. Shared by
+ * every cell whose input enters as weight_ih (param 0) and bias_ih (param 2). */
+static struct tg_tensor *input_ih(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *X)
+{
+    return tg_linear(t, X, w[0], w[2]);
+}
+
+static void lstm_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *xp,
                       struct tg_tensor *const *s, struct tg_tensor **next)
 {
     int H = tg_hidden_of(s);
-    struct tg_tensor *g = tg_add(t, tg_linear(t, x, w[0], w[2]), tg_linear(t, s[0], w[1], w[3]));
+    struct tg_tensor *g = tg_add(t, xp, tg_linear(t, s[0], w[1], w[3]));
     struct tg_tensor *i = tg_sigmoid(t, tg_block(t, g, 0, H));
     struct tg_tensor *f = tg_sigmoid(t, tg_block(t, g, 1, H));
     struct tg_tensor *cand = tg_tanh(t, tg_block(t, g, 2, H));
@@ -27,7 +34,7 @@ static void lstm_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_t
 
 const struct tg_cell tg_cell_lstm = {
     "lstm", "i,f,o = σ(W_i* x + W_h* h + b), g = tanh(…), c' = f⊙c + i⊙g, h' = o⊙tanh(c')", 2, 4, 4,
-    lstm_params, lstm_step};
+    lstm_params, lstm_step, input_ih};
 
 /* lstm_peephole (Gers & Schmidhuber 2000): the gates also see the cell state.
  *   [i f] = σ(W_if [c, h, x] + b_if),  g = tanh(W_g [h, x] + b_g),  c' = f ⊙ c + i ⊙ g,
@@ -59,7 +66,7 @@ static void peephole_step(struct tg_tape *t, struct tg_tensor *const *w, struct 
 
 const struct tg_cell tg_cell_lstm_peephole = {
     "lstm_peephole", "i,f = σ(W[c,h,x] + b), c' = f⊙c + i⊙tanh(W_g[h,x] + b_g), o = σ(W_o[c',h,x] + b_o), h' = o⊙tanh(c')",
-    2, 2, 6, peephole_params, peephole_step};
+    2, 2, 6, peephole_params, peephole_step, NULL};
 
 /* lstm_coupled (coupled input and forget gate, Greff et al. 2017's CIFG), gate rows f, g, o:
  *   f, o = σ(·), g = tanh(·),  c' = f ⊙ c + (1 − f) ⊙ g,  h' = o ⊙ tanh(c'). */
@@ -70,11 +77,11 @@ static const struct tg_param_spec coupled_params[] = {
     {"bias_hh", TG_SHAPE(0, 0, 1, 3, 0, 0)},
 };
 
-static void coupled_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *x,
+static void coupled_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *xp,
                          struct tg_tensor *const *s, struct tg_tensor **next)
 {
     int H = tg_hidden_of(s);
-    struct tg_tensor *a = tg_add(t, tg_linear(t, x, w[0], w[2]), tg_linear(t, s[0], w[1], w[3]));
+    struct tg_tensor *a = tg_add(t, xp, tg_linear(t, s[0], w[1], w[3]));
     struct tg_tensor *f = tg_sigmoid(t, tg_block(t, a, 0, H));
     struct tg_tensor *g = tg_tanh(t, tg_block(t, a, 1, H));
     struct tg_tensor *o = tg_sigmoid(t, tg_block(t, a, 2, H));
@@ -84,7 +91,7 @@ static void coupled_step(struct tg_tape *t, struct tg_tensor *const *w, struct t
 
 const struct tg_cell tg_cell_lstm_coupled = {
     "lstm_coupled", "f,o = σ(…), g = tanh(…), c' = f⊙c + (1−f)⊙g, h' = o⊙tanh(c')", 2, 3, 4,
-    coupled_params, coupled_step};
+    coupled_params, coupled_step, input_ih};
 
 /* lstm_dlbook (Goodfellow, Bengio & Courville, Deep Learning, eqs. 10.40–10.44), rows f, g, a, q:
  *   f = σ(b^f + U^f x + W^f h)            forget gate            (10.40)
@@ -99,13 +106,12 @@ static const struct tg_param_spec dlbook_params[] = {
     {"bias", TG_SHAPE(0, 0, 1, 4, 0, 0)},
 };
 
-static void dlbook_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *x,
+static void dlbook_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *xp,
                         struct tg_tensor *const *s, struct tg_tensor **next)
 {
     int H = tg_hidden_of(s);
     /* all four blocks are sigmoids, so one σ over the whole pre-activation */
-    struct tg_tensor *a = tg_sigmoid(t, tg_add(t, tg_linear(t, x, w[0], w[2]),
-                                              tg_matmul(t, s[0], w[1], 0, 1)));
+    struct tg_tensor *a = tg_sigmoid(t, tg_add(t, xp, tg_matmul(t, s[0], w[1], 0, 1)));
     struct tg_tensor *f = tg_block(t, a, 0, H), *g = tg_block(t, a, 1, H);
     struct tg_tensor *in = tg_block(t, a, 2, H), *q = tg_block(t, a, 3, H);
     next[1] = tg_add(t, tg_mul(t, f, s[1]), tg_mul(t, g, in));
@@ -114,4 +120,4 @@ static void dlbook_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg
 
 const struct tg_cell tg_cell_lstm_dlbook = {
     "lstm_dlbook", "f,g,q = σ(b + U x + W h), s' = f⊙s + g⊙σ(b + U x + W h), h' = tanh(s')⊙q", 2, 4, 3,
-    dlbook_params, dlbook_step};
+    dlbook_params, dlbook_step, input_ih};

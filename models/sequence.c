@@ -205,6 +205,15 @@ enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
     int first = cfg->vocab > 0;
     for (int l = 0; l < L; l++) {
         struct tg_tensor *const *w = m->params + first + l * cell->n_params;
+        /* The layer's whole input as one T·B-row matrix: the first layer's X, or the stacked
+         * outputs of the layer below. With an input hook, project it once (one GEMM). */
+        struct tg_tensor *Xl = X;
+        if (cell->input) {
+            tg_tape_set_tag(t, -1, l);
+            if (l > 0) Xl = T == 1 ? hs[0] : tg_concat(t, 0, T, hs);
+            Xl = Xl ? cell->input(t, w, Xl) : NULL;
+            if (!Xl) return fail_from_tape(t, "input projection");
+        }
         for (int k = 0; k < ns; k++) {
             struct tg_tensor *s0 = init ? init[l * ns + k] : NULL;
             if (s0 && (s0->rows != B || s0->cols != H || s0->dtype != cfg->dtype))
@@ -216,7 +225,7 @@ enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
         }
         for (int s = 0; s < T; s++) {
             tg_tape_set_tag(t, s, l);
-            struct tg_tensor *x = l == 0 ? tg_slice(t, X, 0, s * B, (s + 1) * B) : hs[s];
+            struct tg_tensor *x = l == 0 || cell->input ? tg_slice(t, Xl, 0, s * B, (s + 1) * B) : hs[s];
             next[0] = next[1] = NULL;
             cell->step(t, w, x, state, next);
             for (int k = 0; k < ns; k++) {

@@ -48,6 +48,12 @@ typedef void (*tg_cell_step_fn)(struct tg_tape *t, struct tg_tensor *const *w,
                                 struct tg_tensor *x, struct tg_tensor *const *state,
                                 struct tg_tensor **next);
 
+/* Optional: the part of a step that depends on the input alone (typically x W_ihᵀ + b_ih).
+ * The unroller applies it once to all T·B rows of the layer's input — one GEMM instead of T
+ * small ones — and hands step t its B-row block in place of x. Pure ops, like step. */
+typedef struct tg_tensor *(*tg_cell_input_fn)(struct tg_tape *t, struct tg_tensor *const *w,
+                                              struct tg_tensor *X);
+
 struct tg_cell {
     const char *name;
     const char *equations;        /* one line, for --help and DOT titles */
@@ -56,6 +62,7 @@ struct tg_cell {
     int n_params;
     const struct tg_param_spec *params;
     tg_cell_step_fn step;
+    tg_cell_input_fn input;       /* NULL: step receives x itself */
 };
 
 /* The nine built-in cells: rnn_tanh, rnn_relu, lstm, gru, gru_cho, lstm_peephole,

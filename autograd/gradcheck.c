@@ -43,15 +43,24 @@ enum tg_status tg_gradcheck(tg_loss_fn fn, void *ctx, struct tg_tensor **xs, int
     if (o.step <= 0) o.step = 1e-3;
     if (o.tol <= 0) o.tol = 1e-7;
     if (o.rel_floor <= 0) o.rel_floor = 1e-3;
-    memset(rep, 0, sizeof *rep);
-    rep->worst_tensor = rep->worst_row = rep->worst_col = -1;
-
-    for (int k = 0; k < nx; k++) {
-        if (!xs[k] || xs[k]->dtype != TG_F64 || !xs[k]->grad || !(xs[k]->flags & TG_HEAP))
-            return tg_error(TG_ERR_VALUE, "tg_gradcheck: tensor %d must be a float64 heap tensor "
-                                          "with a gradient buffer", k);
-        tg_tensor_zero_grad(xs[k]);
+    if (rep) {
+        memset(rep, 0, sizeof *rep);
+        rep->worst_tensor = rep->worst_row = rep->worst_col = -1;
     }
+    if (!fn || !xs || nx < 1 || !rep)
+        return tg_error(TG_ERR_VALUE, "tg_gradcheck: needs a loss function, nx >= 1 tensors (got "
+                                      "%d) and a report", nx);
+    for (int k = 0; k < nx; k++) {
+        const struct tg_tensor *x = xs[k];
+        if (!x) return tg_error(TG_ERR_VALUE, "tg_gradcheck: tensor %d is NULL", k);
+        if (x->dtype != TG_F64)
+            return tg_error(TG_ERR_DTYPE, "tg_gradcheck: tensor %d (%dx%d) is %s; finite "
+                            "differences need float64", k, x->rows, x->cols, tg_dtype_name(x->dtype));
+        if (!x->grad || !(x->flags & TG_HEAP))
+            return tg_error(TG_ERR_VALUE, "tg_gradcheck: tensor %d (%dx%d) must be a heap tensor "
+                            "with a gradient buffer", k, x->rows, x->cols);
+    }
+    for (int k = 0; k < nx; k++) tg_tensor_zero_grad(xs[k]);
 
     struct tg_tape *t = tg_tape_new(0);
     if (!t) return TG_ERR_NOMEM;

@@ -9,18 +9,18 @@
     static void addsub_fwd_##S(const T *a, int a_row, const T *b, int b_row, T *c, int m, int n, \
                                T sign)                                                         \
     {                                                                                          \
-        TG_OMP_FOR((size_t)m * n)                                                              \
-        for (int i = 0; i < m; i++) {                                                          \
-            const T *pa = a + (a_row ? 0 : (size_t)i * n);                                     \
-            const T *pb = b + (b_row ? 0 : (size_t)i * n);                                     \
-            T *pc = c + (size_t)i * n;                                                         \
-            for (int j = 0; j < n; j++) pc[j] = pa[j] + sign * pb[j];                          \
-        }                                                                                      \
+        TG_PAR_FOR((size_t)m * n,                                                              \
+            for (int i = 0; i < m; i++) {                                                      \
+                const T *pa = a + (a_row ? 0 : (size_t)i * n);                                 \
+                const T *pb = b + (b_row ? 0 : (size_t)i * n);                                 \
+                T *pc = c + (size_t)i * n;                                                     \
+                for (int j = 0; j < n; j++) pc[j] = pa[j] + sign * pb[j];                      \
+            })                                                                                 \
     }                                                                                          \
     static void acc_##S(T *dst, const T *g, size_t n, T sign)                                  \
     {                                                                                          \
-        TG_OMP_FOR(n)                                                                          \
-        for (size_t i = 0; i < n; i++) dst[i] += sign * g[i];                                  \
+        TG_PAR_FOR(n,                                                                          \
+            for (size_t i = 0; i < n; i++) dst[i] += sign * g[i];)                             \
     }
 TG_BOTH_DTYPES(DEF_ADD)
 

@@ -6,13 +6,13 @@
 #define DEF_AFFINE(T, S)                                                                       \
     static void affine_fwd_##S(const T *x, T *y, size_t n, T a, T b)                           \
     {                                                                                          \
-        TG_OMP_FOR(n)                                                                          \
-        for (size_t i = 0; i < n; i++) y[i] = a * x[i] + b;                                    \
+        TG_PAR_FOR(n,                                                                          \
+            for (size_t i = 0; i < n; i++) y[i] = a * x[i] + b;)                               \
     }                                                                                          \
     static void affine_bwd_##S(T *dx, const T *dy, size_t n, T a)                              \
     {                                                                                          \
-        TG_OMP_FOR(n)                                                                          \
-        for (size_t i = 0; i < n; i++) dx[i] += a * dy[i];                                     \
+        TG_PAR_FOR(n,                                                                          \
+            for (size_t i = 0; i < n; i++) dx[i] += a * dy[i];)                                \
     }
 TG_BOTH_DTYPES(DEF_AFFINE)
 
@@ -37,7 +37,8 @@ struct tg_tensor *tg_affine(struct tg_tape *t, struct tg_tensor *x, double a, do
 {
     if (!tg_op_check_inputs(t, "tg_affine", &x, 1)) return NULL;
     if (!isfinite(a) || !isfinite(b)) {
-        tg_op_fail(t, TG_ERR_VALUE, "tg_affine: constants must be finite, got a=%g b=%g", a, b);
+        tg_op_fail(t, TG_ERR_VALUE, "tg_affine: constants must be finite, got a=%g b=%g for "
+                   "(%dx%d)", a, b, x->rows, x->cols);
         return NULL;
     }
     union tg_op_args args = {.affine = {a, b}};

@@ -56,11 +56,12 @@ struct tg_tensor *tg_concat(struct tg_tape *t, int axis, int n, struct tg_tensor
         tg_op_fail(t, TG_ERR_VALUE, "tg_concat: needs at least one input, got %d", n);
         return NULL;
     }
+    if (!tg_op_check_inputs(t, "tg_concat", xs, n)) return NULL;
     if (axis != 0 && axis != 1) {
-        tg_op_fail(t, TG_ERR_VALUE, "tg_concat: axis must be 0 (rows) or 1 (columns), got %d", axis);
+        tg_op_fail(t, TG_ERR_VALUE, "tg_concat: axis must be 0 (rows) or 1 (columns), got %d "
+                   "(input 0 is (%dx%d))", axis, xs[0]->rows, xs[0]->cols);
         return NULL;
     }
-    if (!tg_op_check_inputs(t, "tg_concat", xs, n)) return NULL;
     long rows = xs[0]->rows, cols = xs[0]->cols;
     for (int k = 1; k < n; k++) {
         int keep = axis == 1 ? xs[k]->rows : xs[k]->cols;

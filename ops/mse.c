@@ -16,8 +16,8 @@
     }                                                                                          \
     static void mse_bwd_##S(T *dx, const T *p, const T *y, size_t n, T k)                      \
     {                                                                                          \
-        TG_OMP_FOR(n)                                                                          \
-        for (size_t i = 0; i < n; i++) dx[i] += k * (p[i] - y[i]);                             \
+        TG_PAR_FOR(n,                                                                          \
+            for (size_t i = 0; i < n; i++) dx[i] += k * (p[i] - y[i]);)                        \
     }
 TG_BOTH_DTYPES(DEF_MSE)
 
@@ -58,7 +58,8 @@ struct tg_tensor *tg_mse(struct tg_tape *t, struct tg_tensor *pred, struct tg_te
         return NULL;
     }
     if (reduction != TG_REDUCE_SUM && reduction != TG_REDUCE_MEAN) {
-        tg_op_fail(t, TG_ERR_VALUE, "tg_mse: unknown reduction %d", (int)reduction);
+        tg_op_fail(t, TG_ERR_VALUE, "tg_mse: unknown reduction %d for (%dx%d)", (int)reduction,
+                   pred->rows, pred->cols);
         return NULL;
     }
     union tg_op_args args = {.mse = {reduction}};

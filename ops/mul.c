@@ -8,13 +8,13 @@
 #define DEF_MUL(T, S)                                                                          \
     static void mul_fwd_##S(const T *a, int ar, const T *b, int br, T *c, int m, int n)        \
     {                                                                                          \
-        TG_OMP_FOR((size_t)m * n)                                                              \
-        for (int i = 0; i < m; i++) {                                                          \
-            const T *pa = a + (ar ? 0 : (size_t)i * n);                                        \
-            const T *pb = b + (br ? 0 : (size_t)i * n);                                        \
-            T *pc = c + (size_t)i * n;                                                         \
-            for (int j = 0; j < n; j++) pc[j] = pa[j] * pb[j];                                 \
-        }                                                                                      \
+        TG_PAR_FOR((size_t)m * n,                                                              \
+            for (int i = 0; i < m; i++) {                                                      \
+                const T *pa = a + (ar ? 0 : (size_t)i * n);                                    \
+                const T *pb = b + (br ? 0 : (size_t)i * n);                                    \
+                T *pc = c + (size_t)i * n;                                                     \
+                for (int j = 0; j < n; j++) pc[j] = pa[j] * pb[j];                             \
+            })                                                                                 \
     }                                                                                          \
     /* dx += dc ⊙ other; rows of dx are shared when x was broadcast (xr), so only then serial */ \
     static void mul_bwd_##S(T *dx, int xr, const T *other, int orow, const T *dc, int m, int n) \
@@ -27,13 +27,13 @@
             }                                                                                  \
             return;                                                                            \
         }                                                                                      \
-        TG_OMP_FOR((size_t)m * n)                                                              \
-        for (int i = 0; i < m; i++) {                                                          \
-            const T *po = other + (orow ? 0 : (size_t)i * n);                                  \
-            const T *pg = dc + (size_t)i * n;                                                  \
-            T *px = dx + (size_t)i * n;                                                        \
-            for (int j = 0; j < n; j++) px[j] += pg[j] * po[j];                                \
-        }                                                                                      \
+        TG_PAR_FOR((size_t)m * n,                                                              \
+            for (int i = 0; i < m; i++) {                                                      \
+                const T *po = other + (orow ? 0 : (size_t)i * n);                              \
+                const T *pg = dc + (size_t)i * n;                                              \
+                T *px = dx + (size_t)i * n;                                                    \
+                for (int j = 0; j < n; j++) px[j] += pg[j] * po[j];                            \
+            })                                                                                 \
     }
 TG_BOTH_DTYPES(DEF_MUL)
 

@@ -19,8 +19,19 @@
 #else
 #define TG_PRAGMA(x)
 #endif
-/* An elementwise loop over n items goes parallel only when n is worth waking threads for. */
-#define TG_OMP_FOR(n) TG_PRAGMA(omp parallel for schedule(static) if ((n) >= TG_OMP_MIN))
+/* TG_PAR_FOR(n, for (...) ...): an elementwise loop over n items goes parallel only when n is
+ * worth waking threads for. The test is an ordinary branch, not an OpenMP if() clause: with
+ * if(false) libgomp still opens a one-thread parallel region, and it mallocs and frees a team
+ * for every such region — a heap allocation per small op, every step (found by test_tape). */
+#define TG_PAR_FOR(n, ...)                                                                     \
+    {                                                                                          \
+        if ((n) >= TG_OMP_MIN) {                                                               \
+            TG_PRAGMA(omp parallel for schedule(static))                                       \
+            __VA_ARGS__                                                                        \
+        } else {                                                                               \
+            __VA_ARGS__                                                                        \
+        }                                                                                      \
+    }
 
 /* Broadcast rule of add/sub/mul: equal shapes, or one side a 1×n row and the other m×n.
  * Returns 0 and raises "name: shapes do not broadcast: (axb) op (cxd)" otherwise. */

@@ -12,8 +12,8 @@
     }                                                                                          \
     static void fill_acc_##S(T *dx, size_t n, T g)                                             \
     {                                                                                          \
-        TG_OMP_FOR(n)                                                                          \
-        for (size_t i = 0; i < n; i++) dx[i] += g;                                             \
+        TG_PAR_FOR(n,                                                                          \
+            for (size_t i = 0; i < n; i++) dx[i] += g;)                                        \
     }
 TG_BOTH_DTYPES(DEF_REDUCE)
 

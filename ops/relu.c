@@ -7,13 +7,13 @@
 #define DEF_RELU(T, S)                                                                         \
     static void relu_fwd_##S(const T *x, T *y, size_t n)                                       \
     {                                                                                          \
-        TG_OMP_FOR(n)                                                                          \
-        for (size_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : 0;                             \
+        TG_PAR_FOR(n,                                                                          \
+            for (size_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : 0;)                        \
     }                                                                                          \
     static void relu_bwd_##S(T *dx, const T *x, const T *dy, size_t n)                         \
     {                                                                                          \
-        TG_OMP_FOR(n)                                                                          \
-        for (size_t i = 0; i < n; i++) dx[i] += x[i] > 0 ? dy[i] : 0;                          \
+        TG_PAR_FOR(n,                                                                          \
+            for (size_t i = 0; i < n; i++) dx[i] += x[i] > 0 ? dy[i] : 0;)                     \
     }
 TG_BOTH_DTYPES(DEF_RELU)
 

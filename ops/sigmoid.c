@@ -7,21 +7,21 @@
 #define DEF_SIGMOID(T, S)                                                                      \
     static void sigmoid_fwd_##S(const T *x, T *y, size_t n)                                    \
     {                                                                                          \
-        TG_OMP_FOR(n)                                                                          \
-        for (size_t i = 0; i < n; i++) {                                                       \
-            T v = x[i];                                                                        \
-            if (v >= 0) {                                                                      \
-                y[i] = (T)(1 / (1 + exp(-v)));                                                 \
-            } else {                                                                           \
-                T e = (T)exp(v);                                                               \
-                y[i] = e / (1 + e);                                                            \
-            }                                                                                  \
-        }                                                                                      \
+        TG_PAR_FOR(n,                                                                          \
+            for (size_t i = 0; i < n; i++) {                                                   \
+                T v = x[i];                                                                    \
+                if (v >= 0) {                                                                  \
+                    y[i] = (T)(1 / (1 + exp(-v)));                                             \
+                } else {                                                                       \
+                    T e = (T)exp(v);                                                           \
+                    y[i] = e / (1 + e);                                                        \
+                }                                                                              \
+            })                                                                                 \
     }                                                                                          \
     static void sigmoid_bwd_##S(T *dx, const T *y, const T *dy, size_t n)                      \
     {                                                                                          \
-        TG_OMP_FOR(n)                                                                          \
-        for (size_t i = 0; i < n; i++) dx[i] += dy[i] * y[i] * (1 - y[i]);                     \
+        TG_PAR_FOR(n,                                                                          \
+            for (size_t i = 0; i < n; i++) dx[i] += dy[i] * y[i] * (1 - y[i]);)                \
     }
 TG_BOTH_DTYPES(DEF_SIGMOID)
 

@@ -24,12 +24,12 @@ void tg_slice_forward(struct tg_node *nd)
 #define DEF_SLICE_BWD(T, S)                                                                    \
     static void slice_bwd_##S(T *dx, int ldx, const T *dy, int rows, int cols)                 \
     {                                                                                          \
-        TG_OMP_FOR((size_t)rows * cols)                                                        \
-        for (int i = 0; i < rows; i++) {                                                       \
-            T *d = dx + (size_t)i * ldx;                                                       \
-            const T *g = dy + (size_t)i * cols;                                                \
-            for (int j = 0; j < cols; j++) d[j] += g[j];                                       \
-        }                                                                                      \
+        TG_PAR_FOR((size_t)rows * cols,                                                        \
+            for (int i = 0; i < rows; i++) {                                                   \
+                T *d = dx + (size_t)i * ldx;                                                   \
+                const T *g = dy + (size_t)i * cols;                                            \
+                for (int j = 0; j < cols; j++) d[j] += g[j];                                   \
+            })                                                                                 \
     }
 TG_BOTH_DTYPES(DEF_SLICE_BWD)
 
@@ -48,7 +48,8 @@ struct tg_tensor *tg_slice(struct tg_tape *t, struct tg_tensor *x, int axis, int
 {
     if (!tg_op_check_inputs(t, "tg_slice", &x, 1)) return NULL;
     if (axis != 0 && axis != 1) {
-        tg_op_fail(t, TG_ERR_VALUE, "tg_slice: axis must be 0 (rows) or 1 (columns), got %d", axis);
+        tg_op_fail(t, TG_ERR_VALUE, "tg_slice: axis must be 0 (rows) or 1 (columns), got %d for "
+                   "(%dx%d)", axis, x->rows, x->cols);
         return NULL;
     }
     int len = axis == 1 ? x->cols : x->rows;

@@ -34,14 +34,14 @@
     }                                                                                          \
     static void xent_bwd_##S(T *dl, const T *p, const int32_t *y, int n, int c, T scale)       \
     {                                                                                          \
-        TG_OMP_FOR((size_t)n * c)                                                              \
-        for (int i = 0; i < n; i++) {                                                          \
-            if (y[i] < 0) continue;                                                            \
-            const T *pi = p + (size_t)i * c;                                                   \
-            T *di = dl + (size_t)i * c;                                                        \
-            for (int j = 0; j < c; j++) di[j] += scale * pi[j];                                \
-            di[y[i]] -= scale;                                                                 \
-        }                                                                                      \
+        TG_PAR_FOR((size_t)n * c,                                                              \
+            for (int i = 0; i < n; i++) {                                                      \
+                if (y[i] < 0) continue;                                                        \
+                const T *pi = p + (size_t)i * c;                                               \
+                T *di = dl + (size_t)i * c;                                                    \
+                for (int j = 0; j < c; j++) di[j] += scale * pi[j];                            \
+                di[y[i]] -= scale;                                                             \
+            })                                                                                 \
     }
 TG_BOTH_DTYPES(DEF_XENT)
 
@@ -91,7 +91,8 @@ struct tg_tensor *tg_softmax_xent(struct tg_tape *t, struct tg_tensor *logits,
         return NULL;
     }
     if (reduction != TG_REDUCE_SUM && reduction != TG_REDUCE_MEAN) {
-        tg_op_fail(t, TG_ERR_VALUE, "tg_softmax_xent: unknown reduction %d", (int)reduction);
+        tg_op_fail(t, TG_ERR_VALUE, "tg_softmax_xent: unknown reduction %d for logits (%dx%d)",
+                   (int)reduction, logits->rows, logits->cols);
         return NULL;
     }
     for (int i = 0; i < logits->rows; i++) {

@@ -6,13 +6,13 @@
 #define DEF_TANH(T, S)                                                                         \
     static void tanh_fwd_##S(const T *x, T *y, size_t n)                                       \
     {                                                                                          \
-        TG_OMP_FOR(n)                                                                          \
-        for (size_t i = 0; i < n; i++) y[i] = (T)tanh(x[i]);                                   \
+        TG_PAR_FOR(n,                                                                          \
+            for (size_t i = 0; i < n; i++) y[i] = (T)tanh(x[i]);)                              \
     }                                                                                          \
     static void tanh_bwd_##S(T *dx, const T *y, const T *dy, size_t n)                         \
     {                                                                                          \
-        TG_OMP_FOR(n)                                                                          \
-        for (size_t i = 0; i < n; i++) dx[i] += dy[i] * (1 - y[i] * y[i]);                     \
+        TG_PAR_FOR(n,                                                                          \
+            for (size_t i = 0; i < n; i++) dx[i] += dy[i] * (1 - y[i] * y[i]);)                \
     }
 TG_BOTH_DTYPES(DEF_TANH)
 

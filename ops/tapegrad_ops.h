@@ -83,7 +83,8 @@ static inline struct tg_tensor *tg_concat2(struct tg_tape *t, int axis, struct t
 struct tg_tensor *tg_slice(struct tg_tape *t, struct tg_tensor *x, int axis, int start, int end);
 
 /* Fused softmax + cross-entropy over the columns of each row of logits (N×C), with integer
- * labels in [0, C) (copied). Returns 1×1: the sum or the mean over the N rows. */
+ * labels in [0, C), or −1 for a row without loss (padding); labels are copied. Returns 1×1:
+ * the sum over labelled rows, or their mean. */
 struct tg_tensor *tg_softmax_xent(struct tg_tape *t, struct tg_tensor *logits,
                                   const int32_t *labels, enum tg_reduction reduction);
 

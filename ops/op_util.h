@@ -33,6 +33,28 @@
         }                                                                                      \
     }
 
+/* Serial vector loop over n items: `#pragma omp simd` makes GCC vectorise even where its
+ * alias analysis would keep a scalar fallback (the scalar tanh loop turned the select between
+ * its two formulas into a mispredicted branch). Parallel above TG_OMP_MIN like TG_PAR_FOR. */
+#define TG_SIMD_FOR(n, ...)                                                                    \
+    {                                                                                          \
+        if ((n) >= TG_OMP_MIN) {                                                               \
+            TG_PRAGMA(omp parallel for simd schedule(static))                                  \
+            __VA_ARGS__                                                                        \
+        } else {                                                                               \
+            TG_PRAGMA(omp simd)                                                                \
+            __VA_ARGS__                                                                        \
+        }                                                                                      \
+    }
+
+/* Kernels whose cost is arithmetic (transcendentals) get an AVX2+FMA clone picked at load
+ * time, so one binary runs everywhere and uses 8-wide vectors where the CPU has them. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define TG_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define TG_SIMD_CLONES
+#endif
+
 /* Broadcast rule of add/sub/mul: equal shapes, or one side a 1×n row and the other m×n.
  * Returns 0 and raises "name: shapes do not broadcast: (axb) op (cxd)" otherwise. */
 int tg_binary_shape(struct tg_tape *t, const char *name, const char *sym,

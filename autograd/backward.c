@@ -10,6 +10,63 @@
 
 #include "internal.h"
 
+void tg_gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
+             const void *b, int ldb, double beta, void *c, int ldc);
+
+/* Give every parameter that is the right operand (x·Wᵀ) of at least two recorded matmuls a
+ * stage for its deferred gradient (struct tg_grad_stage). Returns the number of staged
+ * parameters, listed in *out, or −1 if memory ran out. */
+static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
+{
+    int n = 0;
+    struct tg_tensor **list = NULL;
+    size_t cap = 0;
+    for (size_t i = 0; i <= top; i++) {
+        struct tg_node *nd = t->nodes[i];
+        struct tg_tensor *w = nd->op == TG_OP_MATMUL ? nd->src[1] : NULL;
+        if (!w || !(w->flags & TG_PARAM) || !nd->args.matmul.trans_b || nd->args.matmul.trans_a)
+            continue;
+        if (!w->stage) {
+            if ((size_t)n == cap) {
+                size_t ncap = cap ? 2 * cap : 16;
+                struct tg_tensor **nl = tg_tape_alloc(t, ncap * sizeof *nl);
+                if (!nl) return -1;
+                if (n) memcpy(nl, list, (size_t)n * sizeof *nl);
+                list = nl;
+                cap = ncap;
+            }
+            w->stage = tg_tape_alloc(t, sizeof *w->stage);
+            if (!w->stage) return -1;
+            memset(w->stage, 0, sizeof *w->stage);
+            list[n++] = w;
+        }
+        w->stage->rows_cap += nd->out->rows;
+        w->stage->rows++; /* counts uses until the buffers exist */
+    }
+    int kept = 0;
+    for (int j = 0; j < n; j++) {
+        struct tg_tensor *w = list[j];
+        struct tg_grad_stage *st = w->stage;
+        if (st->rows < 2) { /* one use: nothing to batch */
+            w->stage = NULL;
+            continue;
+        }
+        size_t es = tg_dtype_size(w->dtype);
+        st->dc = tg_tape_alloc(t, (size_t)st->rows_cap * w->rows * es);
+        st->a = tg_tape_alloc(t, (size_t)st->rows_cap * w->cols * es);
+        if (!st->dc || !st->a) return -1;
+        st->rows = 0;
+        list[kept++] = w;
+    }
+    *out = list;
+    return kept;
+}
+
+static void unstage(struct tg_tensor **list, int n)
+{
+    for (int j = 0; j < n; j++) list[j]->stage = NULL;
+}
+
 enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
 {
     if (!loss) {
@@ -36,6 +93,10 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
     if (loss->dtype == TG_F64) *(double *)g += 1.0;
     else *(float *)g += 1.0f;
 
+    struct tg_tensor **staged = NULL;
+    int n_staged = stage_weights(t, top, &staged);
+    if (n_staged < 0) return tg_error(TG_ERR_NOMEM, "tg_backward: out of memory for gradients");
+
     for (size_t i = top + 1; i-- > 0;) {
         struct tg_node *n = t->nodes[i];
         /* Skip what no gradient reached (nothing downstream of it leads to the loss) and what
@@ -43,10 +104,22 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
         if (!n->out->grad || !tg_requires_grad(n->out)) continue;
         for (int s = 0; s < n->nsrc; s++) {
             struct tg_tensor *x = n->src[s];
-            if (tg_requires_grad(x) && !tg_grad_buffer(t, x))
+            if (tg_requires_grad(x) && !tg_grad_buffer(t, x)) {
+                unstage(staged, n_staged);
                 return tg_error(TG_ERR_NOMEM, "tg_backward: out of memory for gradients");
+            }
         }
         tg_op_table[n->op].backward(n);
     }
+
+    /* The deferred weight gradients: one GEMM per staged weight over all its uses' rows. */
+    for (int j = 0; j < n_staged; j++) {
+        struct tg_tensor *w = staged[j];
+        struct tg_grad_stage *st = w->stage;
+        if (st->rows > 0 && w->grad)
+            tg_gemm(w->dtype, 1, 0, w->rows, w->cols, st->rows, st->dc, w->rows, st->a, w->cols,
+                    1.0, w->grad, w->cols);
+    }
+    unstage(staged, n_staged);
     return TG_OK;
 }

@@ -59,6 +59,16 @@ int tg_op_check_inputs(struct tg_tape *t, const char *opname, struct tg_tensor *
 void tg_op_fail(struct tg_tape *t, enum tg_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Deferred weight gradient (issue: T small GEMMs dW += dC_tᵀ·A_t, one per time step, each
+ * with inner dimension B, run far below the GEMM rate). A weight used as the transposed right
+ * operand of several matmuls gets a stage: each such matmul's backward copies its dC and A
+ * rows into two stacked matrices, and after the walk one GEMM over all stacked rows adds
+ *   dW += [dC_1; …; dC_T]ᵀ · [A_1; …; A_T]  =  Σ_t dC_tᵀ · A_t. */
+struct tg_grad_stage {
+    void *dc, *a;       /* uses·M × N and uses·M × K, stacked in the order backward meets them */
+    int rows_cap, rows; /* capacity and rows filled */
+};
+
 /* Gradient buffer of an arena tensor, allocated (zeroed) on first use during backward. */
 void *tg_grad_buffer(struct tg_tape *t, struct tg_tensor *x);
 

@@ -91,6 +91,7 @@ struct tg_tensor {
     void *grad;              /* same layout; NULL until a gradient flows (arena tensors) */
     struct tg_node *node;    /* node that produced it on its tape; NULL for leaves */
     const char *name;        /* optional; parameters always have one */
+    struct tg_grad_stage *stage; /* engine-private, during tg_backward only (see backward.c) */
 };
 
 static inline size_t tg_numel(const struct tg_tensor *x) { return (size_t)x->rows * (size_t)x->cols; }

@@ -8,10 +8,11 @@
  * Every update is one GEMM with β = 1 straight into the existing gradient buffer: a weight used
  * at every time step accumulates its per-step terms with no temporary. */
 #include <cblas.h>
+#include <string.h>
 
 #include "op_util.h"
 
-static void gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
+void tg_gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
                  const void *b, int ldb, double beta, void *c, int ldc)
 {
     enum CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans;
@@ -28,7 +29,7 @@ void tg_matmul_forward(struct tg_node *nd)
     struct tg_tensor *C = nd->out;
     int ta = nd->args.matmul.trans_a, tb = nd->args.matmul.trans_b;
     int k = ta ? A->rows : A->cols;
-    gemm(C->dtype, ta, tb, C->rows, C->cols, k, A->data, A->cols, B->data, B->cols, 0.0, C->data,
+    tg_gemm(C->dtype, ta, tb, C->rows, C->cols, k, A->data, A->cols, B->data, B->cols, 0.0, C->data,
          C->cols);
 }
 
@@ -38,12 +39,20 @@ void tg_matmul_backward(struct tg_node *nd)
     int ta = nd->args.matmul.trans_a, tb = nd->args.matmul.trans_b;
     int m = C->rows, n = C->cols, k = ta ? A->rows : A->cols;
     if (A->grad) {
-        if (!ta) gemm(C->dtype, 0, !tb, m, k, n, C->grad, n, B->data, B->cols, 1.0, A->grad, A->cols);
-        else gemm(C->dtype, tb, 1, k, m, n, B->data, B->cols, C->grad, n, 1.0, A->grad, A->cols);
+        if (!ta) tg_gemm(C->dtype, 0, !tb, m, k, n, C->grad, n, B->data, B->cols, 1.0, A->grad, A->cols);
+        else tg_gemm(C->dtype, tb, 1, k, m, n, B->data, B->cols, C->grad, n, 1.0, A->grad, A->cols);
     }
-    if (B->grad) {
-        if (!tb) gemm(C->dtype, !ta, 0, k, n, m, A->data, A->cols, C->grad, n, 1.0, B->grad, B->cols);
-        else gemm(C->dtype, 1, ta, n, k, m, C->grad, n, A->data, A->cols, 1.0, B->grad, B->cols);
+    if (B->grad && B->stage && tb && !ta) {
+        /* Deferred (see struct tg_grad_stage): stack dC and A; backward.c runs the GEMM. */
+        struct tg_grad_stage *st = B->stage;
+        TG_ASSERT(st->rows + m <= st->rows_cap);
+        size_t es = tg_dtype_size(C->dtype);
+        memcpy((char *)st->dc + (size_t)st->rows * n * es, C->grad, (size_t)m * n * es);
+        memcpy((char *)st->a + (size_t)st->rows * k * es, A->data, (size_t)m * k * es);
+        st->rows += m;
+    } else if (B->grad) {
+        if (!tb) tg_gemm(C->dtype, !ta, 0, k, n, m, A->data, A->cols, C->grad, n, 1.0, B->grad, B->cols);
+        else tg_gemm(C->dtype, 1, ta, n, k, m, C->grad, n, A->data, A->cols, 1.0, B->grad, B->cols);
     }
 }
 

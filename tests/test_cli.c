@@ -1,0 +1,523 @@
+/* test_cli.c — the `tapegrad` program as a user runs it (the built binary, fork/exec).
+ *
+ * check: passes for all nine cells at the default sizes; --perturb (the report's self-test) makes
+ *        it fail and name the tensor, the time step and the gate block; an unknown cell and bad
+ *        flags give exit 1 and one line on stderr.
+ * grad:  a missing file, a truncated file, the wrong --cell, labels out of range, a misshapen
+ *        or missing tensor and an unwritable output each give exit 1, one line on stderr naming
+ *        the file and tensor, and no output file (an existing one is left untouched).
+ *
+ * Test functions are named test_check_* and test_grad_* by subcommand. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "tapegrad_models.h"
+#include "tg_safetensors.h"
+
+#define TAPEGRAD TG_BUILD_DIR "/tools/tapegrad"
+#define FIXTURES TG_SOURCE_DIR "/tests/fixtures/torch"
+
+/* ------------------------------------------------------------ running the program */
+
+struct run {
+    int status;          /* exit status (128 if it did not exit normally) */
+    char out[32768];     /* stdout, truncated */
+    char err[4096];      /* stderr, truncated */
+};
+
+static void slurp(const char *path, char *buf, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    size_t got = f ? fread(buf, 1, n - 1, f) : 0;
+    buf[got] = '\0';
+    if (f) fclose(f);
+}
+
+/* Run tapegrad with the NULL-terminated arguments after the program name. */
+static struct run *run_tapegrad(const char *arg0, ...)
+{
+    const char *argv[40] = {"tapegrad", arg0};
+    int n = 2;
+    va_list ap;
+    va_start(ap, arg0);
+    while (n < 39 && (argv[n] = va_arg(ap, const char *)) != NULL) n++;
+    va_end(ap);
+    argv[n] = NULL;
+
+    static struct run r;
+    memset(&r, 0, sizeof r);
+    char out[] = "/tmp/tg_cli_out_XXXXXX", err[] = "/tmp/tg_cli_err_XXXXXX";
+    int fo = mkstemp(out), fe = mkstemp(err);
+    assert_true(fo >= 0 && fe >= 0);
+    fflush(stdout);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fo, 1);
+        dup2(fe, 2);
+        execv(TAPEGRAD, (char *const *)argv);
+        _exit(127);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    close(fo), close(fe);
+    r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+    slurp(out, r.out, sizeof r.out);
+    slurp(err, r.err, sizeof r.err);
+    unlink(out), unlink(err);
+    return &r;
+}
+
+/* Exit 1 and exactly one non-empty line on stderr that contains every given fragment. */
+static void assert_one_line_error(const struct run *r, const char *frag, ...)
+{
+    if (r->status != 1) fail_msg("exit status %d, expected 1 (stderr: %s)", r->status, r->err);
+    size_t len = strlen(r->err);
+    if (len < 2 || r->err[len - 1] != '\n' || strchr(r->err, '\n') != r->err + len - 1)
+        fail_msg("stderr is not one line: '%s'", r->err);
+    if (strncmp(r->err, "tapegrad ", 9) != 0) fail_msg("stderr does not start with 'tapegrad ': %s", r->err);
+    va_list ap;
+    va_start(ap, frag);
+    for (const char *f = frag; f; f = va_arg(ap, const char *))
+        if (!strstr(r->err, f)) fail_msg("stderr lacks '%s': %s", f, r->err);
+    va_end(ap);
+}
+
+static void need_binary(void)
+{
+    if (access(TAPEGRAD, X_OK) != 0) fail_msg("%s is not built", TAPEGRAD);
+}
+
+/* ------------------------------------------------------------ check */
+
+static void test_check_passes_for_every_cell(void **state)
+{
+    (void)state;
+    need_binary();
+    for (int i = 0; i < tg_cell_count(); i++) {
+        const char *name = tg_cell_at(i)->name;
+        struct run *r = run_tapegrad("check", "--cell", name, NULL);
+        if (r->status != 0) fail_msg("check --cell %s exited %d:\n%s%s", name, r->status, r->out, r->err);
+        assert_non_null(strstr(r->out, "verdict: PASS"));
+        assert_non_null(strstr(r->out, "rnn.weight"));
+        assert_non_null(strstr(r->out, "out.bias"));
+        /* the oracle is used where it exists and said to be absent elsewhere */
+        int oracle = !strcmp(name, "rnn_tanh") || !strcmp(name, "lstm") || !strcmp(name, "gru") ||
+                     !strcmp(name, "gru_cho");
+        assert_true((strstr(r->out, "no oracle") == NULL) == oracle);
+        assert_string_equal(r->err, "");
+        const char *v = strstr(r->out, "verdict:");
+        printf("# %-14s %.*s", name, (int)(strchr(v, '\n') - v + 1), v);
+    }
+}
+
+static void test_check_other_sizes(void **state)
+{
+    (void)state;
+    need_binary();
+    struct run *r = run_tapegrad("check", "--cell", "gru", "--steps", "7", "--batch", "1", "--input", "2",
+                                 "--hidden", "3", "--layers", "3", "--vocab", "4", "--seed", "99", NULL);
+    if (r->status != 0) fail_msg("%s%s", r->out, r->err);
+    assert_non_null(strstr(r->out, "rnn.weight_hh_l2"));
+    assert_non_null(strstr(r->out, "T=7 steps, B=1 sequences, I=2 inputs, H=3 hidden, L=3 layers, V=4"));
+
+    /* relu at a size where many stencils straddle a kink: those are skipped, the rest agree */
+    r = run_tapegrad("check", "--cell", "rnn_relu", "--steps", "20", "--batch", "4", "--hidden", "10", NULL);
+    if (r->status != 0) fail_msg("%s%s", r->out, r->err);
+    const char *v = strstr(r->out, "verdict: PASS");
+    assert_non_null(v);
+    long checked = 0, skipped = 0;
+    const char *paren = strchr(v, '(');
+    assert_non_null(paren);
+    assert_int_equal(sscanf(paren, "(%ld elements by FD, %ld skipped", &checked, &skipped), 2);
+    assert_true(skipped > 0);
+    assert_true(checked > 5 * skipped);
+}
+
+/* The report's self-test: an error injected from step 3 on into one element of autodiff's
+ * gradient of rnn.weight_hh_l0, row 7 = gate block 1 = f of an lstm with H = 6. */
+static void test_check_perturb_reports_tensor_step_and_block(void **state)
+{
+    (void)state;
+    need_binary();
+    struct run *r = run_tapegrad("check", "--cell", "lstm", "--perturb", "rnn.weight_hh_l0:7:3",
+                                 "--perturb-step", "3", NULL);
+    assert_int_equal(r->status, 1);
+    assert_non_null(strstr(r->out, "verdict: FAIL"));
+    assert_non_null(strstr(r->out, "first difference: time step 3, rnn.weight_hh_l0, gate block f"));
+    assert_non_null(strstr(r->out, "steps 1..2 agree"));
+    assert_non_null(strstr(r->out, "[7, 3]"));
+
+    /* a cell without an oracle: finite differences locate it; mgu's bias_h is the h~ block */
+    r = run_tapegrad("check", "--cell", "mgu", "--perturb", "rnn.bias_h_l1:2", "--perturb-step", "2", NULL);
+    assert_int_equal(r->status, 1);
+    assert_non_null(strstr(r->out, "first difference: time step 2, rnn.bias_h_l1, gate block h~"));
+
+    /* gru_cho: row 13 of the stacked weight is block c (rows 12..17) */
+    r = run_tapegrad("check", "--cell", "gru_cho", "--perturb", "rnn.weight_l1:13:0", "--perturb-step", "5", NULL);
+    assert_int_equal(r->status, 1);
+    assert_non_null(strstr(r->out, "first difference: time step 5, rnn.weight_l1, gate block c"));
+
+    /* a bad perturbation spec is a user error, not a disagreement */
+    r = run_tapegrad("check", "--cell", "lstm", "--perturb", "rnn.nothing_l0:1:1", NULL);
+    assert_one_line_error(r, "rnn.nothing_l0", NULL);
+    r = run_tapegrad("check", "--cell", "lstm", "--perturb", "rnn.weight_hh_l0:24:0", NULL);
+    assert_one_line_error(r, "out of range", NULL);
+}
+
+static void test_check_unknown_cell(void **state)
+{
+    (void)state;
+    need_binary();
+    struct run *r = run_tapegrad("check", "--cell", "lstmm", NULL);
+    assert_one_line_error(r, "unknown cell 'lstmm'", "gru_cho", NULL);
+    assert_string_equal(r->out, "");
+    r = run_tapegrad("check", NULL);
+    assert_one_line_error(r, "--cell", NULL);
+}
+
+static void test_check_bad_flags(void **state)
+{
+    (void)state;
+    need_binary();
+    struct run *r = run_tapegrad("check", "--cell", "lstm", "--steps", "abc", NULL);
+    assert_one_line_error(r, "--steps", "abc", NULL);
+    r = run_tapegrad("check", "--cell", "lstm", "--steps", "0", NULL);
+    assert_one_line_error(r, "--steps", NULL);
+    r = run_tapegrad("check", "--cell", "lstm", "--bogus", "1", NULL);
+    assert_one_line_error(r, "--bogus", NULL);
+    r = run_tapegrad("check", "--cell", "lstm", "--hidden", NULL);
+    assert_one_line_error(r, "--hidden", NULL);
+    r = run_tapegrad("check", "--cell", "lstm", "--perturb", "rnn.weight_hh_l0:1:1", "--perturb-step", "9", NULL);
+    assert_one_line_error(r, "--perturb-step", NULL);
+    /* --help documents the definitions and exits 0 */
+    r = run_tapegrad("check", "--help", NULL);
+    assert_int_equal(r->status, 0);
+    assert_non_null(strstr(r->out, "--perturb"));
+    assert_non_null(strstr(r->out, "1e-10"));
+    assert_non_null(strstr(r->out, "1e-06"));
+}
+
+/* ------------------------------------------------------------ grad: bad input */
+
+struct gdir {
+    char dir[64];
+    char out[128];      /* output path inside dir */
+};
+
+static void gdir_new(struct gdir *g)
+{
+    snprintf(g->dir, sizeof g->dir, "/tmp/tg_cli_grad_XXXXXX");
+    assert_non_null(mkdtemp(g->dir));
+    snprintf(g->out, sizeof g->out, "%s/G.safetensors", g->dir);
+}
+
+/* Entries in the directory other than the test's own inputs (P.safetensors, D.safetensors) and
+ * `keep`; 0 means nothing left behind, not even a temporary file. */
+static int stray_files(const char *dir, const char *keep)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        const char *f = e->d_name;
+        if (!strcmp(f, ".") || !strcmp(f, "..") || !strcmp(f, "P.safetensors") ||
+            !strcmp(f, "D.safetensors") || (keep && !strcmp(f, keep)))
+            continue;
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+static void rm_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    char p[512];
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static void write_file(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, n, f), n);
+    fclose(f);
+}
+
+static char *read_file(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)len + 1);
+    *n = fread(buf, 1, (size_t)len, f);
+    fclose(f);
+    return buf;
+}
+
+static const char SENTINEL[] = "an earlier result that a failed run must not touch\n";
+
+/* Run grad with params/data into g->out twice: once with no output file (none may appear) and
+ * once over an existing one (it must stay byte-identical). Every run: exit 1, one line. */
+static void expect_grad_error(struct gdir *g, const char *cell, const char *params, const char *data,
+                              const char *frag1, const char *frag2)
+{
+    unlink(g->out);
+    struct run *r = run_tapegrad("grad", "--cell", cell, "--params", params, "--data", data, "--out",
+                                 g->out, NULL);
+    assert_one_line_error(r, frag1, frag2, NULL);
+    assert_int_equal(access(g->out, F_OK), -1);
+    assert_int_equal(stray_files(g->dir, NULL), 0);
+
+    write_file(g->out, SENTINEL, sizeof SENTINEL - 1);
+    r = run_tapegrad("grad", "--cell", cell, "--params", params, "--data", data, "--out", g->out, NULL);
+    assert_one_line_error(r, frag1, frag2, NULL);
+    size_t n;
+    char *back = read_file(g->out, &n);
+    assert_non_null(back);
+    assert_int_equal(n, sizeof SENTINEL - 1);
+    assert_memory_equal(back, SENTINEL, n);
+    free(back);
+    assert_int_equal(stray_files(g->dir, "G.safetensors"), 0);
+    unlink(g->out);
+}
+
+#define CASE_P(c) FIXTURES "/" c "/params.safetensors"
+#define CASE_D(c) FIXTURES "/" c "/data.safetensors"
+
+static void test_grad_missing_file(void **state)
+{
+    (void)state;
+    need_binary();
+    struct gdir g;
+    gdir_new(&g);
+    expect_grad_error(&g, "lstm", "/nonexistent/P.safetensors", CASE_D("lstm_l2_f64"),
+                      "/nonexistent/P.safetensors", NULL);
+    expect_grad_error(&g, "lstm", CASE_P("lstm_l2_f64"), "/nonexistent/D.safetensors",
+                      "/nonexistent/D.safetensors", NULL);
+    /* a required flag left out */
+    struct run *r = run_tapegrad("grad", "--cell", "lstm", "--params", CASE_P("lstm_l2_f64"), "--out",
+                                 g.out, NULL);
+    assert_one_line_error(r, "--data", NULL);
+    assert_int_equal(access(g.out, F_OK), -1);
+    rm_dir(g.dir);
+}
+
+static void test_grad_truncated_params(void **state)
+{
+    (void)state;
+    need_binary();
+    struct gdir g;
+    gdir_new(&g);
+    size_t n = 0;
+    char *bytes = read_file(CASE_P("lstm_l2_f64"), &n);
+    assert_non_null(bytes);
+    char p[160];
+    snprintf(p, sizeof p, "%s/P.safetensors", g.dir);
+    /* cut inside the data buffer, then inside the header, then inside the length word */
+    size_t cuts[3] = {n - 20, 40, 5};
+    for (int i = 0; i < 3; i++) {
+        write_file(p, bytes, cuts[i]);
+        expect_grad_error(&g, "lstm", p, CASE_D("lstm_l2_f64"), p, NULL);
+    }
+    free(bytes);
+    rm_dir(g.dir);
+}
+
+static void test_grad_wrong_cell(void **state)
+{
+    (void)state;
+    need_binary();
+    struct gdir g;
+    gdir_new(&g);
+    /* LSTM weights (4H rows) read as a GRU (3H rows): the first tensor checked says so */
+    expect_grad_error(&g, "gru", CASE_P("lstm_l2_f64"), CASE_D("lstm_l2_f64"), "rnn.weight_ih_l0",
+                      "3*H");
+    struct run *r = run_tapegrad("grad", "--cell", "gru", "--params", CASE_P("lstm_l2_f64"), "--data",
+                                 CASE_D("lstm_l2_f64"), "--out", g.out, NULL);
+    assert_non_null(strstr(r->err, "lstm")); /* the hint: 4*H rows is what an lstm has */
+    assert_non_null(strstr(r->err, "params.safetensors"));
+    expect_grad_error(&g, "rnn_tanh", CASE_P("gru_l2_f64"), CASE_D("gru_l2_f64"), "rnn.weight_ih_l0",
+                      "1*H");
+    /* cells without a PyTorch module, and unknown ones */
+    expect_grad_error(&g, "gru_cho", CASE_P("gru_l2_f64"), CASE_D("gru_l2_f64"), "gru_cho", NULL);
+    expect_grad_error(&g, "grux", CASE_P("gru_l2_f64"), CASE_D("gru_l2_f64"), "unknown cell 'grux'", NULL);
+    rm_dir(g.dir);
+}
+
+/* Copy every tensor of src into a writer, replacing or dropping one; returns the saved path. */
+static void rewrite(const char *src, const char *dst, const char *name, enum tg_st_dtype dt, int ndim,
+                    const int64_t *shape, const void *data)
+{
+    struct tg_st_file *f;
+    if (tg_st_read(src, &f) != TG_OK) fail_msg("%s", tg_last_error());
+    struct tg_st_writer *w = tg_st_writer_new();
+    for (int i = 0; i < tg_st_count(f); i++) {
+        const struct tg_st_tensor *t = tg_st_at(f, i);
+        if (strcmp(t->name, name) == 0) continue;
+        tg_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
+    }
+    if (data) tg_st_writer_add(w, name, dt, ndim, shape, data);
+    if (tg_st_writer_save(w, dst) != TG_OK) fail_msg("%s", tg_last_error());
+    tg_st_writer_free(w);
+    tg_st_close(f);
+}
+
+static void test_grad_labels_out_of_range(void **state)
+{
+    (void)state;
+    need_binary();
+    struct gdir g;
+    gdir_new(&g);
+    /* lstm_l2_f64: T 5, B 2, V 7 */
+    int64_t y[10] = {0, 1, 2, 3, 4, 5, 6, 0, 1, 2}, shape[2] = {5, 2};
+    char d[160];
+    snprintf(d, sizeof d, "%s/D.safetensors", g.dir);
+    y[7] = 7;
+    rewrite(CASE_D("lstm_l2_f64"), d, "y", TG_ST_I64, 2, shape, y);
+    expect_grad_error(&g, "lstm", CASE_P("lstm_l2_f64"), d, "'y'", "[3, 1]");
+    y[7] = -1;
+    rewrite(CASE_D("lstm_l2_f64"), d, "y", TG_ST_I64, 2, shape, y);
+    expect_grad_error(&g, "lstm", CASE_P("lstm_l2_f64"), d, "label -1", "D.safetensors");
+    /* I32 labels are accepted */
+    int32_t y32[10] = {0, 1, 2, 3, 4, 5, 6, 0, 1, 2};
+    rewrite(CASE_D("lstm_l2_f64"), d, "y", TG_ST_I32, 2, shape, y32);
+    struct run *r = run_tapegrad("grad", "--cell", "lstm", "--params", CASE_P("lstm_l2_f64"), "--data", d,
+                                 "--out", g.out, NULL);
+    if (r->status != 0) fail_msg("%s", r->err);
+    assert_int_equal(access(g.out, F_OK), 0);
+    rm_dir(g.dir);
+}
+
+static void test_grad_misshapen_or_missing_tensor(void **state)
+{
+    (void)state;
+    need_binary();
+    struct gdir g;
+    gdir_new(&g);
+    char p[160], d[160];
+    snprintf(p, sizeof p, "%s/P.safetensors", g.dir);
+    snprintf(d, sizeof d, "%s/D.safetensors", g.dir);
+    /* lstm_l2_f64: H 5, so rnn.bias_hh_l1 is (20,) */
+    double b[21] = {0};
+    int64_t s21[1] = {21};
+    rewrite(CASE_P("lstm_l2_f64"), p, "rnn.bias_hh_l1", TG_ST_F64, 1, s21, b);
+    expect_grad_error(&g, "lstm", p, CASE_D("lstm_l2_f64"), "rnn.bias_hh_l1", "[21]");
+    rewrite(CASE_P("lstm_l2_f64"), p, "rnn.bias_hh_l1", TG_ST_F64, 0, NULL, NULL);
+    expect_grad_error(&g, "lstm", p, CASE_D("lstm_l2_f64"), "rnn.bias_hh_l1", "missing");
+    float bf[20] = {0};
+    int64_t s20[1] = {20};
+    rewrite(CASE_P("lstm_l2_f64"), p, "rnn.bias_hh_l1", TG_ST_F32, 1, s20, bf);
+    expect_grad_error(&g, "lstm", p, CASE_D("lstm_l2_f64"), "rnn.bias_hh_l1", "F32");
+    rewrite(CASE_P("lstm_l2_f64"), p, "rnn.weight_hr_l0", TG_ST_F64, 1, s20, b);
+    expect_grad_error(&g, "lstm", p, CASE_D("lstm_l2_f64"), "unexpected tensor 'rnn.weight_hr_l0'", NULL);
+    /* x with the wrong input width (I = 3) */
+    double x[5 * 2 * 4] = {0};
+    int64_t sx[3] = {5, 2, 4};
+    rewrite(CASE_D("lstm_l2_f64"), d, "x", TG_ST_F64, 3, sx, x);
+    expect_grad_error(&g, "lstm", CASE_P("lstm_l2_f64"), d, "'x'", "[5, 2, 4]");
+    unlink(d);
+    rewrite(CASE_D("lstm_l2_f64"), d, "y", TG_ST_I64, 0, NULL, NULL);
+    expect_grad_error(&g, "lstm", CASE_P("lstm_l2_f64"), d, "'y'", "missing");
+    rm_dir(g.dir);
+}
+
+static void test_grad_unwritable_output(void **state)
+{
+    (void)state;
+    need_binary();
+    struct gdir g;
+    gdir_new(&g);
+    /* a directory that does not exist */
+    char out[200];
+    snprintf(out, sizeof out, "%s/no/such/dir/G.safetensors", g.dir);
+    struct run *r = run_tapegrad("grad", "--cell", "lstm", "--params", CASE_P("lstm_l2_f64"), "--data",
+                                 CASE_D("lstm_l2_f64"), "--out", out, NULL);
+    assert_one_line_error(r, out, NULL);
+    assert_int_equal(stray_files(g.dir, NULL), 0);
+    /* an existing directory as the output: not replaced, nothing left next to it */
+    char sub[160];
+    snprintf(sub, sizeof sub, "%s/G.safetensors", g.dir);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    r = run_tapegrad("grad", "--cell", "lstm", "--params", CASE_P("lstm_l2_f64"), "--data",
+                     CASE_D("lstm_l2_f64"), "--out", sub, NULL);
+    assert_one_line_error(r, sub, NULL);
+    struct stat st;
+    assert_int_equal(stat(sub, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    assert_int_equal(stray_files(g.dir, "G.safetensors"), 0);
+    rmdir(sub);
+    rm_dir(g.dir);
+}
+
+/* The success path writes exactly the documented tensors, with PyTorch's shapes. */
+static void test_grad_output_layout(void **state)
+{
+    (void)state;
+    need_binary();
+    struct gdir g;
+    gdir_new(&g);
+    struct run *r = run_tapegrad("grad", "--cell", "lstm", "--params", CASE_P("lstm_l2_f64"), "--data",
+                                 CASE_D("lstm_l2_f64"), "--out", g.out, NULL);
+    if (r->status != 0) fail_msg("%s", r->err);
+    assert_string_equal(r->err, "");
+    struct tg_st_file *f;
+    if (tg_st_read(g.out, &f) != TG_OK) fail_msg("%s", tg_last_error());
+    assert_int_equal(tg_st_count(f), 2 * 4 + 2 + 3);
+    const struct tg_st_tensor *t = tg_st_find(f, "loss");
+    assert_non_null(t);
+    assert_int_equal(t->ndim, 0);
+    t = tg_st_find(f, "rnn.bias_ih_l1");
+    assert_non_null(t);
+    assert_int_equal(t->ndim, 1);
+    assert_int_equal(t->shape[0], 20);
+    t = tg_st_find(f, "c_n");
+    assert_non_null(t);
+    assert_int_equal(t->ndim, 3);
+    assert_int_equal(t->shape[0], 2);
+    assert_int_equal(t->shape[1], 2);
+    assert_int_equal(t->shape[2], 5);
+    assert_int_equal(t->dtype, TG_ST_F64);
+    tg_st_close(f);
+    assert_int_equal(stray_files(g.dir, "G.safetensors"), 0);
+    rm_dir(g.dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_check_passes_for_every_cell),
+        cmocka_unit_test(test_check_other_sizes),
+        cmocka_unit_test(test_check_perturb_reports_tensor_step_and_block),
+        cmocka_unit_test(test_check_unknown_cell),
+        cmocka_unit_test(test_check_bad_flags),
+        cmocka_unit_test(test_grad_missing_file),
+        cmocka_unit_test(test_grad_truncated_params),
+        cmocka_unit_test(test_grad_wrong_cell),
+        cmocka_unit_test(test_grad_labels_out_of_range),
+        cmocka_unit_test(test_grad_misshapen_or_missing_tensor),
+        cmocka_unit_test(test_grad_unwritable_output),
+        cmocka_unit_test(test_grad_output_layout),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,331 @@
+/* cmd_grad.c — `tapegrad grad`: loss, final state and every gradient of a PyTorch-layout model.
+ *
+ *   tapegrad grad --cell {rnn_tanh,rnn_relu,lstm,gru} --params P.safetensors
+ *                 --data D.safetensors --out G.safetensors
+ *
+ * P is the state_dict of a container with submodules `rnn` (nn.RNN / nn.LSTM / nn.GRU (I, H, L),
+ * sequence-first, with biases) and `out` (nn.Linear(H, V)):
+ *   rnn.weight_ih_l{k} (G·H, I or H), rnn.weight_hh_l{k} (G·H, H), rnn.bias_ih_l{k} (G·H,),
+ *   rnn.bias_hh_l{k} (G·H,) for k = 0..L−1, out.weight (V, H), out.bias (V,)
+ * with G = 1 (rnn), 4 (lstm: i,f,g,o) or 3 (gru: r,z,n). The sizes come from the tensors:
+ * H = columns of rnn.weight_hh_l0, I = columns of rnn.weight_ih_l0, L = how many
+ * rnn.weight_ih_l{k} there are, V = rows of out.weight; every tensor is then checked against
+ * them, so a wrong --cell shows up as a misshapen rnn.weight_ih_l0.
+ * D holds x (T, B, I), float (converted to the parameters' dtype if it differs), and y (T, B),
+ * I64 (or I32) labels in [0, V).
+ *
+ * The model runs from a zero state in the parameters' dtype; the loss is softmax cross-entropy
+ * summed over all T·B positions, as F.cross_entropy(…, reduction='sum'). G gets `loss` (shape
+ * []), d loss / d p for every parameter under its own name and shape, `h_n` (L, B, H) and for
+ * lstm `c_n` (L, B, H), all in the parameters' dtype, written atomically: on any error nothing
+ * is written and an existing G is left as it was. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "tapegrad_models.h"
+#include "tg_safetensors.h"
+
+static const char CMD[] = "grad";
+static const char USAGE[] =
+    "--cell {rnn_tanh,rnn_relu,lstm,gru} --params P.safetensors --data D.safetensors "
+    "--out G.safetensors";
+
+#define MAX_ELEMS ((int64_t)1 << 31)   /* per tensor: sizes are ints in the engine */
+
+/* An expected parameter: name, PyTorch shape (1-D for biases). */
+struct pspec {
+    char name[64];
+    int ndim;
+    int64_t shape[2];
+};
+
+static const char *shape_str(int ndim, const int64_t *shape, char *buf, size_t n)
+{
+    size_t used = (size_t)snprintf(buf, n, "[");
+    for (int k = 0; k < ndim && used < n; k++)
+        used += (size_t)snprintf(buf + used, n - used, "%s%" PRId64, k ? ", " : "", shape[k]);
+    if (used < n) snprintf(buf + used, n - used, "]");
+    return buf;
+}
+
+static int is_float(enum tg_st_dtype d) { return d == TG_ST_F32 || d == TG_ST_F64; }
+
+/* The PyTorch cell whose stacked weights have g gate blocks, for hints. */
+static const char *cell_with_gates(int64_t g)
+{
+    return g == 1 ? "rnn_tanh or rnn_relu" : g == 4 ? "lstm" : g == 3 ? "gru" : NULL;
+}
+
+/* Check that tensor `s->name` exists in f with exactly shape s and the float dtype dt. */
+static int check_tensor(const struct tg_st_file *f, const struct pspec *s, enum tg_st_dtype dt,
+                        const char *why)
+{
+    const char *path = tg_st_path(f);
+    const struct tg_st_tensor *t = tg_st_find(f, s->name);
+    char a[96], b[96];
+    if (!t) return cli_fail(CMD, "%s: tensor '%s' is missing (%s)", path, s->name, why);
+    int same = t->ndim == s->ndim;
+    for (int k = 0; same && k < s->ndim; k++) same = t->shape[k] == s->shape[k];
+    if (!same)
+        return cli_fail(CMD, "%s: tensor '%s' has shape %s, expected %s (%s)", path, s->name,
+                        shape_str(t->ndim, t->shape, a, sizeof a), shape_str(s->ndim, s->shape, b, sizeof b), why);
+    if (t->dtype != dt)
+        return cli_fail(CMD, "%s: tensor '%s' is %s, but the parameters are %s (from rnn.weight_ih_l0)",
+                        path, s->name, tg_st_dtype_name(t->dtype), tg_st_dtype_name(dt));
+    return 0;
+}
+
+/* Sizes from P and the list of every parameter it must hold, in the model's order. */
+struct layout {
+    enum tg_st_dtype dt;
+    int I, H, L, V;
+    int n;
+    struct pspec *p;
+};
+
+static int read_layout(const struct tg_st_file *f, const struct tg_cell *cell, struct layout *lo)
+{
+    const char *path = tg_st_path(f);
+    char a[96];
+    const struct tg_st_tensor *wih = tg_st_find(f, "rnn.weight_ih_l0");
+    const struct tg_st_tensor *whh = tg_st_find(f, "rnn.weight_hh_l0");
+    const struct tg_st_tensor *ow = tg_st_find(f, "out.weight");
+    const char *need = wih ? whh ? ow ? NULL : "out.weight" : "rnn.weight_hh_l0" : "rnn.weight_ih_l0";
+    if (need)
+        return cli_fail(CMD, "%s: tensor '%s' is missing (expected the state_dict of a module with "
+                        "submodules rnn and out)", path, need);
+    if (!is_float(wih->dtype))
+        return cli_fail(CMD, "%s: tensor 'rnn.weight_ih_l0' is %s, expected F32 or F64", path,
+                        tg_st_dtype_name(wih->dtype));
+    if (whh->ndim != 2 || whh->shape[1] < 1 || whh->shape[1] > 1 << 24)
+        return cli_fail(CMD, "%s: tensor 'rnn.weight_hh_l0' has shape %s, expected [G*H, H] with H >= 1",
+                        path, shape_str(whh->ndim, whh->shape, a, sizeof a));
+    if (wih->ndim != 2 || wih->shape[1] < 1 || wih->shape[1] > 1 << 24)
+        return cli_fail(CMD, "%s: tensor 'rnn.weight_ih_l0' has shape %s, expected [G*H, I] with I >= 1",
+                        path, shape_str(wih->ndim, wih->shape, a, sizeof a));
+    if (ow->ndim != 2 || ow->shape[0] < 1 || ow->shape[0] > 1 << 24)
+        return cli_fail(CMD, "%s: tensor 'out.weight' has shape %s, expected [V, H] with V >= 1",
+                        path, shape_str(ow->ndim, ow->shape, a, sizeof a));
+    lo->dt = wih->dtype;
+    lo->H = (int)whh->shape[1];
+    lo->I = (int)wih->shape[1];
+    lo->V = (int)ow->shape[0];
+    int64_t G = cell->gates, H = lo->H;
+    /* The first check, and the one a wrong --cell fails: the rows of rnn.weight_ih_l0. */
+    if (wih->shape[0] != G * H) {
+        const char *other = wih->shape[0] % H == 0 ? cell_with_gates(wih->shape[0] / H) : NULL;
+        char hint[96] = "";
+        if (other) snprintf(hint, sizeof hint, "; %" PRId64 "*H rows is what %s has", wih->shape[0] / H, other);
+        return cli_fail(CMD, "%s: tensor 'rnn.weight_ih_l0' has shape %s, but --cell %s needs %" PRId64
+                        "*H = %" PRId64 " rows (H = %d from rnn.weight_hh_l0)%s", path,
+                        shape_str(wih->ndim, wih->shape, a, sizeof a), cell->name, G, G * H, lo->H, hint);
+    }
+    char name[64];
+    lo->L = 0;
+    for (;;) {
+        snprintf(name, sizeof name, "rnn.weight_ih_l%d", lo->L);
+        if (!tg_st_find(f, name) || lo->L >= 64) break;
+        lo->L++;
+    }
+    lo->n = lo->L * cell->n_params + 2;
+    lo->p = calloc((size_t)lo->n, sizeof *lo->p);
+    if (!lo->p) return cli_fail(CMD, "out of memory");
+    int k = 0;
+    for (int l = 0; l < lo->L; l++) {
+        for (int s = 0; s < cell->n_params; s++, k++) {
+            const struct tg_param_spec *sp = &cell->params[s];
+            int rows, cols;
+            tg_param_spec_dims(sp, l == 0 ? lo->I : lo->H, lo->H, &rows, &cols);
+            struct pspec *p = &lo->p[k];
+            snprintf(p->name, sizeof p->name, "rnn.%s_l%d", sp->name, l);
+            int bias = sp->shape.r_h == 0 && sp->shape.r_in == 0 && sp->shape.r_1 == 1;
+            p->ndim = bias ? 1 : 2;
+            p->shape[0] = bias ? cols : rows;
+            p->shape[1] = cols;
+        }
+    }
+    lo->p[k] = (struct pspec){"out.weight", 2, {lo->V, lo->H}};
+    lo->p[k + 1] = (struct pspec){"out.bias", 1, {lo->V, 0}};
+    char why[96];
+    snprintf(why, sizeof why, "%s, L = %d, I = %d, H = %d, V = %d", cell->name, lo->L, lo->I, lo->H, lo->V);
+    for (int i = 0; i < lo->n; i++)
+        if (check_tensor(f, &lo->p[i], lo->dt, why)) return 1;
+    /* Anything else is a model we would silently get wrong (projections, other modules). */
+    for (int i = 0; i < tg_st_count(f); i++) {
+        const char *tn = tg_st_at(f, i)->name;
+        int known = 0;
+        for (int j = 0; j < lo->n && !known; j++) known = strcmp(tn, lo->p[j].name) == 0;
+        if (!known)
+            return cli_fail(CMD, "%s: unexpected tensor '%s' (a %d-layer %s model has only "
+                            "rnn.*_l0..l%d, out.weight and out.bias)", path, tn, lo->L, cell->name, lo->L - 1);
+    }
+    return 0;
+}
+
+/* x (T, B, I) as doubles and y (T, B) as int32 labels in [0, V). */
+struct data {
+    int T, B;
+    double *x;
+    int32_t *y;
+};
+
+static int read_data(const struct tg_st_file *f, const struct layout *lo, struct data *d)
+{
+    const char *path = tg_st_path(f);
+    char a[96];
+    const struct tg_st_tensor *x = tg_st_find(f, "x"), *y = tg_st_find(f, "y");
+    if (!x || !y)
+        return cli_fail(CMD, "%s: tensor '%s' is missing (expected x (T, B, I) and y (T, B))", path,
+                        x ? "y" : "x");
+    if (!is_float(x->dtype))
+        return cli_fail(CMD, "%s: tensor 'x' is %s, expected F32 or F64", path, tg_st_dtype_name(x->dtype));
+    if (x->ndim != 3 || x->shape[2] != lo->I || x->shape[0] < 1 || x->shape[1] < 1)
+        return cli_fail(CMD, "%s: tensor 'x' has shape %s, expected [T, B, %d] with T, B >= 1 (I = %d "
+                        "from rnn.weight_ih_l0)", path, shape_str(x->ndim, x->shape, a, sizeof a), lo->I, lo->I);
+    if (x->shape[0] > MAX_ELEMS || x->shape[1] > MAX_ELEMS ||
+        x->shape[0] * x->shape[1] > MAX_ELEMS / ((int64_t)lo->I > lo->H ? lo->I : lo->H))
+        return cli_fail(CMD, "%s: tensor 'x' of shape %s is too large", path, shape_str(x->ndim, x->shape, a, sizeof a));
+    if (y->dtype != TG_ST_I64 && y->dtype != TG_ST_I32)
+        return cli_fail(CMD, "%s: tensor 'y' is %s, expected I64 (or I32) labels", path, tg_st_dtype_name(y->dtype));
+    if (y->ndim != 2 || y->shape[0] != x->shape[0] || y->shape[1] != x->shape[1])
+        return cli_fail(CMD, "%s: tensor 'y' has shape %s, expected [%" PRId64 ", %" PRId64 "] (T, B of x)",
+                        path, shape_str(y->ndim, y->shape, a, sizeof a), x->shape[0], x->shape[1]);
+    d->T = (int)x->shape[0];
+    d->B = (int)x->shape[1];
+    size_t nx = (size_t)d->T * d->B * lo->I, ny = (size_t)d->T * d->B;
+    d->x = malloc(nx * sizeof *d->x);
+    d->y = malloc(ny * sizeof *d->y);
+    int64_t *labels = malloc(ny * sizeof *labels);
+    if (!d->x || !d->y || !labels) {
+        free(labels);
+        return cli_fail(CMD, "out of memory for x (T=%d, B=%d)", d->T, d->B);
+    }
+    if (tg_st_get_f64(f, "x", d->x, nx, 0, NULL) != TG_OK || tg_st_get_i64(f, "y", labels, ny, 0, NULL) != TG_OK) {
+        free(labels);
+        return cli_fail(CMD, "%s", tg_last_error());
+    }
+    for (size_t i = 0; i < ny; i++) {
+        if (labels[i] < 0 || labels[i] >= lo->V) {
+            int64_t v = labels[i];
+            free(labels);
+            return cli_fail(CMD, "%s: tensor 'y': label %" PRId64 " at [%zu, %zu] (t, b) is outside [0, %d) "
+                            "(V = %d from out.weight)", path, v, i / (size_t)d->B, i % (size_t)d->B, lo->V, lo->V);
+        }
+        d->y[i] = (int32_t)labels[i];
+    }
+    free(labels);
+    return 0;
+}
+
+/* The result file: loss, gradients under the parameters' names and shapes, h_n [, c_n]. */
+static int write_result(const char *out, const struct tg_cell *cell, const struct layout *lo,
+                        const struct tg_model *m, const struct tg_seq_result *res, int B)
+{
+    struct tg_st_writer *w = tg_st_writer_new();
+    if (!w) return cli_fail(CMD, "%s", tg_last_error());
+    tg_st_writer_meta(w, "generator", "tapegrad grad");
+    tg_st_writer_meta(w, "cell", cell->name);
+    tg_st_writer_add_tensor(w, "loss", res->loss, 0, NULL);
+    for (int k = 0; k < lo->n; k++) {
+        const struct tg_tensor *p = m->params[k];
+        /* the model's parameters are in the same order as the layout, by construction */
+        if (strcmp(m->names[k], lo->p[k].name) != 0) {
+            tg_st_writer_free(w);
+            return cli_fail(CMD, "internal: parameter %d is %s, expected %s", k, m->names[k], lo->p[k].name);
+        }
+        tg_st_writer_add(w, lo->p[k].name, lo->dt, lo->p[k].ndim, lo->p[k].shape, p->grad);
+    }
+    int ns = cell->n_state, H = lo->H, L = lo->L;
+    size_t es = tg_dtype_size(m->cfg.dtype), layer = (size_t)B * H * es;
+    unsigned char *buf = malloc((size_t)L * layer);
+    if (!buf) {
+        tg_st_writer_free(w);
+        return cli_fail(CMD, "out of memory");
+    }
+    const int64_t shape[3] = {L, B, H};
+    for (int k = 0; k < ns; k++) {
+        for (int l = 0; l < L; l++) memcpy(buf + l * layer, res->final[l * ns + k]->data, layer);
+        tg_st_writer_add(w, k == 0 ? "h_n" : "c_n", lo->dt, 3, shape, buf);
+    }
+    free(buf);
+    enum tg_status st = tg_st_writer_save(w, out);
+    tg_st_writer_free(w);
+    return st == TG_OK ? 0 : cli_fail(CMD, "%s", tg_last_error());
+}
+
+int cmd_grad(int argc, char **argv)
+{
+    const char *cell_name = NULL, *ppath = NULL, *dpath = NULL, *out = NULL;
+    const struct cli_flag flags[] = {
+        {"cell", CLI_STR, &cell_name, "rnn_tanh, rnn_relu, lstm or gru (must match the parameters)", 1, 0},
+        {"params", CLI_STR, &ppath, "state_dict of the model: rnn.weight_ih_l0, ..., out.weight, out.bias", 1, 0},
+        {"data", CLI_STR, &dpath, "x (T, B, I) float and y (T, B) int64 labels", 1, 0},
+        {"out", CLI_STR, &out, "where to write loss, the gradients, h_n (and c_n)", 1, 0},
+    };
+    int pr = cli_parse(CMD, USAGE, argc, argv, flags, (int)(sizeof flags / sizeof flags[0]));
+    if (pr < 0) return 1;
+    if (pr > 0) {
+        printf("\nRuns the model from a zero state in the parameters' dtype (F32 or F64); the loss is the\n"
+               "cross-entropy summed over all T*B positions. Writes G with loss (shape []), the gradient\n"
+               "of every parameter under its own name and shape, h_n (L, B, H) and, for lstm, c_n.\n"
+               "Sizes and layers come from the tensors. On any error: one line on stderr, exit 1, and\n"
+               "G is not written (an existing G is left as it was).\n");
+        return 0;
+    }
+    const char *missing = !cell_name ? "--cell" : !ppath ? "--params" : !dpath ? "--data" : !out ? "--out" : NULL;
+    if (missing) return cli_fail(CMD, "%s is required (see tapegrad grad --help)", missing);
+    const struct tg_cell *cell = tg_cell_find(cell_name);
+    if (!cell) return cli_fail(CMD, "%s", tg_last_error());
+    static const char *const supported[] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};
+    int ok = 0;
+    for (int i = 0; i < 4; i++) ok |= strcmp(cell->name, supported[i]) == 0;
+    if (!ok)
+        return cli_fail(CMD, "--cell %s has no PyTorch module; grad takes rnn_tanh, rnn_relu, lstm or gru",
+                        cell->name);
+
+    struct tg_st_file *pf = NULL, *df = NULL;
+    struct layout lo = {0};
+    struct data d = {0};
+    struct tg_model *m = NULL;
+    struct tg_tape *t = NULL;
+    int rc = 1;
+    if (tg_st_read(ppath, &pf) != TG_OK || tg_st_read(dpath, &df) != TG_OK) {
+        rc = cli_fail(CMD, "%s", tg_last_error());
+        goto done;
+    }
+    if (read_layout(pf, cell, &lo) || read_data(df, &lo, &d)) goto done;
+
+    struct tg_model_config cfg = {.cell = cell, .input = lo.I, .hidden = lo.H, .layers = lo.L,
+                                  .outputs = lo.V, .dtype = lo.dt == TG_ST_F32 ? TG_F32 : TG_F64,
+                                  .loss = TG_LOSS_XENT_SUM};
+    if (tg_model_new(&cfg, &m) != TG_OK) {
+        rc = cli_fail(CMD, "%s", tg_last_error());
+        goto done;
+    }
+    for (int k = 0; k < lo.n; k++) {
+        if (tg_st_get_tensor(pf, lo.p[k].name, m->params[k], lo.p[k].ndim, lo.p[k].shape) != TG_OK) {
+            rc = cli_fail(CMD, "%s", tg_last_error());
+            goto done;
+        }
+    }
+    t = tg_tape_new(0);
+    struct tg_seq_batch b = {.T = d.T, .B = d.B, .x = d.x, .labels = d.y};
+    struct tg_seq_result res;
+    if (!t || tg_model_forward_from(m, t, &b, NULL, &res) != TG_OK || tg_backward(t, res.loss) != TG_OK) {
+        rc = cli_fail(CMD, "%s", t ? tg_last_error() : "out of memory");
+        goto done;
+    }
+    rc = write_result(out, cell, &lo, m, &res, d.B);
+done:
+    tg_tape_free(t);
+    tg_model_free(m);
+    free(lo.p);
+    free(d.x);
+    free(d.y);
+    tg_st_close(pf);
+    tg_st_close(df);
+    return rc;
+}

@@ -9,6 +9,7 @@ tg_build build-asan --buildtype=debugoptimized -Db_sanitize=address,undefined \
     -Dc_args=-fno-sanitize-recover=all -Db_lundef=false
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:strict_string_checks=1}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$TG_ROOT/tests/lsan.supp:print_suppressions=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 # OpenBLAS's own threads are outside what we test; one thread keeps the sanitizer run quick.
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1} OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}

@@ -13,8 +13,7 @@
         fprintf(stderr, "tapegrad: " #fn " is not built yet\n");                              \
         return 1;                                                                              \
     }
-PENDING(cmd_train) PENDING(cmd_sample) PENDING(cmd_check) PENDING(cmd_grad) PENDING(cmd_dot)
-PENDING(cmd_bench)
+PENDING(cmd_train) PENDING(cmd_sample) PENDING(cmd_bench)
 
 struct subcommand {
     const char *name;

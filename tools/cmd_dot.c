@@ -1,0 +1,175 @@
+/* cmd_dot.c — `tapegrad dot`: record a small random model of one cell unrolled over T steps,
+ * optionally run backward, and draw the tape (DOT, or SVG/PNG through Graphviz).
+ *
+ * The output appears whole or not at all: the bytes go to a temporary file next to FILE which
+ * is renamed over it only after everything succeeded, and removed on any error. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "tapegrad_models.h"
+#include "tg_dot.h"
+
+static const char *const CMD = "dot";
+static const char *const USAGE =
+    "--cell NAME [--steps T] [--layers L] [--hidden H] [--input I] [--batch B] [--backward] "
+    "[--values] [--collapse] [--window K] [--seed S] --out FILE(.dot|.svg|.png)";
+
+/* Write n bytes to path atomically (temp file in the same directory, then rename). */
+static int write_atomic(const char *path, const char *buf, size_t n)
+{
+    size_t len = strlen(path);
+    char *tmp = malloc(len + 8);
+    if (!tmp) return cli_fail(CMD, "out of memory");
+    memcpy(tmp, path, len);
+    memcpy(tmp + len, ".XXXXXX", 8);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        int e = errno;
+        free(tmp);
+        return cli_fail(CMD, "cannot write '%s': %s", path, strerror(e));
+    }
+    mode_t mask = umask(0);
+    umask(mask);
+    int bad = fchmod(fd, 0666 & ~mask) != 0;
+    size_t done = 0;
+    while (!bad && done < n) {
+        ssize_t w = write(fd, buf + done, n - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) bad = 1;
+        else done += (size_t)w;
+    }
+    int e = errno;
+    if (close(fd) != 0 && !bad) bad = 1, e = errno;
+    if (!bad && rename(tmp, path) != 0) bad = 1, e = errno;
+    if (bad) {
+        unlink(tmp);
+        free(tmp);
+        return cli_fail(CMD, "cannot write '%s': %s", path, strerror(e));
+    }
+    free(tmp);
+    return 0;
+}
+
+struct dot_run {
+    struct tg_model *m;
+    struct tg_tape *t;
+    struct tg_tensor **init;
+    int ninit;
+    double *x;
+    int32_t *labels;
+    char *names;
+};
+
+static void run_free(struct dot_run *r)
+{
+    for (int i = 0; i < r->ninit; i++) tg_tensor_free(r->init[i]);
+    free(r->init);
+    free(r->x);
+    free(r->labels);
+    free(r->names);
+    tg_tape_free(r->t);
+    tg_model_free(r->m);
+}
+
+int cmd_dot(int argc, char **argv)
+{
+    const char *cell_name = NULL, *out = NULL;
+    int T = 3, L = 1, H = 4, I = 3, B = 1, backward = 0, values = 0, collapse = 0, window = 0;
+    long seed = 1;
+    const struct cli_flag flags[] = {
+        {"cell", CLI_STR, &cell_name, "recurrent cell (rnn_tanh, lstm, gru, ...)", 1, 0},
+        {"steps", CLI_INT, &T, "time steps T to unroll (default 3)", 1, 100000},
+        {"layers", CLI_INT, &L, "stacked layers L (default 1)", 1, 64},
+        {"hidden", CLI_INT, &H, "hidden width H (default 4)", 1, 4096},
+        {"input", CLI_INT, &I, "input width I (default 3)", 1, 4096},
+        {"batch", CLI_INT, &B, "batch size B (default 1)", 1, 4096},
+        {"backward", CLI_BOOL, &backward, "also draw the gradient flow (shaded by log |dL/dx|)", 1, 0},
+        {"values", CLI_BOOL, &values, "norm, min and max of values (and gradients) in labels", 1, 0},
+        {"collapse", CLI_BOOL, &collapse, "draw each cell step as one node", 1, 0},
+        {"window", CLI_INT, &window, "keep the first and last K steps, one node for the rest", 1, 1e6},
+        {"seed", CLI_LONG, &seed, "random seed for weights and data (default 1)", 0, 9e18},
+        {"out", CLI_STR, &out, "output file; .dot, .svg or .png", 1, 0},
+    };
+    int rc = cli_parse(CMD, USAGE, argc, argv, flags, (int)(sizeof flags / sizeof flags[0]));
+    if (rc != 0) return rc < 0 ? 1 : 0;
+    if (!cell_name) return cli_fail(CMD, "--cell is required (one of %s)", tg_cell_names());
+    if (!out) return cli_fail(CMD, "--out FILE is required (.dot, .svg or .png)");
+    const char *format = cli_has_ext(out, ".dot") ? "dot" : cli_has_ext(out, ".svg") ? "svg"
+                         : cli_has_ext(out, ".png") ? "png" : NULL;
+    if (!format)
+        return cli_fail(CMD, "cannot tell the format of '%s': the name must end in .dot, .svg or .png",
+                        out);
+    if (strcmp(format, "dot") != 0 && !tg_dot_can_render())
+        return cli_fail(CMD, "this tapegrad was built without Graphviz, so it cannot write .%s; "
+                             "use .dot and run Graphviz's dot on it", format);
+    const struct tg_cell *cell = tg_cell_find(cell_name);
+    if (!cell) return cli_fail(CMD, "unknown cell '%s' (expected one of %s)", cell_name, tg_cell_names());
+
+    struct dot_run r;
+    memset(&r, 0, sizeof r);
+    const int V = 3;
+    struct tg_model_config cfg = {cell, I, 0, H, L, V, TG_F64, TG_LOSS_XENT_SUM};
+    if (tg_model_new(&cfg, &r.m) != TG_OK) return cli_fail(CMD, "%s", tg_last_error());
+    struct tg_rng rng;
+    tg_rng_seed(&rng, (uint64_t)seed);
+    tg_model_init_uniform(r.m, &rng);
+
+    /* Named zero initial states (h0, c0 per layer) so the picture says where the recurrence
+     * starts; inputs N(0, 1), labels uniform. */
+    int ns = cell->n_state;
+    r.ninit = L * ns;
+    r.init = calloc((size_t)r.ninit, sizeof *r.init);
+    r.names = calloc((size_t)r.ninit, 32);
+    r.x = malloc((size_t)T * B * I * sizeof *r.x);
+    r.labels = malloc((size_t)T * B * sizeof *r.labels);
+    r.t = tg_tape_new(0);
+    if (!r.init || !r.names || !r.x || !r.labels || !r.t) {
+        run_free(&r);
+        return cli_fail(CMD, "out of memory");
+    }
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < ns; k++) {
+            char *nm = r.names + 32 * (l * ns + k);
+            if (L > 1) snprintf(nm, 32, "%c0 layer %d", k ? 'c' : 'h', l);
+            else snprintf(nm, 32, "%c0", k ? 'c' : 'h');
+            r.init[l * ns + k] = tg_tensor_new_heap(B, H, TG_F64);
+            if (!r.init[l * ns + k]) {
+                run_free(&r);
+                return cli_fail(CMD, "out of memory");
+            }
+            tg_tensor_set_name(r.init[l * ns + k], nm);
+        }
+    for (long i = 0; i < (long)T * B * I; i++) r.x[i] = tg_rng_normal(&rng);
+    for (long i = 0; i < (long)T * B; i++) r.labels[i] = (int32_t)tg_rng_below(&rng, (uint32_t)V);
+    struct tg_seq_batch batch = {T, B, r.x, NULL, r.labels, NULL};
+    struct tg_seq_result res;
+    if (tg_model_forward_from(r.m, r.t, &batch, r.init, &res) != TG_OK ||
+        (backward && tg_backward(r.t, res.loss) != TG_OK)) {
+        rc = cli_fail(CMD, "%s", tg_last_error());
+        run_free(&r);
+        return rc;
+    }
+    if (res.input) tg_tensor_set_name(res.input, "x (all steps)");
+
+    char title[512];
+    snprintf(title, sizeof title, "%s: %s\nT = %d, layers = %d, H = %d, I = %d, B = %d%s", cell->name,
+             cell->equations, T, L, H, I, B,
+             backward ? "; dashed: gradient, coloured by log10 |dL/dx|" : "");
+    struct tg_dot_opts o = {res.loss, title, cell->name, backward, values, collapse, window};
+    char *text = NULL, *pic = NULL;
+    size_t len = 0, pic_len = 0;
+    enum tg_status st = tg_dot_to_string(r.t, &o, &text, &len, NULL);
+    if (st == TG_OK && strcmp(format, "dot") != 0) st = tg_dot_render(text, len, format, &pic, &pic_len);
+    if (st != TG_OK) rc = cli_fail(CMD, "%s", tg_last_error());
+    else rc = pic ? write_atomic(out, pic, pic_len) : write_atomic(out, text, len);
+    free(text);
+    free(pic);
+    run_free(&r);
+    return rc;
+}

@@ -13,7 +13,7 @@
         fprintf(stderr, "tapegrad: " #fn " is not built yet\n");                              \
         return 1;                                                                              \
     }
-PENDING(cmd_train) PENDING(cmd_sample) PENDING(cmd_bench)
+PENDING(cmd_bench)
 
 struct subcommand {
     const char *name;

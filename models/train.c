@@ -1,0 +1,756 @@
+/* train.c — the training loop: configuration, one optimizer step, held-out evaluation, the run
+ * with its log, checkpoints and progress calls, the cell comparison, and text sampling.
+ *
+ * Memory: task batches, probability buffers and the tape are allocated when the trainer is
+ * built; a step resets the tape and records the same graph again, so once the arena has grown
+ * to the largest batch (and an evaluation has run) a step makes no heap allocation. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "tg_train.h"
+
+#define EVAL_BATCH 128                    /* held-out sequences per forward pass */
+#define EVAL_SEED 0x5eedf00dcafe1234ULL   /* the held-out set's own stream, apart from training */
+#define SMOOTH 0.95                       /* moving average of the displayed loss (~20 steps) */
+
+struct tg_trainer {
+    struct tg_train_config cfg;   /* resolved; strings are static names or owned below */
+    char *owned_data;
+    struct tg_checkpoint *ck;     /* open while resuming (its strings back cfg) */
+    struct tg_task *task, *eval_task;
+    struct tg_model *model;
+    struct tg_optim *optim;
+    struct tg_tape *tape;
+    struct tg_rng rng;
+    struct tg_batch batch, eval_batch;
+    double *probs, *eval_probs;
+    int text, regression, mean_loss;
+    long step, tokens;
+    double loss, smooth_loss, grad_norm, smooth_metric;
+    struct tg_metrics train_m, eval_m;
+    int have_eval;
+    long eval_step;               /* the step eval_m was measured at (−1: never) */
+    FILE *log;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+#define TRY(expr)                                                                              \
+    do {                                                                                       \
+        enum tg_status st_ = (expr);                                                           \
+        if (st_ != TG_OK) return st_;                                                          \
+    } while (0)
+
+/* ------------------------------------------------------------------ configuration */
+
+static int in_list(const char *s, const char *const *list)
+{
+    for (; *list; list++)
+        if (strcmp(s, *list) == 0) return 1;
+    return 0;
+}
+
+/* A setting given for a resumed run must be the checkpoint's: anything else would silently
+ * train a different model (or fail to load one). */
+static enum tg_status mismatch(const char *path, const char *what, const char *saved,
+                               const char *given)
+{
+    return tg_error(TG_ERR_FORMAT, "checkpoint %s was written with %s %s, not %s (resume with the "
+                    "same settings, or start a new run)", path, what, saved, given);
+}
+
+static enum tg_status check_same(const struct tg_train_config *g, const struct tg_train_config *s,
+                                 const char *path)
+{
+    char a[64], b[64];
+    const char *cell = g->cell_def ? g->cell_def->name : g->cell;
+#define SAME_STR(field, what)                                                                  \
+    if (g->field && strcmp(g->field, s->field) != 0) return mismatch(path, what, s->field, g->field)
+#define SAME_NUM(field, what, fmt)                                                             \
+    if (g->field && g->field != s->field) {                                                    \
+        snprintf(a, sizeof a, fmt, s->field);                                                  \
+        snprintf(b, sizeof b, fmt, g->field);                                                  \
+        return mismatch(path, what, a, b);                                                     \
+    }
+    if (cell && strcmp(cell, s->cell) != 0) return mismatch(path, "cell", s->cell, cell);
+    SAME_STR(task, "task");
+    SAME_STR(dtype, "dtype");
+    SAME_STR(optimizer, "optimizer");
+    SAME_STR(loss, "loss");
+    SAME_STR(init, "init");
+    SAME_NUM(length, "length", "%d");
+    SAME_NUM(batch, "batch", "%d");
+    SAME_NUM(hidden, "hidden size", "%d");
+    SAME_NUM(layers, "layers", "%d");
+    SAME_NUM(embed, "embedding width", "%d");
+    SAME_NUM(seq, "seq", "%d");
+    SAME_NUM(lr, "lr", "%g");
+    SAME_NUM(momentum, "momentum", "%g");
+    SAME_NUM(clip_value, "clip-value", "%g");
+    SAME_NUM(clip_norm, "clip-norm", "%g");
+    SAME_NUM(forget_bias, "forget-bias", "%g");
+#undef SAME_STR
+#undef SAME_NUM
+    return TG_OK;
+}
+
+static const char *const tasks[] = {"reber", "adding", "copy", "text", NULL};
+static const char *const dtypes[] = {"f32", "f64", NULL};
+static const char *const losses[] = {"mean", "sum", NULL};
+static const char *const inits[] = {"pytorch", "minchar", NULL};
+static const char *const optims[] = {"sgd", "adagrad", "adagrad-minchar", "adam", "rmsprop", NULL};
+
+/* Defaults: tuned so that `tapegrad train` (LSTM, Reber) is solved in a few seconds; Adam's
+ * PyTorch default lr 1e-3 needs about ten times the steps there, and 1e-2 is also the best of
+ * 2e-3 / 5e-3 / 1e-2 for the text model over 2000 steps (still stable, without clipping). */
+static void fill_defaults(struct tg_train_config *c)
+{
+    if (!c->task) c->task = "reber";
+    int text = strcmp(c->task, "text") == 0;
+    if (!c->cell_def && !c->cell) c->cell = "lstm";
+    if (c->cell_def) c->cell = c->cell_def->name;
+    if (!c->batch) c->batch = 32;
+    if (!c->hidden) c->hidden = text ? 128 : 64;
+    if (!c->layers) c->layers = 1;
+    if (!c->seq && text) c->seq = 25;
+    if (!c->dtype) c->dtype = "f32";
+    if (!c->optimizer) c->optimizer = "adam";
+    if (!c->loss) c->loss = "mean";
+    if (!c->init) c->init = "pytorch";
+    if (!c->lr && strcmp(c->optimizer, "adam") == 0) c->lr = 1e-2;
+}
+
+/* The list's own copy of s (static storage), or NULL. */
+static const char *canon(const char *s, const char *const *list)
+{
+    for (; s && *list; list++)
+        if (strcmp(s, *list) == 0) return *list;
+    return NULL;
+}
+
+/* Point every name of the configuration at static storage, so that it outlives the caller's
+ * strings and the checkpoint it may have come from. */
+static void canonicalise(struct tg_train_config *c)
+{
+    const struct tg_cell *cell = c->cell_def ? c->cell_def : tg_cell_find(c->cell);
+    c->cell = cell->name;
+    c->task = canon(c->task, tasks);
+    c->dtype = canon(c->dtype, dtypes);
+    c->loss = canon(c->loss, losses);
+    c->init = canon(c->init, inits);
+    c->optimizer = canon(c->optimizer, optims);
+}
+
+static enum tg_status validate(const struct tg_train_config *c)
+{
+    if (!in_list(c->task, tasks))
+        return tg_error(TG_ERR_VALUE, "unknown task '%s' (expected reber, adding, copy, text)", c->task);
+    if (!c->cell_def && !tg_cell_find(c->cell))
+        return tg_error(TG_ERR_VALUE, "unknown cell '%s' (expected one of %s)", c->cell, tg_cell_names());
+    if (!in_list(c->dtype, dtypes))
+        return tg_error(TG_ERR_VALUE, "unknown dtype '%s' (expected f32 or f64)", c->dtype);
+    if (!in_list(c->loss, losses))
+        return tg_error(TG_ERR_VALUE, "unknown loss '%s' (expected mean or sum)", c->loss);
+    if (!in_list(c->init, inits))
+        return tg_error(TG_ERR_VALUE, "unknown init '%s' (expected pytorch or minchar)", c->init);
+    if (!in_list(c->optimizer, optims))
+        return tg_error(TG_ERR_VALUE, "unknown optimizer '%s' (expected sgd, adagrad, adagrad-minchar, "
+                        "adam, rmsprop)", c->optimizer);
+    if (strcmp(c->task, "text") == 0 && (!c->data || !*c->data))
+        return tg_error(TG_ERR_VALUE, "task 'text' needs a data file (--data FILE)");
+    if (c->batch < 1 || c->hidden < 1 || c->layers < 1 || c->embed < 0 || c->seq < 0 ||
+        c->length < 0 || c->steps < 0 || c->eval_every < 0 || c->eval_size < 0 ||
+        c->checkpoint_every < 0)
+        return tg_error(TG_ERR_VALUE, "sizes must be positive (batch %d, hidden %d, layers %d, "
+                        "embed %d, seq %d, length %d, steps %ld)", c->batch, c->hidden, c->layers,
+                        c->embed, c->seq, c->length, c->steps);
+    if (c->lr < 0 || c->momentum < 0 || c->clip_value < 0 || c->clip_norm < 0 ||
+        !isfinite(c->lr + c->momentum + c->clip_value + c->clip_norm + c->forget_bias))
+        return tg_error(TG_ERR_VALUE, "lr, momentum and clipping thresholds must be finite and >= 0");
+    return TG_OK;
+}
+
+/* ------------------------------------------------------------------ construction */
+
+void tg_trainer_free(struct tg_trainer *tr)
+{
+    if (!tr) return;
+    if (tr->log) fclose(tr->log);
+    tg_batch_free(&tr->batch);
+    tg_batch_free(&tr->eval_batch);
+    free(tr->probs);
+    free(tr->eval_probs);
+    tg_tape_free(tr->tape);
+    tg_optim_free(tr->optim);
+    tg_model_free(tr->model);
+    tg_task_free(tr->task);
+    tg_task_free(tr->eval_task);
+    tg_checkpoint_close(tr->ck);
+    free(tr->owned_data);
+    free(tr);
+}
+
+static int same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    if (stat(a, &sa) != 0 || stat(b, &sb) != 0) return strcmp(a, b) == 0;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static enum tg_status open_log(struct tg_trainer *tr, int append)
+{
+    const struct tg_train_config *c = &tr->cfg;
+    tr->log = fopen(c->log_path, append ? "a" : "w");
+    if (!tr->log)
+        return tg_error(TG_ERR_IO, "cannot open log '%s': %s", c->log_path, strerror(errno));
+    if (ftell(tr->log) > 0) return TG_OK;
+    struct tg_metrics m;
+    tg_metrics_reset(tr->task, &m);
+    fprintf(tr->log, "step,loss,smooth_loss,grad_norm");
+    for (int i = 0; i < m.n; i++) fprintf(tr->log, ",%s", m.names[i]);
+    for (int i = 0; i < m.n; i++) fprintf(tr->log, ",eval_%s", m.names[i]);
+    fprintf(tr->log, ",tokens,seconds\n");
+    return fflush(tr->log) == 0 ? TG_OK
+                                : tg_error(TG_ERR_IO, "cannot write log '%s'", c->log_path);
+}
+
+static enum tg_status build(struct tg_trainer *tr)
+{
+    struct tg_train_config *c = &tr->cfg;
+    const struct tg_cell *cell = c->cell_def ? c->cell_def : tg_cell_find(c->cell);
+    tr->text = strcmp(c->task, "text") == 0;
+    tr->regression = strcmp(c->task, "adding") == 0;
+    tr->mean_loss = strcmp(c->loss, "mean") == 0;
+    struct tg_task_config tc = {.length = c->length, .data_path = c->data};
+    if (tr->text) tc.seq = c->seq, tc.sequential = 1;
+    TRY(tg_task_new(c->task, &tc, &tr->task));
+    tc.sequential = 0; /* held-out text: random windows from a fresh zero state */
+    TRY(tg_task_new(c->task, &tc, &tr->eval_task));
+    c->length = tg_task_config(tr->task)->length;
+    int vocab = tg_task_vocab_size(tr->task);
+    if (tr->text && !c->embed) c->embed = vocab;
+    TRY(tg_batch_alloc(tr->task, c->batch, &tr->batch));
+    int eb = c->eval_size < EVAL_BATCH ? c->eval_size : EVAL_BATCH;
+    TRY(tg_batch_alloc(tr->eval_task, eb, &tr->eval_batch));
+    int C = tr->regression ? 1 : tg_task_n_classes(tr->task), T = tg_task_max_T(tr->task);
+    tr->probs = malloc((size_t)T * c->batch * C * sizeof *tr->probs);
+    tr->eval_probs = malloc((size_t)T * eb * C * sizeof *tr->eval_probs);
+    tr->tape = tg_tape_new(0);
+    if (!tr->probs || !tr->eval_probs || !tr->tape) return tg_error(TG_ERR_NOMEM, "trainer: out of memory");
+
+    struct tg_model_config mc = {
+        .cell = cell, .input = tr->text ? c->embed : tg_task_in_dim(tr->task),
+        .vocab = tr->text ? vocab : 0, .hidden = c->hidden, .layers = c->layers,
+        .outputs = tg_task_out_dim(tr->task), .dtype = strcmp(c->dtype, "f64") == 0 ? TG_F64 : TG_F32,
+        .loss = tr->regression ? TG_LOSS_MSE_LAST : TG_LOSS_XENT_SUM,
+    };
+    TRY(tg_model_new(&mc, &tr->model));
+
+    struct tg_optim_config oc;
+    if (tr->ck) {
+        oc = *tg_checkpoint_optim_config(tr->ck);
+    } else {
+        TRY(tg_optim_config_from_name(c->optimizer, &oc));
+        if (c->lr > 0) oc.lr = c->lr;
+        if (c->momentum > 0) oc.momentum = c->momentum;
+        c->lr = oc.lr;
+        c->momentum = oc.momentum;
+    }
+    TRY(tg_optim_new(&oc, tr->model->params, tr->model->n_params, &tr->optim));
+
+    if (tr->ck) {
+        /* Everything the next step reads comes back from the file. */
+        const struct tg_checkpoint_state *s = tg_checkpoint_state(tr->ck);
+        if (tr->text && s->vocab_n != vocab)
+            return tg_error(TG_ERR_FORMAT, "checkpoint %s: its vocabulary (%d bytes) is not the one of "
+                            "'%s' (%d bytes)", c->resume, s->vocab_n, c->data, vocab);
+        for (int i = 0; tr->text && i < vocab; i++)
+            if (tg_task_vocab_char(tr->task, i) != s->vocab[i])
+                return tg_error(TG_ERR_FORMAT, "checkpoint %s: its vocabulary differs from the one "
+                                "of '%s'", c->resume, c->data);
+        TRY(tg_checkpoint_load_model(tr->ck, tr->model));
+        if (tr->model->state_batch && tr->model->state_batch != c->batch)
+            return tg_error(TG_ERR_FORMAT, "checkpoint %s: carried state for batch %d, run has %d",
+                            c->resume, tr->model->state_batch, c->batch);
+        TRY(tg_checkpoint_load_optim(tr->ck, tr->optim));
+        tr->rng = s->rng;
+        tr->step = s->step;
+        tr->smooth_loss = s->smooth_loss;
+        tg_task_set_cursor(tr->task, s->cursor);
+    } else {
+        tg_rng_seed(&tr->rng, c->seed);
+        if (strcmp(c->init, "minchar") == 0) tg_model_init_normal(tr->model, &tr->rng, 0.01);
+        else tg_model_init_uniform(tr->model, &tr->rng);
+        if (c->forget_bias != 0) tg_model_set_forget_bias(tr->model, c->forget_bias);
+    }
+    tg_metrics_reset(tr->task, &tr->train_m);
+    tg_metrics_reset(tr->task, &tr->eval_m);
+    if (c->log_path) TRY(open_log(tr, tr->ck != NULL));
+    return TG_OK;
+}
+
+enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_trainer **out)
+{
+    if (!out || !cfg) return tg_error(TG_ERR_VALUE, "tg_trainer_new: NULL argument");
+    *out = NULL;
+    struct tg_trainer *tr = calloc(1, sizeof *tr);
+    if (!tr) return tg_error(TG_ERR_NOMEM, "tg_trainer_new: out of memory");
+    struct tg_train_config *c = &tr->cfg;
+    *c = *cfg;
+    enum tg_status st = TG_OK;
+    if (cfg->resume) {
+        st = tg_checkpoint_open(cfg->resume, &tr->ck);
+        if (st == TG_OK) st = check_same(cfg, tg_checkpoint_config(tr->ck), cfg->resume);
+        if (st == TG_OK) {
+            const struct tg_train_config *s = tg_checkpoint_config(tr->ck);
+            struct tg_train_config r = *s;       /* what is trained: the checkpoint's */
+            r.cell_def = cfg->cell_def;
+            r.data = cfg->data ? cfg->data : s->data;
+            r.steps = cfg->steps;                 /* how long and what along the way: ours */
+            r.until_solved = cfg->until_solved;
+            r.eval_every = cfg->eval_every;
+            r.eval_size = cfg->eval_size;
+            r.checkpoint = cfg->checkpoint;
+            r.checkpoint_every = cfg->checkpoint_every;
+            r.resume = cfg->resume;
+            r.overwrite = cfg->overwrite;
+            r.log_path = cfg->log_path;
+            r.stop = cfg->stop;
+            r.progress = cfg->progress;
+            r.progress_ctx = cfg->progress_ctx;
+            *c = r;
+            if (c->cell_def && strcmp(c->cell_def->name, c->cell) != 0) c->cell_def = NULL;
+        }
+    }
+    if (st == TG_OK) {
+        fill_defaults(c);
+        if (!c->steps) c->steps = c->until_solved ? 20000 : 1000;
+        if (!c->eval_every) c->eval_every = 50;
+        if (!c->eval_size) c->eval_size = 512;
+        st = validate(c);
+        if (st == TG_OK) canonicalise(c);
+    }
+    if (st == TG_OK && c->data) {
+        tr->owned_data = strdup(c->data);
+        if (!tr->owned_data) st = tg_error(TG_ERR_NOMEM, "tg_trainer_new: out of memory");
+        c->data = tr->owned_data;
+    }
+    if (st == TG_OK && c->checkpoint && !c->overwrite &&
+        !(c->resume && same_file(c->resume, c->checkpoint))) {
+        struct stat sb;
+        if (stat(c->checkpoint, &sb) == 0)
+            st = tg_error(TG_ERR_VALUE, "checkpoint '%s' already exists (continue it with --resume "
+                          "%s, or pass --overwrite to start over)", c->checkpoint, c->checkpoint);
+    }
+    if (st == TG_OK) st = build(tr);
+    tg_checkpoint_close(tr->ck); /* everything is restored; the names are static */
+    tr->ck = NULL;
+    if (st != TG_OK) {
+        tg_trainer_free(tr);
+        return st;
+    }
+    if (c->checkpoint) tg_checkpoint_clean_temps(c->checkpoint);
+    *out = tr;
+    return TG_OK;
+}
+
+const struct tg_train_config *tg_trainer_config(const struct tg_trainer *tr) { return &tr->cfg; }
+struct tg_model *tg_trainer_model(const struct tg_trainer *tr) { return tr->model; }
+struct tg_optim *tg_trainer_optim(const struct tg_trainer *tr) { return tr->optim; }
+struct tg_task *tg_trainer_task(const struct tg_trainer *tr) { return tr->task; }
+long tg_trainer_steps(const struct tg_trainer *tr) { return tr->step; }
+double tg_trainer_last_loss(const struct tg_trainer *tr) { return tr->loss; }
+
+/* ------------------------------------------------------------------ one step */
+
+/* Row-wise softmax of logits (rows × C) into p, in double whatever the dtype. */
+static void softmax_rows(const struct tg_tensor *l, double *p)
+{
+    int C = l->cols;
+    for (int i = 0; i < l->rows; i++) {
+        double *pi = p + (size_t)i * C, mx = -INFINITY, s = 0;
+        for (int j = 0; j < C; j++) {
+            size_t k = (size_t)i * C + j;
+            pi[j] = l->dtype == TG_F64 ? ((const double *)l->data)[k] : ((const float *)l->data)[k];
+            if (pi[j] > mx) mx = pi[j];
+        }
+        for (int j = 0; j < C; j++) s += (pi[j] = exp(pi[j] - mx));
+        for (int j = 0; j < C; j++) pi[j] /= s;
+    }
+}
+
+/* The outputs a metric reads: probabilities at rows [t0·B, …) or the last step's regression. */
+static void outputs(const struct tg_trainer *tr, const struct tg_seq_result *res, double *out,
+                    int t0, int B)
+{
+    if (tr->regression) {
+        for (int b = 0; b < B; b++) out[b] = tg_get(res->logits, b, 0);
+    } else {
+        softmax_rows(res->logits, out + (size_t)t0 * B * res->logits->cols);
+    }
+}
+
+static enum tg_status tape_failure(struct tg_tape *t, const char *what)
+{
+    if (tg_tape_status(t) != TG_OK) return tg_error(tg_tape_status(t), "%s: %s", what, tg_tape_error(t));
+    return tg_error(TG_ERR_STATE, "%s failed", what);
+}
+
+enum tg_status tg_trainer_step(struct tg_trainer *tr)
+{
+    struct tg_model *m = tr->model;
+    struct tg_batch *b = &tr->batch;
+    struct tg_tape *t = tr->tape;
+    TRY(tg_task_next_batch(tr->task, &tr->rng, b));
+    int T = b->T, B = b->B, in = b->in_dim;
+    int chunk = !tr->text && tr->cfg.seq > 0 && tr->cfg.seq < T ? tr->cfg.seq : T;
+    int nchunks = (T + chunk - 1) / chunk;
+    double scale = 1.0;
+    if (!tr->regression && tr->mean_loss) {
+        long n = 0;
+        for (long i = 0; i < (long)T * B; i++) n += b->labels[i] >= 0;
+        scale = n ? 1.0 / (double)n : 0.0;
+    }
+    /* A text stream that starts over (end of its segment) starts from a zero state. */
+    if (tr->text && m->state_batch == B) {
+        int ns = m->cfg.layers * m->cfg.cell->n_state;
+        for (int r = 0; r < B; r++)
+            if (b->reset[r])
+                for (int i = 0; i < ns; i++)
+                    memset((char *)m->state[i]->data + (size_t)r * m->cfg.hidden * tg_dtype_size(m->cfg.dtype),
+                           0, (size_t)m->cfg.hidden * tg_dtype_size(m->cfg.dtype));
+    }
+    tg_model_zero_grad(m);
+    double loss = 0;
+    for (int c = 0; c < nchunks; c++) {
+        int t0 = c * chunk, Tc = T - t0 < chunk ? T - t0 : chunk, last = c == nchunks - 1;
+        struct tg_seq_batch sb = {
+            .T = Tc, .B = B,
+            .x = b->x ? b->x + (size_t)t0 * B * in : NULL,
+            .tokens = b->x ? NULL : b->tokens + (size_t)t0 * B,
+            .labels = b->labels ? b->labels + (size_t)t0 * B : NULL,
+            .target = b->target,
+        };
+        /* Adding's loss sits at the very last step: earlier chunks only move the state. */
+        int nograd = tr->regression && !last;
+        tg_tape_reset(t);
+        tg_tape_set_no_grad(t, nograd);
+        struct tg_seq_result res;
+        enum tg_status st = tg_model_forward(m, t, &sb, tr->text || c > 0, &res);
+        struct tg_tensor *L = res.loss;
+        if (st == TG_OK && !nograd) {
+            if (scale != 1.0) L = tg_affine(t, L, scale, 0.0);
+            st = L ? tg_backward(t, L) : tape_failure(t, "loss scaling");
+            if (st == TG_OK) loss += tg_get(L, 0, 0);
+        }
+        if (st == TG_OK && (!tr->regression || last)) outputs(tr, &res, tr->probs, t0, B);
+        /* The state is copied out only after backward: the chunk's first step read it. */
+        if (st == TG_OK && (tr->text || !last)) st = tg_model_keep_state(m, &res, B);
+        tg_tape_set_no_grad(t, 0);
+        if (st != TG_OK) return st;
+    }
+    tg_metrics_reset(tr->task, &tr->train_m);
+    tg_task_metrics(tr->task, b, tr->probs, &tr->train_m);
+
+    struct tg_tensor **P = m->params;
+    if (tr->cfg.clip_value > 0) TRY(tg_clip_grad_value(P, m->n_params, tr->cfg.clip_value));
+    double gn = tg_clip_grad_norm(P, m->n_params, tr->cfg.clip_norm > 0 ? tr->cfg.clip_norm : INFINITY);
+    if (!isfinite(gn) || !isfinite(loss))
+        return tg_error(TG_ERR_VALUE, "training diverged at step %ld: loss %g, gradient norm %g "
+                        "(try a lower --lr or --clip-norm)", tr->step + 1, loss, gn);
+    TRY(tg_optim_step(tr->optim));
+    tr->step++;
+    tr->loss = loss;
+    tr->grad_norm = gn;
+    tr->smooth_loss = tr->smooth_loss == 0 ? loss : SMOOTH * tr->smooth_loss + (1 - SMOOTH) * loss;
+    double m0 = tr->train_m.values[0];
+    if (isfinite(m0))
+        tr->smooth_metric = tr->smooth_metric == 0 ? m0 : SMOOTH * tr->smooth_metric + (1 - SMOOTH) * m0;
+    for (int r = 0; r < B; r++) tr->tokens += b->lengths[r];
+    return TG_OK;
+}
+
+/* ------------------------------------------------------------------ evaluation */
+
+enum tg_status tg_trainer_eval(struct tg_trainer *tr, struct tg_metrics *out)
+{
+    struct tg_batch *b = &tr->eval_batch;
+    struct tg_tape *t = tr->tape;
+    struct tg_rng rng;
+    tg_rng_seed(&rng, EVAL_SEED ^ tr->cfg.seed); /* the same held-out sequences every time */
+    tg_metrics_reset(tr->eval_task, out);
+    int batches = (tr->cfg.eval_size + b->B - 1) / b->B;
+    enum tg_status st = TG_OK;
+    int prev = tg_tape_set_no_grad(t, 1);
+    for (int k = 0; k < batches && st == TG_OK; k++) {
+        st = tg_task_next_batch(tr->eval_task, &rng, b);
+        if (st != TG_OK) break;
+        struct tg_seq_batch sb = {b->T, b->B, b->x, b->x ? NULL : b->tokens, b->labels, b->target};
+        struct tg_seq_result res;
+        tg_tape_reset(t);
+        st = tg_model_forward_from(tr->model, t, &sb, NULL, &res);
+        if (st != TG_OK) break;
+        outputs(tr, &res, tr->eval_probs, 0, b->B);
+        tg_task_metrics(tr->eval_task, b, tr->eval_probs, out);
+    }
+    tg_tape_reset(t);
+    tg_tape_set_no_grad(t, prev);
+    return st;
+}
+
+/* ------------------------------------------------------------------ checkpoints */
+
+enum tg_status tg_trainer_save(struct tg_trainer *tr, const char *path)
+{
+    struct tg_checkpoint_state s = {
+        .step = tr->step, .optim_steps = tg_optim_steps(tr->optim),
+        .cursor = tg_task_cursor(tr->task), .rng = tr->rng, .smooth_loss = tr->smooth_loss,
+    };
+    if (tr->text) {
+        s.vocab_n = tg_task_vocab_size(tr->task);
+        for (int i = 0; i < s.vocab_n; i++) s.vocab[i] = (uint8_t)tg_task_vocab_char(tr->task, i);
+    }
+    return tg_checkpoint_save(path, &tr->cfg, tr->model, tr->optim, &s);
+}
+
+/* ------------------------------------------------------------------ the run */
+
+static void log_row(struct tg_trainer *tr, int evaluated, double seconds)
+{
+    FILE *f = tr->log;
+    fprintf(f, "%ld,%.9g,%.9g,%.9g", tr->step, tr->loss, tr->smooth_loss, tr->grad_norm);
+    for (int i = 0; i < tr->train_m.n; i++) fprintf(f, ",%.9g", tr->train_m.values[i]);
+    for (int i = 0; i < tr->eval_m.n; i++) {
+        if (evaluated) fprintf(f, ",%.9g", tr->eval_m.values[i]);
+        else fputc(',', f);
+    }
+    fprintf(f, ",%ld,%.3f\n", tr->tokens, seconds);
+}
+
+enum tg_status tg_trainer_run(struct tg_trainer *tr, struct tg_train_result *res)
+{
+    struct tg_train_result dummy;
+    if (!res) res = &dummy;
+    memset(res, 0, sizeof *res);
+    const struct tg_train_config *c = &tr->cfg;
+    double t0 = now_s();
+    long start = tr->step;
+    tr->tokens = 0;
+    enum tg_status st = TG_OK;
+    int done = 0;
+    while (!done && tr->step < c->steps) {
+        st = tg_trainer_step(tr);
+        if (st != TG_OK) break;
+        int evaluated = tr->step % c->eval_every == 0 || tr->step == c->steps;
+        if (evaluated) {
+            st = tg_trainer_eval(tr, &tr->eval_m);
+            if (st != TG_OK) break;
+            tr->have_eval = 1;
+            tr->eval_step = tr->step;
+            if (tg_task_solved(tr->eval_task, &tr->eval_m) && !res->solved) {
+                res->solved = 1;
+                res->solved_step = tr->step;
+            }
+            if (c->until_solved && res->solved) done = 1;
+        }
+        int stop = c->stop && *c->stop;
+        if (stop) res->interrupted = done = 1;
+        int ckpt = c->checkpoint && ((c->checkpoint_every && tr->step % c->checkpoint_every == 0) ||
+                                     done || tr->step == c->steps);
+        if (ckpt) {
+            st = tg_trainer_save(tr, c->checkpoint);
+            if (st != TG_OK) break;
+            res->checkpoint_written = 1;
+        }
+        double secs = now_s() - t0;
+        if (tr->log) {
+            log_row(tr, evaluated, secs);
+            if (ferror(tr->log)) {
+                st = tg_error(TG_ERR_IO, "cannot write log '%s'", c->log_path);
+                break;
+            }
+        }
+        if (c->progress) {
+            struct tg_train_progress p = {
+                .cell = c->cell, .task = c->task, .step = tr->step, .total = c->steps,
+                .start_step = start, .until_solved = c->until_solved, .loss = tr->loss,
+                .smooth_loss = tr->smooth_loss, .grad_norm = tr->grad_norm, .train = &tr->train_m,
+                .smooth_metric = tr->smooth_metric, .eval = evaluated ? &tr->eval_m : NULL,
+                .last_eval = tr->have_eval ? &tr->eval_m : NULL, .seconds = secs,
+                .tokens_per_s = secs > 0 ? (double)tr->tokens / secs : 0, .checkpointed = ckpt,
+            };
+            c->progress(&p, c->progress_ctx);
+        }
+    }
+    if (tr->log) fflush(tr->log);
+    /* Stopped outside a step (before the first, or after the last, whose checkpoint the loop
+     * already wrote): nothing new to save. */
+    if (st == TG_OK && c->stop && *c->stop) res->interrupted = 1;
+    /* The result always carries a held-out evaluation of the final parameters. */
+    if (st == TG_OK && !(tr->have_eval && tr->eval_step == tr->step)) {
+        st = tg_trainer_eval(tr, &tr->eval_m);
+        if (st == TG_OK && tg_task_solved(tr->eval_task, &tr->eval_m) && !res->solved) {
+            res->solved = 1;
+            res->solved_step = tr->step;
+        }
+    }
+    res->steps = tr->step;
+    res->steps_run = tr->step - start;
+    res->seconds = now_s() - t0;
+    res->loss = tr->loss;
+    res->smooth_loss = tr->smooth_loss;
+    res->eval = tr->eval_m;
+    return st;
+}
+
+enum tg_status tg_train(const struct tg_train_config *cfg, struct tg_train_result *res)
+{
+    struct tg_trainer *tr;
+    TRY(tg_trainer_new(cfg, &tr));
+    enum tg_status st = tg_trainer_run(tr, res);
+    tg_trainer_free(tr);
+    return st;
+}
+
+/* ------------------------------------------------------------------ compare */
+
+enum tg_status tg_train_compare(const struct tg_train_config *base, const char *cells,
+                                FILE *table, struct tg_train_result *results, int max, int *n)
+{
+    if (n) *n = 0;
+    if (!base || !cells) return tg_error(TG_ERR_VALUE, "tg_train_compare: NULL argument");
+    if (base->checkpoint || base->resume)
+        return tg_error(TG_ERR_VALUE, "--compare trains several models: it takes no --checkpoint or --resume");
+    enum { MAXC = 16 };
+    char names[MAXC][64];
+    struct tg_train_result rs[MAXC];
+    int k = 0;
+    for (const char *p = cells; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == 0 || len >= sizeof names[0] || k == MAXC)
+            return tg_error(TG_ERR_VALUE, "--compare: bad cell list '%s' (comma-separated, at most %d)",
+                            cells, MAXC);
+        memcpy(names[k], p, len);
+        names[k][len] = '\0';
+        if (!tg_cell_find(names[k]) && !(base->cell_def && strcmp(base->cell_def->name, names[k]) == 0))
+            return tg_error(TG_ERR_VALUE, "--compare: unknown cell '%s' (expected %s)", names[k],
+                            tg_cell_names());
+        k++;
+        p += len + (p[len] == ',');
+    }
+    if (k == 0) return tg_error(TG_ERR_VALUE, "--compare: no cells given");
+    for (int i = 0; i < k; i++) {
+        struct tg_train_config c = *base;
+        c.cell = names[i];
+        if (c.cell_def && strcmp(c.cell_def->name, names[i]) != 0) c.cell_def = NULL;
+        TRY(tg_train(&c, &rs[i]));
+        if (results && i < max) results[i] = rs[i];
+        if (n) *n = i + 1;
+        if (c.stop && *c.stop) {
+            k = i + 1;
+            break;
+        }
+    }
+    if (!table) return TG_OK;
+    const struct tg_metrics *m0 = &rs[0].eval;
+    fprintf(table, "%-14s", "cell");
+    for (int j = 0; j < m0->n; j++) fprintf(table, " %12s", m0->names[j]);
+    fprintf(table, " %10s %8s %9s\n", "solved at", "steps", "time");
+    for (int i = 0; i < k; i++) {
+        fprintf(table, "%-14s", names[i]);
+        for (int j = 0; j < rs[i].eval.n; j++) fprintf(table, " %12.4f", rs[i].eval.values[j]);
+        if (rs[i].solved) fprintf(table, " %10ld", rs[i].solved_step);
+        else fprintf(table, " %10s", "no");
+        fprintf(table, " %8ld %7.1f s\n", rs[i].steps, rs[i].seconds);
+    }
+    return TG_OK;
+}
+
+/* ------------------------------------------------------------------ sampling */
+
+enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int vocab_n,
+                              const char *prime, long n, double temperature,
+                              struct tg_rng *rng, FILE *out)
+{
+    if (!m || !vocab || !rng || !out) return tg_error(TG_ERR_VALUE, "tg_sample_text: NULL argument");
+    if (m->cfg.vocab < 1 || m->cfg.vocab != vocab_n || m->cfg.outputs != vocab_n)
+        return tg_error(TG_ERR_VALUE, "tg_sample_text: the model is not a character model of %d "
+                        "symbols", vocab_n);
+    if (!(temperature > 0) || !isfinite(temperature))
+        return tg_error(TG_ERR_VALUE, "tg_sample_text: temperature must be > 0, got %g", temperature);
+    if (n < 0) return tg_error(TG_ERR_VALUE, "tg_sample_text: length %ld is negative", n);
+    int index_of[256];
+    for (int i = 0; i < 256; i++) index_of[i] = -1;
+    for (int i = 0; i < vocab_n; i++) index_of[vocab[i]] = i;
+    size_t P = prime ? strlen(prime) : 0;
+    for (size_t i = 0; i < P; i++) {
+        unsigned char ch = (unsigned char)prime[i];
+        if (index_of[ch] < 0) {
+            if (ch >= 32 && ch < 127)
+                return tg_error(TG_ERR_VALUE, "prime character '%c' (position %zu) is not in the "
+                                "model's vocabulary", ch, i + 1);
+            return tg_error(TG_ERR_VALUE, "prime byte 0x%02x (position %zu) is not in the model's "
+                            "vocabulary", ch, i + 1);
+        }
+    }
+    struct tg_tape *t = tg_tape_new(0);
+    double *p = malloc((size_t)vocab_n * sizeof *p);
+    int32_t *tok = malloc((P ? P : 1) * sizeof *tok), *lab = malloc((P ? P : 1) * sizeof *lab);
+    enum tg_status st = TG_OK;
+    if (!t || !p || !tok || !lab) st = tg_error(TG_ERR_NOMEM, "tg_sample_text: out of memory");
+    if (st == TG_OK) {
+        tg_tape_set_no_grad(t, 1);
+        tg_model_reset_state(m);
+        /* The prime (or one random symbol) as one sequence; its last output starts the draw. */
+        size_t len = P ? P : 1;
+        for (size_t i = 0; i < len; i++) {
+            tok[i] = P ? index_of[(unsigned char)prime[i]] : (int32_t)tg_rng_below(rng, (uint32_t)vocab_n);
+            lab[i] = -1;
+        }
+        struct tg_seq_batch sb = {(int)len, 1, NULL, tok, lab, NULL};
+        for (long k = 0; k <= n && st == TG_OK; k++) {
+            struct tg_seq_result res;
+            tg_tape_reset(t);
+            st = tg_model_forward(m, t, &sb, 1, &res);
+            if (st == TG_OK) st = tg_model_keep_state(m, &res, 1);
+            if (st != TG_OK || k == n) break;
+            /* p ∝ exp(logit/τ) at the last position */
+            const struct tg_tensor *l = res.logits;
+            double mx = -INFINITY, s = 0;
+            for (int j = 0; j < vocab_n; j++) {
+                p[j] = tg_get(l, l->rows - 1, j) / temperature;
+                if (p[j] > mx) mx = p[j];
+            }
+            for (int j = 0; j < vocab_n; j++) s += (p[j] = exp(p[j] - mx));
+            double u = tg_rng_uniform(rng) * s;
+            int pick = vocab_n - 1;
+            for (int j = 0; j < vocab_n; j++) {
+                if (u < p[j]) {
+                    pick = j;
+                    break;
+                }
+                u -= p[j];
+            }
+            fputc(vocab[pick], out);
+            tok[0] = pick;
+            lab[0] = -1;
+            sb.T = 1;
+        }
+        tg_model_reset_state(m);
+    }
+    tg_tape_free(t);
+    free(p);
+    free(tok);
+    free(lab);
+    return st;
+}

@@ -10,9 +10,6 @@
 
 #include "internal.h"
 
-void tg_gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
-             const void *b, int ldb, double beta, void *c, int ldc);
-
 /* Give every parameter that is the right operand (x·Wᵀ) of at least two recorded matmuls a
  * stage for its deferred gradient (struct tg_grad_stage). Returns the number of staged
  * parameters, listed in *out, or −1 if memory ran out. */
@@ -23,7 +20,8 @@ static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
     size_t cap = 0;
     for (size_t i = 0; i <= top; i++) {
         struct tg_node *nd = t->nodes[i];
-        struct tg_tensor *w = nd->op == TG_OP_MATMUL ? nd->src[1] : NULL;
+        struct tg_tensor *w = nd->op == TG_OP_MATMUL ? nd->src[1]
+                              : nd->op == TG_OP_ADDMM ? nd->src[2] : NULL;
         if (!w || !(w->flags & TG_PARAM) || !nd->args.matmul.trans_b || nd->args.matmul.trans_a)
             continue;
         if (!w->stage) {

@@ -69,6 +69,10 @@ struct tg_grad_stage {
     int rows_cap, rows; /* capacity and rows filled */
 };
 
+/* Row-major GEMM through CBLAS in either dtype: c = op(a)·op(b) + β·c (ops/matmul.c). */
+void tg_gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
+             const void *b, int ldb, double beta, void *c, int ldc);
+
 /* Gradient buffer of an arena tensor, allocated (zeroed) on first use during backward. */
 void *tg_grad_buffer(struct tg_tape *t, struct tg_tensor *x);
 

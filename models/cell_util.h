@@ -4,11 +4,20 @@
 
 #include "tapegrad_models.h"
 
-/* x·Wᵀ + b with W stored (out, in) as PyTorch does. */
+/* x·Wᵀ + b with W stored (out, in) as PyTorch does: one GEMM with the bias as its addend. */
 static inline struct tg_tensor *tg_linear(struct tg_tape *t, struct tg_tensor *x,
                                           struct tg_tensor *w, struct tg_tensor *b)
 {
-    return tg_add(t, tg_matmul(t, x, w, 0, 1), b);
+    return tg_addmm(t, b, x, w, 0, 1);
+}
+
+/* x W_ihᵀ + b_ih + b_hh for all T·B rows at once (w[0] = weight_ih, w[2] = bias_ih,
+ * w[3] = bias_hh): both biases are added once per sequence instead of once per step, and each
+ * step is then the single GEMM xp + h·W_hhᵀ. */
+static inline struct tg_tensor *tg_input_ih_hh(struct tg_tape *t, struct tg_tensor *const *w,
+                                               struct tg_tensor *X)
+{
+    return tg_add(t, tg_linear(t, X, w[0], w[2]), w[3]);
 }
 
 /* Gate block k of width h from a B×(G·h) pre-activation. */

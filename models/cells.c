@@ -10,16 +10,12 @@ static const struct tg_param_spec rnn_params[] = {
     {"bias_hh", TG_SHAPE(0, 0, 1, 1, 0, 0)},
 };
 
-/* x W_ihᵀ + b_ih for all T·B rows at once (see tg_cell_input_fn); steps get their block xp. */
-static struct tg_tensor *rnn_input(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *X)
-{
-    return tg_linear(t, X, w[0], w[2]);
-}
-
+/* x W_ihᵀ + b_ih + b_hh for all T·B rows at once (see tg_cell_input_fn); step t gets its
+ * block xp and adds h W_hhᵀ to it in one GEMM. */
 static struct tg_tensor *rnn_pre(struct tg_tape *t, struct tg_tensor *const *w,
                                  struct tg_tensor *xp, struct tg_tensor *h)
 {
-    return tg_add(t, xp, tg_linear(t, h, w[1], w[3]));
+    return tg_addmm(t, xp, h, w[1], 0, 1);
 }
 
 static void rnn_tanh_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *xp,
@@ -35,9 +31,9 @@ static void rnn_relu_step(struct tg_tape *t, struct tg_tensor *const *w, struct 
 }
 
 const struct tg_cell tg_cell_rnn_tanh = {
-    "rnn_tanh", "h' = tanh(W_ih x + b_ih + W_hh h + b_hh)", 1, 1, 4, rnn_params, rnn_tanh_step, rnn_input};
+    "rnn_tanh", "h' = tanh(W_ih x + b_ih + W_hh h + b_hh)", 1, 1, 4, rnn_params, rnn_tanh_step, tg_input_ih_hh};
 const struct tg_cell tg_cell_rnn_relu = {
-    "rnn_relu", "h' = relu(W_ih x + b_ih + W_hh h + b_hh)", 1, 1, 4, rnn_params, rnn_relu_step, rnn_input};
+    "rnn_relu", "h' = relu(W_ih x + b_ih + W_hh h + b_hh)", 1, 1, 4, rnn_params, rnn_relu_step, tg_input_ih_hh};
 
 /* mgu (Zhou et al. 2016, minimal gated unit):
  *   f = σ(W_f [h, x] + b_f),  h̃ = tanh(W_h [f ⊙ h, x] + b_h),  h' = (1 − f) ⊙ h + f ⊙ h̃. */

@@ -12,8 +12,7 @@ static const struct tg_param_spec lstm_params[] = {
     {"bias_hh", TG_SHAPE(0, 0, 1, 4, 0, 0)},
 };
 
-/* x W_ihᵀ + b_ih for all T·B rows at once; each step receives its B-row block xp. Shared by
- * every cell whose input enters as weight_ih (param 0) and bias_ih (param 2). */
+/* dlbook's single bias: x W_ihᵀ + b for all T·B rows at once. */
 static struct tg_tensor *input_ih(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *X)
 {
     return tg_linear(t, X, w[0], w[2]);
@@ -23,7 +22,7 @@ static void lstm_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_t
                       struct tg_tensor *const *s, struct tg_tensor **next)
 {
     int H = tg_hidden_of(s);
-    struct tg_tensor *g = tg_add(t, xp, tg_linear(t, s[0], w[1], w[3]));
+    struct tg_tensor *g = tg_addmm(t, xp, s[0], w[1], 0, 1); /* xp = x W_ihᵀ + b_ih + b_hh */
     struct tg_tensor *i = tg_sigmoid(t, tg_block(t, g, 0, H));
     struct tg_tensor *f = tg_sigmoid(t, tg_block(t, g, 1, H));
     struct tg_tensor *cand = tg_tanh(t, tg_block(t, g, 2, H));
@@ -34,7 +33,7 @@ static void lstm_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_t
 
 const struct tg_cell tg_cell_lstm = {
     "lstm", "i,f,o = σ(W_i* x + W_h* h + b), g = tanh(…), c' = f⊙c + i⊙g, h' = o⊙tanh(c')", 2, 4, 4,
-    lstm_params, lstm_step, input_ih};
+    lstm_params, lstm_step, tg_input_ih_hh};
 
 /* lstm_peephole (Gers & Schmidhuber 2000): the gates also see the cell state.
  *   [i f] = σ(W_if [c, h, x] + b_if),  g = tanh(W_g [h, x] + b_g),  c' = f ⊙ c + i ⊙ g,
@@ -81,7 +80,7 @@ static void coupled_step(struct tg_tape *t, struct tg_tensor *const *w, struct t
                          struct tg_tensor *const *s, struct tg_tensor **next)
 {
     int H = tg_hidden_of(s);
-    struct tg_tensor *a = tg_add(t, xp, tg_linear(t, s[0], w[1], w[3]));
+    struct tg_tensor *a = tg_addmm(t, xp, s[0], w[1], 0, 1); /* xp = x W_ihᵀ + b_ih + b_hh */
     struct tg_tensor *f = tg_sigmoid(t, tg_block(t, a, 0, H));
     struct tg_tensor *g = tg_tanh(t, tg_block(t, a, 1, H));
     struct tg_tensor *o = tg_sigmoid(t, tg_block(t, a, 2, H));
@@ -91,7 +90,7 @@ static void coupled_step(struct tg_tape *t, struct tg_tensor *const *w, struct t
 
 const struct tg_cell tg_cell_lstm_coupled = {
     "lstm_coupled", "f,o = σ(…), g = tanh(…), c' = f⊙c + (1−f)⊙g, h' = o⊙tanh(c')", 2, 3, 4,
-    coupled_params, coupled_step, input_ih};
+    coupled_params, coupled_step, tg_input_ih_hh};
 
 /* lstm_dlbook (Goodfellow, Bengio & Courville, Deep Learning, eqs. 10.40–10.44), rows f, g, a, q:
  *   f = σ(b^f + U^f x + W^f h)            forget gate            (10.40)
@@ -111,7 +110,7 @@ static void dlbook_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg
 {
     int H = tg_hidden_of(s);
     /* all four blocks are sigmoids, so one σ over the whole pre-activation */
-    struct tg_tensor *a = tg_sigmoid(t, tg_add(t, xp, tg_matmul(t, s[0], w[1], 0, 1)));
+    struct tg_tensor *a = tg_sigmoid(t, tg_addmm(t, xp, s[0], w[1], 0, 1));
     struct tg_tensor *f = tg_block(t, a, 0, H), *g = tg_block(t, a, 1, H);
     struct tg_tensor *in = tg_block(t, a, 2, H), *q = tg_block(t, a, 3, H);
     next[1] = tg_add(t, tg_mul(t, f, s[1]), tg_mul(t, g, in));

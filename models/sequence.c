@@ -244,14 +244,14 @@ enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
 
     struct tg_tensor *W = m->params[m->n_params - 2], *bias = m->params[m->n_params - 1];
     if (mse) {
-        res->logits = tg_add(t, tg_matmul(t, hs[T - 1], W, 0, 1), bias);
+        res->logits = tg_addmm(t, bias, hs[T - 1], W, 0, 1);
         struct tg_tensor *y = tg_tensor_new(t, B, cfg->outputs, cfg->dtype);
         if (!y) return fail_from_tape(t, "target");
         for (int i = 0; i < B * cfg->outputs; i++) tg_set(y, 0, i, b->target[i]);
         res->loss = tg_mse(t, res->logits, y, TG_REDUCE_MEAN);
     } else {
         struct tg_tensor *Hs = T == 1 ? hs[0] : tg_concat(t, 0, T, hs);
-        res->logits = tg_add(t, tg_matmul(t, Hs, W, 0, 1), bias);
+        res->logits = tg_addmm(t, bias, Hs, W, 0, 1);
         res->loss = tg_softmax_xent(t, res->logits, b->labels,
                                     cfg->loss == TG_LOSS_XENT_MEAN ? TG_REDUCE_MEAN : TG_REDUCE_SUM);
     }

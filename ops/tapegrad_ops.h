@@ -35,6 +35,7 @@ enum tg_op {
     TG_OP_SUM,
     TG_OP_MEAN,
     TG_OP_EMBEDDING,
+    TG_OP_ADDMM,
     TG_OP_COUNT
 };
 
@@ -52,6 +53,11 @@ const char *tg_op_name(int op);
  * With PyTorch's (out, in) weights, x·Wᵀ is tg_matmul(t, x, W, 0, 1). */
 struct tg_tensor *tg_matmul(struct tg_tape *t, struct tg_tensor *a, struct tg_tensor *b,
                             int trans_a, int trans_b);
+
+/* D = C + op(A)·op(B) in one GEMM (β = 1): C is m×n, or a 1×n row (a bias) repeated on
+ * every row. tg_addmm(t, b, x, W, 0, 1) is PyTorch's Linear: x·Wᵀ + b. */
+struct tg_tensor *tg_addmm(struct tg_tape *t, struct tg_tensor *c, struct tg_tensor *a,
+                           struct tg_tensor *b, int trans_a, int trans_b);
 
 /* Elementwise a+b, a−b, a⊙b. Same shape, or either side a 1×n row broadcast over the
  * other's m rows (biases, per-unit scales). */

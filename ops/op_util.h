@@ -15,17 +15,23 @@
     ((x)->dtype == TG_F64 ? name##_f64(__VA_ARGS__) : name##_f32(__VA_ARGS__))
 
 #if TG_HAVE_OPENMP
+#include <omp.h>
 #define TG_PRAGMA(x) _Pragma(#x)
+#define TG_MAX_THREADS() omp_get_max_threads()
 #else
 #define TG_PRAGMA(x)
+#define TG_MAX_THREADS() 1
 #endif
+/* Go parallel only for loops worth waking threads for, and only when more than one thread may
+ * run: libgomp allocates a team for every parallel region, even a one-thread one. */
+#define TG_GO_PARALLEL(n) ((n) >= TG_OMP_MIN && TG_MAX_THREADS() > 1)
 /* TG_PAR_FOR(n, for (...) ...): an elementwise loop over n items goes parallel only when n is
  * worth waking threads for. The test is an ordinary branch, not an OpenMP if() clause: with
  * if(false) libgomp still opens a one-thread parallel region, and it mallocs and frees a team
  * for every such region — a heap allocation per small op, every step (found by test_tape). */
 #define TG_PAR_FOR(n, ...)                                                                     \
     {                                                                                          \
-        if ((n) >= TG_OMP_MIN) {                                                               \
+        if (TG_GO_PARALLEL(n)) {                                                               \
             TG_PRAGMA(omp parallel for schedule(static))                                       \
             __VA_ARGS__                                                                        \
         } else {                                                                               \
@@ -38,7 +44,7 @@
  * its two formulas into a mispredicted branch). Parallel above TG_OMP_MIN like TG_PAR_FOR. */
 #define TG_SIMD_FOR(n, ...)                                                                    \
     {                                                                                          \
-        if ((n) >= TG_OMP_MIN) {                                                               \
+        if (TG_GO_PARALLEL(n)) {                                                               \
             TG_PRAGMA(omp parallel for simd schedule(static))                                  \
             __VA_ARGS__                                                                        \
         } else {                                                                               \

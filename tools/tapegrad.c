@@ -4,16 +4,6 @@
 
 #include "cli.h"
 
-/* TEMPORARY while subcommands are being written in parallel: a command whose file is not in
- * the build yet links to this and says so. Removed once every cmd_*.c exists. */
-#define PENDING(fn)                                                                            \
-    __attribute__((weak)) int fn(int argc, char **argv)                                        \
-    {                                                                                          \
-        (void)argc, (void)argv;                                                                \
-        fprintf(stderr, "tapegrad: " #fn " is not built yet\n");                              \
-        return 1;                                                                              \
-    }
-PENDING(cmd_bench)
 
 struct subcommand {
     const char *name;

@@ -1,0 +1,819 @@
+/*
+ * cmd_bench.c — `tapegrad bench`: how long a training step takes, against the hand-written
+ * BPTT of models/manual/ and against the BLAS this process runs on (issue 6).
+ *
+ * A step, float32, one layer, I = H input width, V = 64 classes, zero initial state:
+ *   tg_tape_reset · zero the gradients · tg_model_forward (summed cross-entropy over T·B tokens)
+ *   · tg_backward · SGD step (lr 1e-4)
+ * reusing one tape, one model and one pre-made batch (N(0,1) inputs, uniform labels, fixed seed),
+ * exactly what bench/torch_bench.py times on PyTorch's side. The oracle step is
+ * tg_manual_bptt_f32 with a workspace allocated once, plus the same SGD step, from the same
+ * initial weights (the first losses of both are compared, so both compute the same thing).
+ *
+ * Reported per (cell, config) over the timed steps after warm-up (bench/README.md defines
+ * every column): median and min–max ms/step, tokens/s, GFLOP/s, %sgemm, allocations per step,
+ * tape memory against the minimum a backward pass needs, peak-RSS rise.
+ * - FLOPs count the GEMMs a step needs: per step t, forward x_t·W_ihᵀ and h_{t−1}·W_hhᵀ
+ *   (2·B·(I+H)·G·H), backward dW_ih and dW_hh (the same) and dh_{t−1} = da_t·W_hh (2·B·H·G·H,
+ *   t ≥ 1); once, the output layer (2·T·B·H·V forward, 4·T·B·H·V backward). Not the issue's
+ *   3× forward, which counts a dX of the input neither side computes (JSON: flops_issue).
+ * - %sgemm = time of those GEMMs as plain cblas_sgemm calls at the per-step shapes (T calls
+ *   each over distinct row blocks, plus the output layer's three) ÷ step time, which is
+ *   achieved GFLOP/s ÷ the FLOP-weighted sgemm rate whatever the FLOP count. An engine that
+ *   stacks GEMMs over T·B rows can pass 100 %.
+ * - Allocations are counted only with bench/malloc_count.so preloaded (run_bench.sh does);
+ *   tg_tape_heap_allocs needs no preload.
+ * Results vary with a shared, noisy machine: compare ratios taken within one run only.
+ */
+#include <dlfcn.h>
+#include <malloc.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cblas.h>
+
+#include "tg_config.h"
+#if TG_HAVE_OPENMP && defined(_OPENMP)
+#include <omp.h>
+#define BENCH_OPENMP 1
+#else
+#define BENCH_OPENMP 0
+static void omp_set_num_threads(int n) { (void)n; }
+static int omp_get_max_threads(void) { return 1; }
+#endif
+
+#include "cli.h"
+#include "tapegrad.h"
+#include "tapegrad_models.h"
+#include "tg_manual.h"
+#include "tg_optim.h"
+
+/* OpenBLAS's own controls (also in its cblas.h; declared here so the intent is visible). */
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
+int openblas_get_parallel(void);
+char *openblas_get_corename(void);
+char *openblas_get_config(void);
+
+enum { V_CLASSES = 64, MAX_CONFIGS = 32, MAX_CELLS = 3, MAX_REPEATS_AUTO = 100, MIN_REPEATS_AUTO = 5 };
+static const double LR = 1e-4;
+
+static const char *const STD_CONFIGS[] = {"T50B32H128", "T50B32H256", "T100B64H512",
+                                          "T35B20H1024", "T100B1H8"};
+static const char *const STD_CELLS[] = {"lstm", "gru", "rnn_tanh"};
+static const int SCALING_T[] = {10, 100, 1000};
+
+struct bench_opts {
+    int threads, repeats, warmup, no_manual, scaling, seed;
+    double budget;
+};
+
+struct config { char name[40]; int T, B, H; };
+
+struct timing { double med, min, max; int n; double allocs, tape_allocs; char sites[200]; };
+
+struct result {
+    const char *cell, *series;
+    struct config cfg;
+    struct timing ad, man;
+    int have_man;
+    double flops, flops_issue, sgemm_ms;
+    double loss_ad, loss_man;
+    size_t nodes, arena_fwd, arena_bwd, arena_cap, arena_min, man_ws;
+    long rss_ad_kib, rss_man_kib;
+};
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of n ≥ 1 values (sorts them in place). */
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* ------------------------------------------------------------- process probes */
+
+/* A number of /proc/self/status ("VmHWM", "VmRSS" in KiB; "Threads"), or -1. */
+static long proc_kib(const char *field)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    long v = -1;
+    size_t n = strlen(field);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, field, n) == 0 && line[n] == ':') v = atol(line + n + 1);
+    fclose(f);
+    return v;
+}
+
+/* Reset the peak-RSS mark to the current RSS (Linux ≥ 4.0); returns the current RSS in KiB. */
+static long rss_mark(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (f) {
+        fputs("5", f);
+        fclose(f);
+    }
+    return proc_kib("VmRSS");
+}
+
+static long rss_rise(long mark) { long hwm = proc_kib("VmHWM"); return hwm < 0 || mark < 0 ? -1 : hwm - mark; }
+
+/* The counters of bench/malloc_count.so when it is preloaded, else NULL. */
+typedef unsigned long (*count_fn)(void);
+typedef int (*sites_fn)(void **addr, unsigned long *counts, int max);
+static count_fn malloc_calls;
+static sites_fn malloc_sites;
+
+static void find_malloc_counter(void)
+{
+    void *a = dlsym(RTLD_DEFAULT, "tg_malloc_count_calls"), *b = dlsym(RTLD_DEFAULT, "tg_malloc_count_sites");
+    memcpy(&malloc_calls, &a, sizeof a);
+    memcpy(&malloc_sites, &b, sizeof b);
+}
+
+static unsigned long allocs_now(void) { return malloc_calls ? malloc_calls() : 0; }
+
+/* Allocation call sites before and after the timed steps; the difference, grouped by the
+ * shared object the caller lives in ("tapegrad" = this executable, the library included), says
+ * who allocates during a step: "libgomp.so.1 5, libopenblas.so.0 105". */
+enum { MAX_SITES = 1024 };
+struct site_snap { int n; void *addr[MAX_SITES]; unsigned long cnt[MAX_SITES]; };
+static struct site_snap snap0, snap1;
+
+static void sites_diff(const struct site_snap *a, const struct site_snap *b, int steps, char *out, size_t size)
+{
+    const char *obj[16];
+    unsigned long tot[16];
+    int nobj = 0;
+    for (int i = 0; i < b->n; i++) {
+        unsigned long before = 0;
+        for (int j = 0; j < a->n; j++)
+            if (a->addr[j] == b->addr[i]) before = a->cnt[j];
+        if (b->cnt[i] == before) continue;
+        Dl_info info;
+        const char *name = dladdr(b->addr[i], &info) && info.dli_fname ? info.dli_fname : "?";
+        const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+        int k = 0;
+        while (k < nobj && strcmp(obj[k], base) != 0) k++;
+        if (k == nobj && nobj < 16) obj[nobj] = base, tot[nobj++] = 0;
+        if (k < nobj) tot[k] += b->cnt[i] - before;
+    }
+    size_t len = 0;
+    out[0] = 0;
+    for (int k = 0; k < nobj && len < size; k++)
+        len += (size_t)snprintf(out + len, size - len, "%s%s %g", k ? ", " : "", obj[k], (double)tot[k] / steps);
+}
+
+/* ---------------------------------------------------------- config and names */
+
+static int parse_config(const char *s, struct config *c)
+{
+    int n = 0;
+    if (sscanf(s, "T%dB%dH%d%n", &c->T, &c->B, &c->H, &n) != 3 || s[n] || c->T < 1 || c->B < 1 ||
+        c->H < 1 || strlen(s) >= sizeof c->name)
+        return -1;
+    /* keep every T·B·G·H index comfortably inside int and the run inside memory */
+    if ((double)c->T * c->B * (c->H + V_CLASSES) * 4.0 > 5e8) return -2;
+    snprintf(c->name, sizeof c->name, "%s", s);
+    return 0;
+}
+
+static int cell_gates(const char *cell) { return strcmp(cell, "lstm") == 0 ? 4 : strcmp(cell, "gru") == 0 ? 3 : 1; }
+/* Activations per step, in units of B·H floats, that a backward pass cannot do without. */
+static int cell_min_units(const char *cell) { return strcmp(cell, "lstm") == 0 ? 6 : strcmp(cell, "gru") == 0 ? 4 : 1; }
+
+/* -------------------------------------------------------------- sgemm reference */
+
+struct gemm_shape {
+    const char *what;
+    int M, N, K, ta, tb;
+    double calls;                  /* per training step */
+    int stream_a, stream_b, stream_c; /* operand changes from call to call (a new time step) */
+    float beta;
+};
+
+/* Seconds per call of C = A·B (+ beta·C) at one shape, median of 5 batches; `blocks`
+ * distinct row blocks are cycled through for the streaming operands, as the steps of a
+ * sequence would. */
+static double time_gemm(const struct gemm_shape *s, int blocks, float *A, float *Bm, float *C)
+{
+    const size_t na = (size_t)s->M * s->K, nb = (size_t)s->K * s->N, nc = (size_t)s->M * s->N;
+    const int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
+    int calls = 1;
+    double per = 0, t[5];
+    for (int rep = -2; rep < 5; rep++) {
+        double t0 = now();
+        for (int i = 0; i < calls; i++) {
+            int k = i % blocks;
+            cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans,
+                        s->tb ? CblasTrans : CblasNoTrans, s->M, s->N, s->K, 1.0f,
+                        A + (s->stream_a ? k * na : 0), lda, Bm + (s->stream_b ? k * nb : 0), ldb,
+                        s->beta, C + (s->stream_c ? k * nc : 0), s->N);
+        }
+        per = (now() - t0) / calls;
+        if (rep == -2) {   /* first call: warm; size the batches to ~3 ms from the second */
+            calls = 1;
+        } else if (rep == -1) {
+            calls = per > 0 ? (int)fmin(fmax(3e-3 / per, 1), 20000) : 1000;
+        } else {
+            t[rep] = per;
+        }
+    }
+    return median(t, 5);
+}
+
+/* The GEMMs one training step needs, at the per-step shapes (one layer, input width I). */
+static int step_gemms(const struct config *c, const char *cell, struct gemm_shape *g)
+{
+    const int T = c->T, B = c->B, H = c->H, In = c->H, GH = cell_gates(cell) * H, TB = T * B;
+    const struct gemm_shape list[] = {
+        {"x·W_ihᵀ", B, GH, In, 0, 1, T, 1, 0, 1, 0.0f},
+        {"h·W_hhᵀ", B, GH, H, 0, 1, T, 1, 0, 1, 0.0f},
+        {"dW_ih += daᵀ·x", GH, In, B, 1, 0, T, 1, 1, 0, 1.0f},
+        {"dW_hh += daᵀ·h", GH, H, B, 1, 0, T, 1, 1, 0, 1.0f},
+        {"dh = da·W_hh", B, H, GH, 0, 0, T - 1, 1, 0, 1, 0.0f},
+        {"logits = H_s·W_outᵀ", TB, V_CLASSES, H, 0, 1, 1, 0, 0, 0, 0.0f},
+        {"dW_out += dZᵀ·H_s", V_CLASSES, H, TB, 1, 0, 1, 0, 0, 0, 1.0f},
+        {"dH_s = dZ·W_out", TB, H, V_CLASSES, 0, 0, 1, 0, 0, 0, 0.0f},
+    };
+    memcpy(g, list, sizeof list);
+    return (int)(sizeof list / sizeof list[0]);
+}
+
+static double gemm_flops(const struct gemm_shape *g, int n)
+{
+    double f = 0;
+    for (int i = 0; i < n; i++) f += g[i].calls * 2.0 * g[i].M * g[i].N * g[i].K;
+    return f;
+}
+
+static void fill_uniform(float *p, size_t n, struct tg_rng *r)
+{
+    for (size_t i = 0; i < n; i++) p[i] = (float)(2.0 * tg_rng_uniform(r) - 1.0);
+}
+
+/* ms per step that the step's GEMMs take as plain sgemm calls; -1 if out of memory. */
+static double sgemm_reference(const struct config *c, const char *cell, struct tg_rng *rng)
+{
+    struct gemm_shape g[8];
+    int n = step_gemms(c, cell, g);
+    const int blocks = c->T < 128 ? c->T : 128;
+    size_t na = 0, nb = 0, nc = 0;
+    for (int i = 0; i < n; i++) {
+        size_t a = (size_t)g[i].M * g[i].K, b = (size_t)g[i].K * g[i].N, cc = (size_t)g[i].M * g[i].N;
+        a *= g[i].stream_a ? blocks : 1, b *= g[i].stream_b ? blocks : 1, cc *= g[i].stream_c ? blocks : 1;
+        na = a > na ? a : na, nb = b > nb ? b : nb, nc = cc > nc ? cc : nc;
+    }
+    float *A = malloc(na * sizeof *A), *Bm = malloc(nb * sizeof *Bm), *C = malloc(nc * sizeof *C);
+    double ms = -1;
+    if (A && Bm && C) {
+        fill_uniform(A, na, rng), fill_uniform(Bm, nb, rng), fill_uniform(C, nc, rng);
+        double sec[8], total = 0;
+        for (int i = 0; i < n; i++) {
+            sec[i] = -1;
+            for (int j = 0; j < i; j++)   /* identical shape already timed (I = H) */
+                if (g[j].M == g[i].M && g[j].N == g[i].N && g[j].K == g[i].K &&
+                    g[j].ta == g[i].ta && g[j].tb == g[i].tb)
+                    sec[i] = sec[j];
+            if (sec[i] < 0) sec[i] = time_gemm(&g[i], blocks, A, Bm, C);
+            total += g[i].calls * sec[i];
+        }
+        ms = total * 1e3;
+    }
+    free(A), free(Bm), free(C);
+    return ms;
+}
+
+/* GFLOP/s of one square sgemm (the machine's reference, printed in the header). */
+static double sgemm_square(int n, struct tg_rng *rng)
+{
+    struct gemm_shape s = {"square", n, n, n, 0, 0, 1, 0, 0, 0, 0.0f};
+    float *A = malloc((size_t)n * n * sizeof *A), *Bm = malloc((size_t)n * n * sizeof *Bm),
+          *C = malloc((size_t)n * n * sizeof *C);
+    double r = -1;
+    if (A && Bm && C) {
+        fill_uniform(A, (size_t)n * n, rng), fill_uniform(Bm, (size_t)n * n, rng);
+        r = 2.0 * n * n * (double)n / time_gemm(&s, 1, A, Bm, C) * 1e-9;
+    }
+    free(A), free(Bm), free(C);
+    return r;
+}
+
+/* Largest relative error of cblas_sgemm against a double-precision loop, over the four
+ * transpose combinations of a small odd shape: a guard for OpenBLAS kernels picked by CPUID
+ * (OPENBLAS_CORETYPE unset) on a CPU that build does not know well. */
+static double sgemm_check(struct tg_rng *rng)
+{
+    enum { M = 37, N = 53, K = 29 };
+    static float A[M * K], Bm[K * N], C[M * N];
+    fill_uniform(A, M * K, rng), fill_uniform(Bm, K * N, rng);
+    double worst = 0;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                        M, N, K, 1.0f, A, ta ? M : K, Bm, tb ? K : N, 0.0f, C, N);
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double ref = 0, mag = 0;
+                    for (int k = 0; k < K; k++) {
+                        double p = (double)(ta ? A[k * M + i] : A[i * K + k]) *
+                                   (double)(tb ? Bm[j * K + k] : Bm[k * N + j]);
+                        ref += p, mag += fabs(p);
+                    }
+                    double e = fabs(C[i * N + j] - ref) / fmax(mag, 1e-30);
+                    worst = e > worst ? e : worst;
+                }
+        }
+    return worst;
+}
+
+/* --------------------------------------------------------------- timed steps */
+
+typedef int (*step_fn)(void *ctx);
+
+struct ad_ctx {
+    struct tg_model *m;
+    struct tg_tape *t;
+    struct tg_optim *opt;
+    struct tg_seq_batch batch;
+    double loss, first_loss;   /* first_loss: of the first step, from the initial weights */
+    long steps;
+    size_t arena_fwd, arena_bwd;
+};
+
+static int ad_step(void *p)
+{
+    struct ad_ctx *c = p;
+    struct tg_seq_result r;
+    tg_tape_reset(c->t);
+    tg_optim_zero_grad(c->opt);
+    if (tg_model_forward(c->m, c->t, &c->batch, 0, &r) != TG_OK) return -1;
+    c->arena_fwd = tg_tape_arena_used(c->t);
+    if (tg_backward(c->t, r.loss) != TG_OK) return -1;
+    c->arena_bwd = tg_tape_arena_used(c->t);
+    if (tg_optim_step(c->opt) != TG_OK) return -1;
+    c->loss = tg_get(r.loss, 0, 0);
+    if (c->steps++ == 0) c->first_loss = c->loss;
+    return 0;
+}
+
+struct man_ctx {
+    enum tg_manual_cell cell;
+    struct tg_manual_dims d;
+    const float *params[6];
+    float *grads[6];
+    const float *x;
+    const int32_t *y;
+    void *ws;
+    struct tg_optim *opt;
+    float loss;
+};
+
+static int man_step(void *p)
+{
+    struct man_ctx *c = p;
+    if (tg_manual_bptt_f32(c->cell, &c->d, c->params, c->x, c->y, NULL, NULL, &c->loss, c->grads,
+                           NULL, NULL, NULL, NULL, NULL, c->ws) != TG_OK)
+        return -1;
+    return tg_optim_step(c->opt) == TG_OK ? 0 : -1;
+}
+
+/* Warm up (at least min_warm steps), then time steps one by one. Allocation counts cover the
+ * timed steps only. */
+static int time_steps(step_fn step, void *ctx, struct tg_tape *tape, const struct bench_opts *o,
+                      int min_warm, struct timing *out)
+{
+    double last = 0;
+    int warm = o->warmup > min_warm ? o->warmup : min_warm;
+    for (int i = 0; i < warm; i++) {
+        double t0 = now();
+        if (step(ctx)) return -1;
+        last = now() - t0;
+    }
+    int n = o->repeats;
+    if (n == 0) {
+        n = last > 0 ? (int)(o->budget / last) : MAX_REPEATS_AUTO;
+        n = n < MIN_REPEATS_AUTO ? MIN_REPEATS_AUTO : n > MAX_REPEATS_AUTO ? MAX_REPEATS_AUTO : n;
+    }
+    double *t = malloc((size_t)n * sizeof *t);
+    if (!t) return -1;
+    size_t tape0 = tape ? tg_tape_heap_allocs(tape) : 0;
+    if (malloc_sites) snap0.n = malloc_sites(snap0.addr, snap0.cnt, MAX_SITES);
+    unsigned long a0 = allocs_now();
+    for (int i = 0; i < n; i++) {
+        double t0 = now();
+        if (step(ctx)) {
+            free(t);
+            return -1;
+        }
+        t[i] = (now() - t0) * 1e3;
+    }
+    unsigned long a1 = allocs_now();
+    out->sites[0] = 0;
+    if (malloc_sites) {
+        snap1.n = malloc_sites(snap1.addr, snap1.cnt, MAX_SITES);
+        sites_diff(&snap0, &snap1, n, out->sites, sizeof out->sites);
+    }
+    out->allocs = malloc_calls ? (double)(a1 - a0) / n : -1;
+    out->tape_allocs = tape ? (double)(tg_tape_heap_allocs(tape) - tape0) / n : -1;
+    out->n = n;
+    out->med = median(t, n);
+    out->min = t[0], out->max = t[n - 1];
+    free(t);
+    return 0;
+}
+
+/* ----------------------------------------------------------- one measurement */
+
+static int bench_one(const char *cell_name, const struct config *c, const char *series,
+                     const struct bench_opts *o, int with_sgemm, struct result *r)
+{
+    const int T = c->T, B = c->B, H = c->H, G = cell_gates(cell_name);
+    const struct tg_cell *cell = tg_cell_find(cell_name);
+    int mc = tg_manual_cell_from_name(cell_name);
+    if (!cell || mc < 0) return cli_fail("bench", "unknown cell '%s'", cell_name), -1;
+    memset(r, 0, sizeof *r);
+    r->cell = cell_name, r->series = series, r->cfg = *c;
+    r->sgemm_ms = -1, r->rss_man_kib = -1;
+    struct gemm_shape g[8];
+    int ng = step_gemms(c, cell_name, g);
+    r->flops = gemm_flops(g, ng);
+    r->flops_issue = 3.0 * 2.0 * T * B * (double)(H + H) * G * H;
+    r->arena_min = (size_t)T * B * H * cell_min_units(cell_name) * sizeof(float);
+
+    struct tg_rng rng;
+    tg_rng_seed(&rng, (uint64_t)o->seed);
+    if (with_sgemm) r->sgemm_ms = sgemm_reference(c, cell_name, &rng);
+
+    /* inputs and labels, shared by both implementations */
+    const size_t n_in = (size_t)T * B * H;
+    double *x = malloc(n_in * sizeof *x);
+    float *xf = malloc(n_in * sizeof *xf);
+    int32_t *y = malloc((size_t)T * B * sizeof *y);
+    struct tg_tensor *mp[6] = {0};
+    struct ad_ctx ad = {0};
+    struct man_ctx man = {0};
+    int rc = -1;
+    if (!x || !xf || !y) goto out;
+    for (size_t i = 0; i < n_in; i++) xf[i] = (float)(x[i] = tg_rng_normal(&rng));
+    for (int i = 0; i < T * B; i++) y[i] = (int32_t)tg_rng_below(&rng, V_CLASSES);
+
+    long mark = rss_mark();
+    struct tg_model_config mcfg = {cell, H, 0, H, 1, V_CLASSES, TG_F32, TG_LOSS_XENT_SUM};
+    struct tg_optim_config ocfg;
+    tg_optim_defaults(TG_OPTIM_SGD, &ocfg);
+    ocfg.lr = LR;
+    if (tg_model_new(&mcfg, &ad.m) != TG_OK || !(ad.t = tg_tape_new(0))) goto lib_fail;
+    tg_model_init_uniform(ad.m, &rng);
+    if (tg_optim_new(&ocfg, ad.m->params, ad.m->n_params, &ad.opt) != TG_OK) goto lib_fail;
+    ad.batch = (struct tg_seq_batch){T, B, x, NULL, y, NULL};
+
+    /* the oracle's parameters: copies of the model's initial ones (same order and shapes) */
+    int np = tg_manual_num_params((enum tg_manual_cell)mc, 1);
+    if (!o->no_manual) {
+        if (np != ad.m->n_params || np > 6) {
+            cli_fail("bench", "%s: model has %d parameters, the oracle %d", cell_name, ad.m->n_params, np);
+            goto out;
+        }
+        for (int p = 0; p < np; p++) {
+            const struct tg_tensor *src = ad.m->params[p];
+            mp[p] = tg_param_new(ad.m->names[p], src->rows, src->cols, TG_F32);
+            if (!mp[p] || tg_tensor_copy(mp[p], src) != TG_OK) goto lib_fail;
+            man.params[p] = mp[p]->data;
+            man.grads[p] = mp[p]->grad;
+        }
+    }
+
+    if (time_steps(ad_step, &ad, ad.t, o, 1, &r->ad) != 0) goto lib_fail;
+    r->loss_ad = ad.first_loss;
+    r->nodes = tg_tape_num_nodes(ad.t);
+    r->arena_fwd = ad.arena_fwd, r->arena_bwd = ad.arena_bwd;
+    r->arena_cap = tg_tape_arena_capacity(ad.t);
+    r->rss_ad_kib = rss_rise(mark);
+    tg_optim_free(ad.opt), ad.opt = NULL;
+    tg_tape_free(ad.t), ad.t = NULL;
+    tg_model_free(ad.m), ad.m = NULL;
+
+    if (!o->no_manual) {
+        mark = rss_mark();
+        man.cell = (enum tg_manual_cell)mc;
+        man.d = (struct tg_manual_dims){T, B, H, H, 1, V_CLASSES};
+        man.x = xf, man.y = y;
+        r->man_ws = tg_manual_workspace_bytes(man.cell, &man.d, sizeof(float));
+        man.ws = aligned_alloc(64, (r->man_ws + 63) / 64 * 64);
+        if (!man.ws || tg_optim_new(&ocfg, mp, np, &man.opt) != TG_OK) goto lib_fail;
+        if (man_step(&man) != 0) goto lib_fail;   /* first step: its loss is the comparison */
+        r->loss_man = man.loss;
+        if (time_steps(man_step, &man, NULL, o, 0, &r->man) != 0) goto lib_fail;
+        r->have_man = 1;
+        r->rss_man_kib = rss_rise(mark);
+    }
+    rc = 0;
+    goto out;
+lib_fail:
+    cli_fail("bench", "%s %s: %s", cell_name, c->name, tg_last_error());
+out:
+    tg_optim_free(ad.opt), tg_tape_free(ad.t), tg_model_free(ad.m);
+    tg_optim_free(man.opt);
+    free(man.ws);
+    for (int p = 0; p < 6; p++) tg_tensor_free(mp[p]);
+    free(x), free(xf), free(y);
+    return rc;
+}
+
+/* ------------------------------------------------------------------- output */
+
+static double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
+
+static void fmt_allocs(char *buf, size_t n, double a)
+{
+    if (a < 0) snprintf(buf, n, "-");
+    else if (a == floor(a)) snprintf(buf, n, "%.0f", a);
+    else snprintf(buf, n, "%.2f", a);
+}
+
+static void print_time_header(void)
+{
+    printf("%-8s %-12s %10s %17s %9s %7s %7s %6s │ %10s %17s %6s │ %6s %6s\n", "cell", "config",
+           "tapegrad", "min–max ms", "tokens/s", "GFLOP/s", "sgemm", "%sgemm", "manual", "min–max ms",
+           "ad/man", "allocs", "manual");
+    printf("%-8s %-12s %10s %17s %9s %7s %7s %6s │ %10s %17s %6s │ %6s %6s\n", "", "", "ms/step", "",
+           "", "", "GFLOP/s", "", "ms/step", "", "", "/step", "allocs");
+}
+
+static void print_time_row(const struct result *r)
+{
+    char mm[40], mm2[40] = "", a1[16], a2[16] = "-";
+    snprintf(mm, sizeof mm, "%.3f–%.3f", r->ad.min, r->ad.max);
+    double gf = r->flops / (r->ad.med * 1e-3) * 1e-9;
+    double sg = r->sgemm_ms > 0 ? r->flops / (r->sgemm_ms * 1e-3) * 1e-9 : NAN;
+    double pct = r->sgemm_ms > 0 ? 100.0 * r->sgemm_ms / r->ad.med : NAN;
+    fmt_allocs(a1, sizeof a1, r->ad.allocs);
+    printf("%-8s %-12s %10.3f %17s %9.0f %7.1f %7.1f %5.0f%% │ ", r->cell, r->cfg.name, r->ad.med, mm,
+           r->cfg.T * r->cfg.B / (r->ad.med * 1e-3), gf, sg, pct);
+    if (r->have_man) {
+        snprintf(mm2, sizeof mm2, "%.3f–%.3f", r->man.min, r->man.max);
+        fmt_allocs(a2, sizeof a2, r->man.allocs);
+        printf("%10.3f %17s %6.2f │ %6s %6s\n", r->man.med, mm2, r->ad.med / r->man.med, a1, a2);
+    } else {
+        printf("%10s %17s %6s │ %6s %6s\n", "-", "", "-", a1, a2);
+    }
+    if (r->ad.sites[0] || (r->have_man && r->man.sites[0]))
+        printf("  allocations/step by caller — tapegrad: %s; manual: %s\n", r->ad.sites[0] ? r->ad.sites : "none",
+               r->have_man && r->man.sites[0] ? r->man.sites : "none");
+    double rel = r->have_man ? fabs(r->loss_ad - r->loss_man) / fmax(fabs(r->loss_man), 1e-30) : 0;
+    if (rel > 1e-3)
+        printf("  ! %s %s: first-step losses differ: tapegrad %.6g, manual %.6g (relative %.2g)\n",
+               r->cell, r->cfg.name, r->loss_ad, r->loss_man, rel);
+    fflush(stdout);
+}
+
+static void print_memory_table(const struct result *res, int n)
+{
+    printf("\nTape and memory (per step after warm-up; MiB = 2^20 bytes)\n");
+    printf("%-8s %-12s %7s %8s %10s │ %8s %8s %8s %7s │ %8s %7s │ %8s %8s │ %6s\n", "cell", "config",
+           "nodes", "µs/node", "(ad−man)", "tape fwd", "fwd+bwd", "minimum", "tape/", "manual", "ws/",
+           "RSS rise", "RSS rise", "tape");
+    printf("%-8s %-12s %7s %8s %10s │ %8s %8s %8s %7s │ %8s %7s │ %8s %8s │ %6s\n", "", "", "", "",
+           "µs/node", "MiB", "MiB", "MiB", "min", "ws MiB", "min", "tapegrad", "manual", "allocs");
+    for (int i = 0; i < n; i++) {
+        const struct result *r = &res[i];
+        char ovh[24] = "-", ws[24] = "-", wsr[24] = "-", rm[24] = "-", ta[16];
+        double us = r->ad.med * 1e3 / (double)(r->nodes ? r->nodes : 1);
+        if (r->have_man) {
+            snprintf(ovh, sizeof ovh, "%.3f", (r->ad.med - r->man.med) * 1e3 / (double)(r->nodes ? r->nodes : 1));
+            snprintf(ws, sizeof ws, "%.2f", mib((double)r->man_ws));
+            snprintf(wsr, sizeof wsr, "%.2f", (double)r->man_ws / (double)r->arena_min);
+            if (r->rss_man_kib >= 0) snprintf(rm, sizeof rm, "%.1f", r->rss_man_kib / 1024.0);
+        }
+        fmt_allocs(ta, sizeof ta, r->ad.tape_allocs);
+        printf("%-8s %-12s %7zu %8.3f %10s │ %8.2f %8.2f %8.2f %7.2f │ %8s %7s │ %8.1f %8s │ %6s\n",
+               r->cell, r->cfg.name, r->nodes, us, ovh, mib((double)r->arena_fwd),
+               mib((double)r->arena_bwd), mib((double)r->arena_min),
+               (double)r->arena_bwd / (double)r->arena_min, ws, wsr, r->rss_ad_kib / 1024.0, rm, ta);
+    }
+}
+
+static void print_scaling(const struct result *res, int n)
+{
+    printf("\nScaling in T (lstm, B32, H128): cost per time step should stay flat\n");
+    printf("%6s │ %12s %14s %9s │ %12s %14s %9s\n", "T", "tapegrad ms", "ms/(step·T)", "vs T=10",
+           "manual ms", "ms/(step·T)", "vs T=10");
+    for (int i = 0; i < n; i++) {
+        const struct result *r = &res[i];
+        double per = r->ad.med / r->cfg.T, per0 = res[0].ad.med / res[0].cfg.T;
+        printf("%6d │ %12.3f %14.5f %9.2f │ ", r->cfg.T, r->ad.med, per, per / per0);
+        if (r->have_man) {
+            double pm = r->man.med / r->cfg.T, pm0 = res[0].man.med / res[0].cfg.T;
+            printf("%12.3f %14.5f %9.2f\n", r->man.med, pm, pm / pm0);
+        } else {
+            printf("%12s %14s %9s\n", "-", "-", "-");
+        }
+    }
+}
+
+static void json_timing(FILE *f, const char *key, const struct timing *t, const struct result *r)
+{
+    fprintf(f, "\"%s\": {\"median_ms\": %.6g, \"min_ms\": %.6g, \"max_ms\": %.6g, \"repeats\": %d, "
+            "\"tokens_per_s\": %.6g, \"gflops\": %.6g, \"pct_sgemm\": %.6g, \"allocs_per_step\": ",
+            key, t->med, t->min, t->max, t->n, r->cfg.T * r->cfg.B / (t->med * 1e-3),
+            r->flops / (t->med * 1e-3) * 1e-9, r->sgemm_ms > 0 ? 100.0 * r->sgemm_ms / t->med : -1.0);
+    if (t->allocs < 0) fprintf(f, "null");
+    else fprintf(f, "%.6g", t->allocs);
+    fprintf(f, ", \"alloc_sites\": \"%s\"}", t->sites);
+}
+
+static int write_json(FILE *f, const char *path, const struct result *res, int n,
+                      const struct bench_opts *o, double peak, double check)
+{
+    const char *core = getenv("OPENBLAS_CORETYPE");
+    fprintf(f, "{\"tool\": \"tapegrad bench\", \"threads\": %d, \"blas_flavour\": \"%s\", "
+            "\"openblas_parallel\": %d, \"openblas_core\": \"%s\", \"openblas_coretype_env\": %s%s%s, "
+            "\"sgemm_1024_gflops\": %.6g, \"sgemm_check_rel_err\": %.3g, \"malloc_counted\": %s,\n \"flops\": \"GEMMs a step needs: "
+            "per step fwd 2B(I+H)GH, bwd dW 2B(I+H)GH + dh 2BH·GH (t>=1); output 6TBHV\",\n"
+            " \"results\": [\n", o->threads, TG_BLAS_FLAVOUR, openblas_get_parallel(),
+            openblas_get_corename(), core ? "\"" : "", core ? core : "null", core ? "\"" : "", peak, check,
+            malloc_calls ? "true" : "false");
+    for (int i = 0; i < n; i++) {
+        const struct result *r = &res[i];
+        fprintf(f, "  {\"series\": \"%s\", \"cell\": \"%s\", \"config\": \"%s\", \"T\": %d, \"B\": %d, "
+                "\"H\": %d, \"V\": %d, \"threads\": %d, \"flops\": %.6g, \"flops_issue\": %.6g, "
+                "\"sgemm_ms\": %.6g, \"sgemm_gflops\": %.6g,\n   ", r->series, r->cell, r->cfg.name,
+                r->cfg.T, r->cfg.B, r->cfg.H, V_CLASSES, o->threads, r->flops, r->flops_issue,
+                r->sgemm_ms, r->sgemm_ms > 0 ? r->flops / (r->sgemm_ms * 1e-3) * 1e-9 : -1.0);
+        json_timing(f, "tapegrad", &r->ad, r);
+        fprintf(f, ",\n   ");
+        if (r->have_man) json_timing(f, "manual", &r->man, r);
+        else fprintf(f, "\"manual\": null");
+        fprintf(f, ",\n   \"autodiff_over_manual\": %.6g, \"tape_allocs_per_step\": %.6g, "
+                "\"nodes\": %zu, \"arena_fwd_bytes\": %zu, \"arena_bytes\": %zu, "
+                "\"arena_capacity_bytes\": %zu, \"arena_min_bytes\": %zu, \"manual_ws_bytes\": %zu, "
+                "\"rss_rise_kib_tapegrad\": %ld, \"rss_rise_kib_manual\": %ld, \"loss_tapegrad\": %.9g, "
+                "\"loss_manual\": %.9g}%s\n", r->have_man ? r->ad.med / r->man.med : -1.0,
+                r->ad.tape_allocs, r->nodes, r->arena_fwd, r->arena_bwd, r->arena_cap, r->arena_min,
+                r->man_ws, r->rss_ad_kib, r->rss_man_kib, r->loss_ad, r->loss_man,
+                i + 1 < n ? "," : "");
+    }
+    fprintf(f, " ]\n}\n");
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) return cli_fail("bench", "error writing '%s'", path), -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------- command */
+
+static int split_list(char *s, const char **items, int max)
+{
+    int n = 0;
+    for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ","))
+        if (n < max) items[n++] = tok;
+        else return -1;
+    return n;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    const char *cell_arg = "all", *config_arg = "all", *json = NULL;
+    struct bench_opts o = {.threads = 1, .repeats = 0, .warmup = 2, .seed = 1, .budget = 1.0};
+    const struct cli_flag flags[] = {
+        {"cell", CLI_STR, &cell_arg, "lstm, gru, rnn_tanh, a comma list, or all (default)", 1, 0},
+        {"config", CLI_STR, &config_arg, "T<steps>B<batch>H<hidden>, a comma list, all (default: "
+                                         "T50B32H128,T50B32H256,T100B64H512,T35B20H1024,T100B1H8) or none", 1, 0},
+        {"threads", CLI_INT, &o.threads, "OpenMP and OpenBLAS threads (default 1)", 1, 256},
+        {"repeats", CLI_INT, &o.repeats, "timed steps after warm-up (default 0: about --budget "
+                                         "seconds' worth, 5 to 100)", 0, 100000},
+        {"warmup", CLI_INT, &o.warmup, "untimed steps first (default 2; autodiff runs at least 1)", 0, 10000},
+        {"budget", CLI_DOUBLE, &o.budget, "seconds of timed steps per measurement when --repeats is 0 "
+                                          "(default 1)", 0.01, 3600},
+        {"json", CLI_STR, &json, "also write the results to this JSON file", 1, 0},
+        {"no-manual", CLI_BOOL, &o.no_manual, "skip the hand-written BPTT oracles", 1, 0},
+        {"scaling", CLI_BOOL, &o.scaling, "also time lstm B32 H128 at T = 10, 100, 1000", 1, 0},
+        {"seed", CLI_INT, &o.seed, "seed of weights, inputs and labels (default 1)", 0, 2147483647},
+    };
+    const int nflags = (int)(sizeof flags / sizeof flags[0]);
+    int pr = cli_parse("bench", "[flags]   time training steps (see bench/README.md)", argc, argv,
+                       flags, nflags);
+    if (pr != 0) return pr < 0 ? 1 : 0;
+
+    /* cells and configs */
+    const char *cells[MAX_CELLS];
+    int ncell = 0;
+    char cbuf[256], gbuf[1024];
+    snprintf(cbuf, sizeof cbuf, "%s", strcmp(cell_arg, "all") == 0 ? "lstm,gru,rnn_tanh" : cell_arg);
+    const char *items[MAX_CONFIGS];
+    int n = split_list(cbuf, items, MAX_CONFIGS);
+    for (int i = 0; i < n; i++) {
+        int k = -1;
+        for (int j = 0; j < MAX_CELLS; j++)
+            if (strcmp(items[i], STD_CELLS[j]) == 0) k = j;
+        if (k < 0) return cli_fail("bench", "--cell: unknown cell '%s' (choose from lstm, gru, rnn_tanh, all)", items[i]);
+        if (ncell < MAX_CELLS) cells[ncell++] = STD_CELLS[k];
+    }
+    if (ncell == 0) return cli_fail("bench", "--cell: no cell given");
+    struct config cfgs[MAX_CONFIGS];
+    int ncfg = 0;
+    if (strcmp(config_arg, "none") != 0) {
+        if (strcmp(config_arg, "all") == 0) {
+            snprintf(gbuf, sizeof gbuf, "%s,%s,%s,%s,%s", STD_CONFIGS[0], STD_CONFIGS[1],
+                     STD_CONFIGS[2], STD_CONFIGS[3], STD_CONFIGS[4]);
+        } else if (snprintf(gbuf, sizeof gbuf, "%s", config_arg) >= (int)sizeof gbuf) {
+            return cli_fail("bench", "--config: list too long");
+        }
+        n = split_list(gbuf, items, MAX_CONFIGS);
+        if (n < 0) return cli_fail("bench", "--config: more than %d configs", MAX_CONFIGS);
+        for (int i = 0; i < n; i++) {
+            int e = parse_config(items[i], &cfgs[ncfg]);
+            if (e == -1)
+                return cli_fail("bench", "--config: '%s' is not of the form T<steps>B<batch>H<hidden> "
+                                "with positive sizes (e.g. T50B32H128)", items[i]);
+            if (e == -2) return cli_fail("bench", "--config: '%s' is too large for this benchmark", items[i]);
+            ncfg++;
+        }
+    }
+    if (ncfg == 0 && !o.scaling) return cli_fail("bench", "--config none without --scaling: nothing to run");
+
+    FILE *jf = json ? fopen(json, "w") : NULL;   /* now, not after minutes of measuring */
+    if (json && !jf) return cli_fail("bench", "cannot write --json file '%s'", json);
+
+    /* threads: our OpenMP loops and OpenBLAS's pool, the same count */
+    omp_set_num_threads(o.threads);
+    openblas_set_num_threads(o.threads);
+    find_malloc_counter();
+    /* fixed mmap threshold: freed big blocks go back to the kernel, so each config's peak-RSS
+     * rise is its own (glibc's sliding threshold would keep them on the heap) */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+
+    struct tg_rng rng;
+    tg_rng_seed(&rng, (uint64_t)o.seed);
+    int par = openblas_get_parallel();
+    const char *coretype = getenv("OPENBLAS_CORETYPE"), *l2 = getenv("OPENBLAS_L2_SIZE");
+    printf("tapegrad bench — training step = forward + summed cross-entropy (V=%d) + backward + "
+           "SGD, float32, 1 layer, I = H\n", V_CLASSES);
+    printf("threads %d (OpenMP %s, max threads %d; OpenBLAS threads %d)\n", o.threads,
+           BENCH_OPENMP ? "on" : "off", omp_get_max_threads(), openblas_get_num_threads());
+    printf("BLAS: %s; flavour %s (openblas_get_parallel() = %d: %s); core %s; OPENBLAS_CORETYPE=%s%s%s\n",
+           openblas_get_config(), TG_BLAS_FLAVOUR, par,
+           par == 2 ? "OpenMP" : par == 1 ? "pthreads" : "sequential", openblas_get_corename(),
+           coretype ? coretype : "(unset)", l2 ? ", OPENBLAS_L2_SIZE=" : "", l2 ? l2 : "");
+    double check = sgemm_check(&rng), peak = sgemm_square(1024, &rng);
+    if (check > 1e-5)
+        printf("! cblas_sgemm is WRONG on this core (relative error %.2g against a float64 loop): "
+               "timings below are of a broken kernel\n", check);
+    printf("sgemm 1024×1024×1024: %.1f GFLOP/s (results checked: relative error %.1g).  "
+           "allocations: %s\n", peak, check,
+           malloc_calls ? "counted (malloc_count.so preloaded)"
+                        : "not counted (preload bench/malloc_count.so, as bench/run_bench.sh does)");
+    printf("GFLOP/s counts the GEMMs a step needs (fwd 2B(I+H)GH and bwd dW 2B(I+H)GH + dh 2BH·GH "
+           "per step, output layer 6TBHV);\n%%sgemm = time of those GEMMs as cblas_sgemm at the "
+           "per-step shapes ÷ step time. Repeats: %s.\n\n",
+           o.repeats ? "fixed" : "about --budget s of steps, 5 to 100");
+
+    int nres = ncfg * ncell, nscal = o.scaling ? (int)(sizeof SCALING_T / sizeof SCALING_T[0]) : 0;
+    struct result *res = calloc((size_t)(nres + nscal + 1), sizeof *res);
+    if (!res) {
+        if (jf) fclose(jf);
+        return cli_fail("bench", "out of memory");
+    }
+    int rc = 0, k = 0;
+    if (nres) print_time_header();
+    for (int ci = 0; ci < ncell && rc == 0; ci++)
+        for (int gi = 0; gi < ncfg && rc == 0; gi++) {
+            if (bench_one(cells[ci], &cfgs[gi], "main", &o, 1, &res[k]) != 0) rc = 1;
+            else print_time_row(&res[k++]);
+        }
+    if (rc == 0 && nres) print_memory_table(res, k);
+    for (int si = 0; si < nscal && rc == 0; si++) {
+        struct config c;
+        char name[40];
+        snprintf(name, sizeof name, "T%dB32H128", SCALING_T[si]);
+        parse_config(name, &c);
+        if (bench_one("lstm", &c, "scaling", &o, 0, &res[k]) != 0) rc = 1;
+        else k++;
+    }
+    if (rc == 0 && nscal) print_scaling(res + nres, nscal);
+    if (rc == 0) {
+        printf("\nprocess threads at the end: %d\n", (int)proc_kib("Threads"));
+        if (jf && write_json(jf, json, res, k, &o, peak, check) != 0) rc = 1;
+        jf = NULL;
+    }
+    if (jf) fclose(jf);
+    free(res);
+    return rc;
+}

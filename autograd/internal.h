@@ -51,6 +51,11 @@ struct tg_tape {
 struct tg_tensor *tg_op_emit(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
                              int nsrc, int rows, int cols, const union tg_op_args *args);
 
+/* Record an op whose output is a view: `data` points into src[0]'s data (contiguous rows),
+ * nothing is computed, and its gradient will point into src[0]'s gradient (tg_grad_buffer). */
+struct tg_tensor *tg_op_emit_view(struct tg_tape *t, enum tg_op op, struct tg_tensor *src,
+                                  int rows, int cols, const union tg_op_args *args, void *data);
+
 /* Shared validation: non-NULL inputs of one dtype. On failure sets an error (unless an input
  * is NULL because an earlier op already failed) and returns 0. */
 int tg_op_check_inputs(struct tg_tape *t, const char *opname, struct tg_tensor *const *src,

@@ -133,7 +133,13 @@ struct tg_tensor *tg_detach(struct tg_tape *t, const struct tg_tensor *x)
 
 void *tg_grad_buffer(struct tg_tape *t, struct tg_tensor *x)
 {
-    if (!x->grad) {
+    if (!x->grad && (x->flags & TG_VIEW)) {
+        /* A row view's gradient is its rows of the parent's gradient: whatever flows into the
+         * view lands in the parent with no copy and no extra pass (slice.c). */
+        struct tg_tensor *parent = x->node->src[0];
+        char *pg = tg_grad_buffer(t, parent);
+        if (pg) x->grad = pg + ((char *)x->data - (char *)parent->data);
+    } else if (!x->grad) {
         x->grad = tg_tape_alloc(t, tg_nbytes(x));
         if (x->grad) memset(x->grad, 0, tg_nbytes(x));
     }
@@ -169,8 +175,11 @@ int tg_op_check_inputs(struct tg_tape *t, const char *opname, struct tg_tensor *
     return 1;
 }
 
-struct tg_tensor *tg_op_emit(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
-                             int nsrc, int rows, int cols, const union tg_op_args *args)
+/* The common part of tg_op_emit and tg_op_emit_view: with view_data, the output aliases it and
+ * no forward runs. */
+static struct tg_tensor *emit(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
+                              int nsrc, int rows, int cols, const union tg_op_args *args,
+                              void *view_data)
 {
     /* Node, source list and output header in one arena piece: one bump per op. */
     size_t node_sz = (sizeof(struct tg_node) + 15) & ~(size_t)15;
@@ -192,15 +201,23 @@ struct tg_tensor *tg_op_emit(struct tg_tape *t, enum tg_op op, struct tg_tensor 
     out->rows = rows;
     out->cols = cols;
     out->dtype = src[0]->dtype;
-    out->data = tg_tape_alloc(t, tg_nbytes(out));
-    if (!out->data) return NULL;
+    if (view_data) {
+        out->data = view_data;
+        out->flags = TG_VIEW;
+    } else {
+        out->data = tg_tape_alloc(t, tg_nbytes(out));
+        if (!out->data) return NULL;
+    }
     int req = 0;
     for (int i = 0; i < nsrc; i++) {
         n->src[i] = src[i];
         req |= tg_requires_grad(src[i]);
     }
-    tg_op_table[op].forward(n);
-    if (t->no_grad) return out; /* computed, not recorded: no history, no gradient */
+    if (!view_data) tg_op_table[op].forward(n);
+    if (t->no_grad) { /* computed, not recorded: no history, no gradient */
+        out->flags &= ~(unsigned)TG_VIEW;
+        return out;
+    }
     if (req) out->flags |= TG_REQUIRES_GRAD;
     out->node = n;
     if (t->n_nodes == t->cap_nodes) {
@@ -217,4 +234,16 @@ struct tg_tensor *tg_op_emit(struct tg_tape *t, enum tg_op op, struct tg_tensor 
     }
     t->nodes[t->n_nodes++] = n;
     return out;
+}
+
+struct tg_tensor *tg_op_emit(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
+                             int nsrc, int rows, int cols, const union tg_op_args *args)
+{
+    return emit(t, op, src, nsrc, rows, cols, args, NULL);
+}
+
+struct tg_tensor *tg_op_emit_view(struct tg_tape *t, enum tg_op op, struct tg_tensor *src,
+                                  int rows, int cols, const union tg_op_args *args, void *data)
+{
+    return emit(t, op, &src, 1, rows, cols, args, data);
 }

@@ -79,6 +79,7 @@ enum tg_tensor_flags {
     TG_PARAM = 1 << 1,         /* a parameter: heap-owned, named, grad accumulates */
     TG_HEAP = 1 << 2,          /* owned by the heap (tg_tensor_free), not by a tape */
     TG_INPUT = 1 << 3,         /* a leaf created as data input (for DOT roles) */
+    TG_VIEW = 1 << 4,          /* rows of its node's input: shares its data and gradient */
 };
 
 struct tg_node;
@@ -87,7 +88,8 @@ struct tg_tensor {
     int rows, cols;
     enum tg_dtype dtype;
     unsigned flags;
-    void *data;              /* rows*cols elements, row-major, contiguous, 64-byte aligned */
+    void *data;              /* rows*cols elements, row-major, contiguous; 64-byte aligned
+                                unless a row view (TG_VIEW) into another tensor */
     void *grad;              /* same layout; NULL until a gradient flows (arena tensors) */
     struct tg_node *node;    /* node that produced it on its tape; NULL for leaves */
     const char *name;        /* optional; parameters always have one */

@@ -2,7 +2,12 @@
  *
  * Derivative: y is a block of x, so  dx[block] += dy  and nothing elsewhere. The backward adds
  * straight into that region of x's gradient: splitting a T·B-row projection into T step slices
- * costs O(size of each slice), never a full-size temporary per slice (which would be O(T²)). */
+ * costs O(size of each slice), never a full-size temporary per slice (which would be O(T²)).
+ *
+ * A row slice of a row-major tensor is already contiguous, so it is recorded as a view: its
+ * data are x's rows and its gradient buffer is that region of x's gradient (tg_grad_buffer), so
+ * consumers accumulate into dx directly and both forward and backward do nothing here. Column
+ * slices (gate blocks) are strided and are copied. */
 #include "op_util.h"
 
 void tg_slice_forward(struct tg_node *nd)
@@ -36,7 +41,7 @@ TG_BOTH_DTYPES(DEF_SLICE_BWD)
 void tg_slice_backward(struct tg_node *nd)
 {
     struct tg_tensor *x = nd->src[0], *y = nd->out;
-    if (!x->grad) return;
+    if (!x->grad || (y->flags & TG_VIEW)) return; /* a view's gradient already is x's region */
     size_t es = tg_dtype_size(x->dtype);
     int start = nd->args.slice.start;
     size_t off = nd->args.slice.axis == 0 ? (size_t)start * x->cols : (size_t)start;
@@ -59,6 +64,8 @@ struct tg_tensor *tg_slice(struct tg_tape *t, struct tg_tensor *x, int axis, int
         return NULL;
     }
     union tg_op_args args = {.slice = {axis, start, end}};
-    return tg_op_emit(t, TG_OP_SLICE, &x, 1, axis == 0 ? end - start : x->rows,
-                      axis == 1 ? end - start : x->cols, &args);
+    if (axis == 0)
+        return tg_op_emit_view(t, TG_OP_SLICE, x, end - start, x->cols, &args,
+                               (char *)x->data + (size_t)start * x->cols * tg_dtype_size(x->dtype));
+    return tg_op_emit(t, TG_OP_SLICE, &x, 1, x->rows, end - start, &args);
 }

@@ -55,6 +55,12 @@ static struct tg_tensor *apply(struct tg_tape *t, const struct op_case *c, struc
     case TG_OP_MEAN: return tg_mean(t, x[0]);
     case TG_OP_EMBEDDING: return tg_embedding(t, x[0], c->labels, c->nlabels);
     case TG_OP_ADDMM: return tg_addmm(t, x[0], x[1], x[2], v & 1, (v >> 1) & 1);
+    case -2: { /* overlapping row views of one tensor, each through its own consumer: their
+                * gradients alias x's gradient rows and must add, not overwrite */
+        struct tg_tensor *a = tg_tanh(t, tg_slice(t, x[0], 0, 0, 3));
+        struct tg_tensor *b = tg_sigmoid(t, tg_slice(t, tg_slice(t, x[0], 0, 1, 4), 0, 0, 3));
+        return tg_mul(t, a, b);
+    }
     case -1: { /* a long chain mixing ops: 60 steps of y = tanh(a·y ⊙ w + b) */
         struct tg_tensor *y = x[0];
         for (int i = 0; i < 60; i++) y = tg_tanh(t, tg_affine(t, tg_mul(t, y, x[1]), 1.1, 0.05));
@@ -226,6 +232,8 @@ static void build_cases(void)
     int32_t ids[7] = {4, 0, 4, 2, 4, 0, 1};
     memcpy(c->labels, ids, sizeof ids);
     c->nlabels = 7;
+    c = add_case("overlapping row views", -2, 0, 1, -1, 1);
+    shape(c, 0, 5, 3);
     /* A 60-deep composition has large high derivatives: at h = 1e-3 the stencil's h⁴·f⁽⁵⁾/30
      * truncation reaches 1e-7 (it falls as h⁴: 1.6e-7 at 1e-3, 1.3e-9 at 3e-4 for seed 1045),
      * so this case takes the smaller step. */

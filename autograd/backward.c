@@ -13,11 +13,17 @@
 /* Give every parameter that is the right operand (x·Wᵀ) of at least two recorded matmuls a
  * stage for its deferred gradient (struct tg_grad_stage). Returns the number of staged
  * parameters, listed in *out, or −1 if memory ran out. */
+static void unstage(struct tg_tensor **list, int n)
+{
+    for (int j = 0; j < n; j++) list[j]->stage = NULL;
+}
+
 static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
 {
     int n = 0;
     struct tg_tensor **list = NULL;
     size_t cap = 0;
+    *out = NULL;
     for (size_t i = 0; i <= top; i++) {
         struct tg_node *nd = t->nodes[i];
         struct tg_tensor *w = nd->op == TG_OP_MATMUL ? nd->src[1]
@@ -28,14 +34,15 @@ static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
             if ((size_t)n == cap) {
                 size_t ncap = cap ? 2 * cap : 16;
                 struct tg_tensor **nl = tg_tape_alloc(t, ncap * sizeof *nl);
-                if (!nl) return -1;
+                if (!nl) goto fail;
                 if (n) memcpy(nl, list, (size_t)n * sizeof *nl);
                 list = nl;
                 cap = ncap;
             }
-            w->stage = tg_tape_alloc(t, sizeof *w->stage);
-            if (!w->stage) return -1;
-            memset(w->stage, 0, sizeof *w->stage);
+            struct tg_grad_stage *st = tg_tape_alloc(t, sizeof *st);
+            if (!st) goto fail;
+            memset(st, 0, sizeof *st);
+            w->stage = st;
             list[n++] = w;
         }
         w->stage->rows_cap += nd->out->rows;
@@ -52,17 +59,21 @@ static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
         size_t es = tg_dtype_size(w->dtype);
         st->dc = tg_tape_alloc(t, (size_t)st->rows_cap * w->rows * es);
         st->a = tg_tape_alloc(t, (size_t)st->rows_cap * w->cols * es);
-        if (!st->dc || !st->a) return -1;
+        if (!st->dc || !st->a) {
+            /* weights kept so far and weights not yet looked at all still carry a stage */
+            unstage(list, kept);
+            unstage(list + j, n - j);
+            return -1;
+        }
         st->rows = 0;
         list[kept++] = w;
     }
     *out = list;
     return kept;
-}
-
-static void unstage(struct tg_tensor **list, int n)
-{
-    for (int j = 0; j < n; j++) list[j]->stage = NULL;
+fail:
+    /* no stage may outlive this call: it points into the arena, which the next step reuses */
+    unstage(list, n);
+    return -1;
 }
 
 enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)

@@ -18,6 +18,7 @@ extern void *__libc_memalign(size_t, size_t);
 extern void __libc_free(void *);
 
 static size_t n_heap_calls; /* allocation calls from any thread */
+static int heap_fail;       /* set: posix_memalign (the arena's allocator) reports ENOMEM */
 static void count_one(void) { __atomic_fetch_add(&n_heap_calls, 1, __ATOMIC_RELAXED); }
 
 void *malloc(size_t n)
@@ -48,6 +49,7 @@ void *memalign(size_t al, size_t n)
 int posix_memalign(void **out, size_t al, size_t n)
 {
     count_one();
+    if (heap_fail) return ENOMEM;
     if (al < sizeof(void *) || (al & (al - 1))) return EINVAL;
     void *p = __libc_memalign(al, n);
     if (!p) return ENOMEM;

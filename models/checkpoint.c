@@ -314,6 +314,7 @@ static enum tg_status parse(struct tg_checkpoint *c)
     if (v[0] < 0) return bad(c, "train.optim_steps");
     c->st.optim_steps = (long)v[0];
     TRY(tg_st_get_i64(c->f, "train.cursor", v, 1, 1, one));
+    if (v[0] < 0) return bad(c, "train.cursor");
     c->st.cursor = v[0];
     TRY(tg_st_get_i64(c->f, "train.rng", v, 4, 1, four));
     for (int k = 0; k < 4; k++) c->st.rng.s[k] = (uint64_t)v[k];

@@ -499,7 +499,8 @@ static void text_batch(struct tg_task *task, struct tg_rng *rng, struct tg_batch
 {
     int B = bt->B, seq = task->cfg.seq;
     int64_t N = task->text_n, S = N / B, C = (S - 1) / seq; /* C ≥ 1 checked if sequential */
-    int64_t c = task->cfg.sequential ? task->cursor % C : 0;
+    /* the cursor comes from checkpoints too: keep the chunk index in [0, C) whatever its sign */
+    int64_t c = task->cfg.sequential ? ((task->cursor % C) + C) % C : 0;
     for (int b = 0; b < B; b++) {
         int64_t p;
         if (task->cfg.sequential) {

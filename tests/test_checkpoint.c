@@ -449,6 +449,24 @@ static void test_bad_checkpoints(void **state)
     char *a8[] = {"tapegrad", "train", "--resume", liar, NULL};
     expect_rejected(liar, a8, "metadata disagreeing with the tensors");
     unlink(liar);
+
+    /* a negative text cursor would index before the text (found by review): refused */
+    char neg[128];
+    path_in(neg, sizeof neg, "bad_cursor.st");
+    assert_int_equal(tg_checkpoint_open(good, &ck), TG_OK);
+    assert_int_equal(tg_checkpoint_new_model(ck, NULL, &m), TG_OK);
+    s = *tg_checkpoint_state(ck);
+    s.cursor = -1000000;
+    assert_int_equal(tg_optim_new(tg_checkpoint_optim_config(ck), m->params, m->n_params, &o), TG_OK);
+    assert_int_equal(tg_checkpoint_save(neg, tg_checkpoint_config(ck), m, o, &s), TG_OK);
+    tg_optim_free(o);
+    tg_model_free(m);
+    tg_checkpoint_close(ck);
+    assert_int_equal(tg_checkpoint_open(neg, &ck), TG_ERR_FORMAT);
+    assert_non_null(strstr(tg_last_error(), "train.cursor"));
+    char *a9[] = {"tapegrad", "train", "--resume", neg, NULL};
+    expect_rejected(neg, a9, "negative cursor");
+    unlink(neg);
 }
 
 /* ------------------------------------------------------------------ SIGINT */

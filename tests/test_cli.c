@@ -503,10 +503,45 @@ static void test_grad_output_layout(void **state)
     rm_dir(g.dir);
 }
 
+/* Found by review: output that could not be written (disk full) exited 0, and control
+ * characters in a path or tensor name broke the one-line error and reached the terminal. */
+static void test_cli_stdout_failure_and_control_chars(void **state)
+{
+    (void)state;
+    need_binary();
+    fflush(stdout);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int full = open("/dev/full", O_WRONLY);
+        int null = open("/dev/null", O_WRONLY);
+        if (full < 0 || null < 0) _exit(126);
+        dup2(full, 1);
+        dup2(null, 2);
+        execl(TAPEGRAD, "tapegrad", "check", "--cell", "rnn_tanh", (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 1);
+
+    struct run *r = run_tapegrad("grad", "--cell", "lstm", "--params", "no\nsuch\033[31m.st",
+                                 "--data", "d.st", "--out", "/tmp/tg_cli_never.st", NULL);
+    assert_int_equal(r->status, 1);
+    assert_null(strchr(r->err, '\033'));
+    assert_ptr_equal(strchr(r->err, '\n'), r->err + strlen(r->err) - 1);
+    assert_non_null(strstr(r->err, "no?such?[31m.st"));
+    r = run_tapegrad("tr\nain", NULL);
+    assert_int_equal(r->status, 1);
+    assert_ptr_equal(strchr(r->err, '\n'), r->err + strlen(r->err) - 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_check_passes_for_every_cell),
+        cmocka_unit_test(test_cli_stdout_failure_and_control_chars),
         cmocka_unit_test(test_check_other_sizes),
         cmocka_unit_test(test_check_perturb_reports_tensor_step_and_block),
         cmocka_unit_test(test_check_unknown_cell),

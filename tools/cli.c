@@ -7,14 +7,23 @@
 
 #include "cli.h"
 
+void cli_sanitize(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) *s = '?';
+}
+
 int cli_fail(const char *cmd, const char *fmt, ...)
 {
+    /* Messages quote tensor names from files and paths from the command line: control
+     * characters there would break the one-line promise or drive the terminal. */
+    char msg[1024];
     va_list ap;
-    fprintf(stderr, "tapegrad %s: ", cmd);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    cli_sanitize(msg);
+    fprintf(stderr, "tapegrad %s: %s\n", cmd, msg);
     return 1;
 }
 

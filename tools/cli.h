@@ -20,7 +20,10 @@ struct cli_flag {
 int cli_parse(const char *cmd, const char *usage, int argc, char **argv,
               const struct cli_flag *flags, int nflags);
 void cli_usage(FILE *f, const char *cmd, const char *usage, const struct cli_flag *flags, int nflags);
-/* Print "tapegrad CMD: message" to stderr; returns 1 (the exit status for user errors). */
+/* Replace control characters (newlines, escapes) by '?', in place. */
+void cli_sanitize(char *s);
+/* Print "tapegrad CMD: message" to stderr, control characters replaced; returns 1 (the exit
+ * status for user errors). */
 int cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Does path end in ext (".dot", …)? */
 int cli_has_ext(const char *path, const char *ext);

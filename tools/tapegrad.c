@@ -1,4 +1,5 @@
 /* tapegrad.c — the command-line program: one subcommand per job. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -37,9 +38,21 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    for (int i = 0; i < N_COMMANDS; i++)
-        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);
+    for (int i = 0; i < N_COMMANDS; i++) {
+        if (strcmp(argv[1], commands[i].name) != 0) continue;
+        int rc = commands[i].run(argc - 2, argv + 2);
+        /* Output that never reached its destination (a full disk, a closed pipe) is a failure,
+         * not a success with a truncated result. */
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+            cli_fail(commands[i].name, "writing to standard output failed: %s", strerror(errno));
+            return rc ? rc : 1;
+        }
+        return rc;
+    }
+    char name[64];
+    snprintf(name, sizeof name, "%s", argv[1]);
+    cli_sanitize(name);
     fprintf(stderr, "tapegrad: unknown command '%s' (expected train, sample, check, grad, dot, or bench)\n",
-            argv[1]);
+            name);
     return 1;
 }

@@ -39,9 +39,14 @@ const char *tg_cell_names(void)
     return buf;
 }
 
-void tg_param_spec_dims(const struct tg_param_spec *s, int in, int hidden, int *rows, int *cols)
+int tg_param_spec_dims(const struct tg_param_spec *s, int in, int hidden, int *rows, int *cols)
 {
+    /* in 64 bits: sizes come from flags and checkpoint metadata, and 4·H may not fit an int */
     const struct tg_param_shape *p = &s->shape;
-    *rows = p->r_h * hidden + p->r_in * in + p->r_1;
-    *cols = p->c_h * hidden + p->c_in * in + p->c_1;
+    long long r = (long long)p->r_h * hidden + (long long)p->r_in * in + p->r_1;
+    long long c = (long long)p->c_h * hidden + (long long)p->c_in * in + p->c_1;
+    int fits = r > 0 && c > 0 && r <= INT32_MAX && c <= INT32_MAX;
+    *rows = fits ? (int)r : 0;
+    *cols = fits ? (int)c : 0;
+    return fits;
 }

@@ -72,13 +72,22 @@ enum tg_status tg_model_new(const struct tg_model_config *cfg, struct tg_model *
         int in = l == 0 ? cfg->input : H;
         for (int s = 0; s < c->n_params; s++, k++) {
             int rows, cols;
-            tg_param_spec_dims(&c->params[s], in, H, &rows, &cols);
             m->names[k] = dup_printf("rnn.%s_l%d", c->params[s].name, l);
             if (!m->names[k]) goto nomem;
+            if (!tg_param_spec_dims(&c->params[s], in, H, &rows, &cols)) {
+                enum tg_status st = tg_error(TG_ERR_SHAPE, "tg_model_new: cell '%s' parameter %s "
+                                             "is too large for input %d, hidden %d", c->name,
+                                             m->names[k], in, H);
+                tg_model_free(m);
+                return st;
+            }
             m->params[k] = tg_param_new(m->names[k], rows, cols, cfg->dtype);
             if (!m->params[k]) {
-                enum tg_status st = tg_error(TG_ERR_SHAPE, "tg_model_new: cell '%s' parameter %s: "
-                                             "bad shape (%dx%d)", c->name, m->names[k], rows, cols);
+                /* keep tg_param_new's own reason (out of memory for a valid shape, usually) */
+                char why[256];
+                snprintf(why, sizeof why, "%s", tg_last_error());
+                enum tg_status st = tg_error(TG_ERR_NOMEM, "tg_model_new: parameter %s: %s",
+                                             m->names[k], why);
                 tg_model_free(m);
                 return st;
             }

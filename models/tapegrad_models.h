@@ -73,7 +73,9 @@ const struct tg_cell *tg_cell_at(int i);
 /* "rnn_tanh, rnn_relu, …" for error messages. */
 const char *tg_cell_names(void);
 
-void tg_param_spec_dims(const struct tg_param_spec *s, int in, int hidden, int *rows, int *cols);
+/* rows × cols of a parameter for a layer of input width `in`; 0 (and 0×0) if that is not a
+ * positive size that fits an int. */
+int tg_param_spec_dims(const struct tg_param_spec *s, int in, int hidden, int *rows, int *cols);
 
 /* ------------------------------------------------------------------ model */
 

@@ -222,6 +222,10 @@ static void test_unknown_cell_and_bad_sizes(void **state)
                                   .outputs = 2, .dtype = TG_F64};
     assert_int_equal(tg_model_new(&cfg, &m), TG_ERR_SHAPE);
     assert_non_null(strstr(tg_last_error(), "hidden 0"));
+    /* 3·H rows would overflow an int (sizes can come from a checkpoint's metadata) */
+    cfg.hidden = 1 << 30;
+    assert_int_equal(tg_model_new(&cfg, &m), TG_ERR_SHAPE);
+    assert_non_null(strstr(tg_last_error(), "too large"));
 }
 
 int main(void)

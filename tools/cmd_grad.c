@@ -138,7 +138,9 @@ static int read_layout(const struct tg_st_file *f, const struct tg_cell *cell, s
         for (int s = 0; s < cell->n_params; s++, k++) {
             const struct tg_param_spec *sp = &cell->params[s];
             int rows, cols;
-            tg_param_spec_dims(sp, l == 0 ? lo->I : lo->H, lo->H, &rows, &cols);
+            if (!tg_param_spec_dims(sp, l == 0 ? lo->I : lo->H, lo->H, &rows, &cols))
+                return cli_fail(CMD, "%s: sizes I=%d, H=%d give %s a shape too large to handle",
+                                path, lo->I, lo->H, sp->name);
             struct pspec *p = &lo->p[k];
             snprintf(p->name, sizeof p->name, "rnn.%s_l%d", sp->name, l);
             int bias = sp->shape.r_h == 0 && sp->shape.r_in == 0 && sp->shape.r_1 == 1;

@@ -61,7 +61,9 @@ static struct safe_str safe(const char *in)
         o.s[n] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
     }
     if (in[n]) {
-        while (n > 0 && ((unsigned char)o.s[n] & 0xC0) == 0x80) n--; /* inside a sequence */
+        /* cut before the character that in[n] continues: back up while the byte at the cut is
+         * a continuation byte, so the lead byte of a split character goes too */
+        while (n > 0 && ((unsigned char)in[n] & 0xC0) == 0x80) n--;
         memcpy(o.s + n, "...", 4);
     } else {
         o.s[n] = '\0';

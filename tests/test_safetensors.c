@@ -804,6 +804,30 @@ static void test_python_interop(void **state)
     tg_st_close(f);
 }
 
+/* A long name from a bad file is cut for the message at a character boundary: never between
+ * the bytes of one UTF-8 character (found by review: the cut used to keep a lone lead byte). */
+static void test_long_name_cut_at_character(void **state)
+{
+    (void)state;
+    char name[160], hdr[512], path[128];
+    memset(name, 'a', 79);
+    strcpy(name + 79, "\xc3\xa9 and more of a long name");
+    int n = snprintf(hdr, sizeof hdr, "{\"%s\":{\"dtype\":\"X9\",\"shape\":[1],\"data_offsets\":[0,4]}}", name);
+    snprintf(path, sizeof path, "%s/longname.st", tmpdir);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    uint64_t len = (uint64_t)n;
+    assert_int_equal(fwrite(&len, 8, 1, f), 1);
+    assert_int_equal(fwrite(hdr, 1, (size_t)n, f), (size_t)n);
+    assert_int_equal(fwrite("abcd", 1, 4, f), 4);
+    fclose(f);
+    struct tg_st_file *sf = NULL;
+    assert_int_equal(tg_st_read(path, &sf), TG_ERR_FORMAT);
+    const char *e = strstr(tg_last_error(), "...");
+    assert_non_null(e);
+    assert_true((unsigned char)e[-1] < 0x80);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -818,6 +842,7 @@ int main(void)
         cmocka_unit_test(test_misaligned_foreign),
         cmocka_unit_test(test_atomic_save),
         cmocka_unit_test(test_python_interop),
+        cmocka_unit_test(test_long_name_cut_at_character),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

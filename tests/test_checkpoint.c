@@ -417,6 +417,11 @@ static void test_bad_checkpoints(void **state)
     expect_rejected(good, a5, "other hidden size");
     char *a6[] = {"tapegrad", "train", "--resume", good, "--dtype", "f64", "--steps", "5", NULL};
     expect_rejected(good, a6, "other dtype");
+    /* a flag the library would take as "unset" (the default seed, a 0) still must agree */
+    char *a6b[] = {"tapegrad", "train", "--resume", good, "--seed", "99", "--steps", "5", NULL};
+    expect_rejected(good, a6b, "another seed");
+    char *a6c[] = {"tapegrad", "train", "--resume", good, "--lr", "0.5", "--steps", "5", NULL};
+    expect_rejected(good, a6c, "another lr");
     /* a new run does not overwrite an existing checkpoint by accident */
     char *a7[] = {"tapegrad", "train", "--checkpoint", good, "--steps", "5", NULL};
     expect_rejected(good, a7, "existing checkpoint");

@@ -123,6 +123,17 @@ static void set_threads(int n)
     openblas_set_num_threads(n);
 }
 
+/* Was --name given on the command line (as "--name V" or "--name=V")? */
+static int flag_given(int argc, char **argv, const char *name)
+{
+    size_t n = strlen(name);
+    for (int i = 0; i < argc; i++)
+        if (strncmp(argv[i], "--", 2) == 0 && strncmp(argv[i] + 2, name, n) == 0 &&
+            (argv[i][2 + n] == '\0' || argv[i][2 + n] == '='))
+            return 1;
+    return 0;
+}
+
 int cmd_train(int argc, char **argv)
 {
     const char *cell = NULL, *task = NULL, *data = NULL, *optimizer = NULL, *checkpoint = NULL;
@@ -190,11 +201,37 @@ int cmd_train(int argc, char **argv)
     /* Without --steps a task with a solved criterion runs until solved (capped); text runs 1000.
      * A resumed run's task is the checkpoint's (an unreadable file is reported below). */
     char saved_task[16] = "";
-    if (resume && !task) {
+    if (resume) {
         struct tg_checkpoint *ck;
         if (tg_checkpoint_open(resume, &ck) == TG_OK) {
-            snprintf(saved_task, sizeof saved_task, "%s", tg_checkpoint_config(ck)->task);
+            const struct tg_train_config *sc = tg_checkpoint_config(ck);
+            snprintf(saved_task, sizeof saved_task, "%s", sc->task);
+            /* The library treats 0 as "not set" and cannot tell a given 0 (or the default
+             * seed) from an absent flag; here we know what was typed. A resumed run must use
+             * the checkpoint's settings, so a flag given with another value is refused. */
+            const char *bad = NULL;
+            char was[48] = "", now[48] = "";
+            if (flag_given(argc, argv, "seed") && (uint64_t)seed != sc->seed) {
+                bad = "seed";
+                snprintf(was, sizeof was, "%llu", (unsigned long long)sc->seed);
+                snprintf(now, sizeof now, "%ld", seed);
+            }
+            const struct { const char *name; double given, saved; } nums[] = {
+                {"momentum", momentum, sc->momentum},    {"forget-bias", forget_bias, sc->forget_bias},
+                {"clip-value", clip_value, sc->clip_value}, {"clip-norm", clip_norm, sc->clip_norm},
+                {"lr", lr, sc->lr},
+            };
+            for (size_t i = 0; !bad && i < sizeof nums / sizeof nums[0]; i++) {
+                if (flag_given(argc, argv, nums[i].name) && nums[i].given != nums[i].saved) {
+                    bad = nums[i].name;
+                    snprintf(was, sizeof was, "%g", nums[i].saved);
+                    snprintf(now, sizeof now, "%g", nums[i].given);
+                }
+            }
             tg_checkpoint_close(ck);
+            if (bad)
+                return cli_fail("train", "checkpoint %s was written with --%s %s, not %s (resume with "
+                                "the same settings, or start a new run)", resume, bad, was, now);
         }
     }
     const char *eff_task = task ? task : saved_task[0] ? saved_task : "reber";

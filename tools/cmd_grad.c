@@ -33,7 +33,7 @@ static const char USAGE[] =
     "--cell {rnn_tanh,rnn_relu,lstm,gru} --params P.safetensors --data D.safetensors "
     "--out G.safetensors";
 
-#define MAX_ELEMS ((int64_t)1 << 31)   /* per tensor: sizes are ints in the engine */
+#define MAX_ELEMS (((int64_t)1 << 31) - 1) /* per tensor: sizes are ints in the engine */
 
 /* An expected parameter: name, PyTorch shape (1-D for biases). */
 struct pspec {

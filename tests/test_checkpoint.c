@@ -27,6 +27,8 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "tg_config.h"
 #include "tg_train.h"
 
@@ -42,20 +44,12 @@ static char dir[64];
 
 static void path_in(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", dir, name); }
 
+/* the whole file, or the test fails */
 static unsigned char *slurp(const char *path, size_t *n)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) fail_msg("cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc((size_t)len + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
-    buf[len] = 0;
-    fclose(f);
-    *n = (size_t)len;
-    return buf;
+    char *buf = tg_test_read_file(path, n);
+    if (!buf) fail_msg("cannot read %s", path);
+    return (unsigned char *)buf;
 }
 
 static void spit(const char *path, const void *data, size_t n)

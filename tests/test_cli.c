@@ -23,6 +23,7 @@
 
 #include "tapegrad_models.h"
 #include "tg_safetensors.h"
+#include "test_util.h"
 
 #define TAPEGRAD TG_BUILD_DIR "/tools/tapegrad"
 #define FIXTURES TG_SOURCE_DIR "/tests/fixtures/torch"
@@ -262,18 +263,6 @@ static void write_file(const char *path, const void *data, size_t n)
     fclose(f);
 }
 
-static char *read_file(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len + 1);
-    *n = fread(buf, 1, (size_t)len, f);
-    fclose(f);
-    return buf;
-}
 
 static const char SENTINEL[] = "an earlier result that a failed run must not touch\n";
 
@@ -293,7 +282,7 @@ static void expect_grad_error(struct gdir *g, const char *cell, const char *para
     r = run_tapegrad("grad", "--cell", cell, "--params", params, "--data", data, "--out", g->out, NULL);
     assert_one_line_error(r, frag1, frag2, NULL);
     size_t n;
-    char *back = read_file(g->out, &n);
+    char *back = tg_test_read_file(g->out, &n);
     assert_non_null(back);
     assert_int_equal(n, sizeof SENTINEL - 1);
     assert_memory_equal(back, SENTINEL, n);
@@ -330,7 +319,7 @@ static void test_grad_truncated_params(void **state)
     struct gdir g;
     gdir_new(&g);
     size_t n = 0;
-    char *bytes = read_file(CASE_P("lstm_l2_f64"), &n);
+    char *bytes = tg_test_read_file(CASE_P("lstm_l2_f64"), &n);
     assert_non_null(bytes);
     char p[160];
     snprintf(p, sizeof p, "%s/P.safetensors", g.dir);

@@ -29,6 +29,7 @@
 #include "tapegrad_models.h"
 #include "tg_config.h"
 #include "tg_dot.h"
+#include "test_util.h"
 
 #if TG_HAVE_GRAPHVIZ
 #include <graphviz/cgraph.h>
@@ -568,20 +569,6 @@ static void test_shading(void **state)
 #endif
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
-    b[n] = '\0';
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
 
 /* Run the tapegrad binary with args; its stderr goes to err_path. Returns the exit status. */
 static int run_cli(const char *const *args, const char *err_path)
@@ -647,7 +634,7 @@ static void test_golden(void **state)
                           "--out", out, NULL};
     assert_int_equal(run_cli(args, err), 0);
     size_t n, m;
-    char *got = slurp(out, &n);
+    char *got = tg_test_read_file(out, &n);
     assert_non_null(got);
     const char *golden = TG_SOURCE_DIR "/tests/golden/rnn_tanh_T2.dot";
     if (getenv("TG_UPDATE_GOLDEN")) {
@@ -656,7 +643,7 @@ static void test_golden(void **state)
         assert_int_equal(fwrite(got, 1, n, f), n);
         fclose(f);
     }
-    char *want = slurp(golden, &m);
+    char *want = tg_test_read_file(golden, &m);
     if (!want) fail_msg("missing %s (run with TG_UPDATE_GOLDEN=1 once)", golden);
     assert_int_equal(n, m);
     assert_memory_equal(got, want, n);
@@ -681,7 +668,7 @@ static void test_deterministic(void **state)
     assert_int_equal(run_cli(args_a, err), 0);
     assert_int_equal(run_cli(args_b, err), 0);
     size_t na, nb;
-    char *sa = slurp(a, &na), *sb = slurp(b, &nb);
+    char *sa = tg_test_read_file(a, &na), *sb = tg_test_read_file(b, &nb);
     assert_true(na > 1000);
     assert_int_equal(na, nb);
     assert_memory_equal(sa, sb, na);
@@ -839,7 +826,7 @@ static void test_cli(void **state)
         assert_int_equal(run_cli(args, err), 1);
         assert_int_equal(dir_entries(tmpdir), 0);
         size_t n;
-        char *msg = slurp(err, &n);
+        char *msg = tg_test_read_file(err, &n);
         if (n == 0 || msg[n - 1] != '\n' || strchr(msg, '\n') != msg + n - 1 ||
             strncmp(msg, "tapegrad dot: ", 14) != 0)
             fail_msg("case %zu: expected one line 'tapegrad dot: ...', got '%s'", i, msg);
@@ -860,7 +847,7 @@ static void test_cli(void **state)
                               "--window", "1", "--out", out, NULL};
         assert_int_equal(run_cli(args, err), 0);
         size_t n;
-        char *b = slurp(out, &n);
+        char *b = tg_test_read_file(out, &n);
         assert_non_null(b);
         assert_true(n > 100);
         if (i == 0) assert_memory_equal(b, "digraph tapegrad {", 18);

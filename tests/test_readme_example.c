@@ -12,26 +12,14 @@
 #include <cmocka.h>
 
 #include "../examples/janet_cell.c"
+#include "test_util.h"
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) n = 0;
-    if (s) s[n] = '\0';
-    fclose(f);
-    return s;
-}
 
 static void test_readme_quotes_the_example(void **state)
 {
     (void)state;
-    char *readme = slurp(TG_SOURCE_DIR "/README.md");
-    char *code = slurp(TG_SOURCE_DIR "/examples/janet_cell.c");
+    char *readme = tg_test_read_file(TG_SOURCE_DIR "/README.md", NULL);
+    char *code = tg_test_read_file(TG_SOURCE_DIR "/examples/janet_cell.c", NULL);
     assert_non_null(readme);
     assert_non_null(code);
     if (!strstr(readme, code)) fail_msg("README.md does not quote examples/janet_cell.c verbatim");

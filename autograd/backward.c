@@ -82,7 +82,12 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
         if (t->status != TG_OK) return tg_error(t->status, "%s", t->errmsg);
         return tg_error(TG_ERR_VALUE, "tg_backward: loss is NULL");
     }
+    /* A region left open ends here, keeping the loss if it is still pending in it. */
+    if (t->fuse.open) tg_tape_fuse_end(t, &loss, 1);
     if (t->status != TG_OK) return tg_error(t->status, "%s", t->errmsg);
+    if (loss->flags & TG_PENDING)
+        return tg_error(TG_ERR_STATE, "tg_backward: the loss is an intermediate of a fused region "
+                                      "that has ended; keep it in tg_tape_fuse_end");
     if (loss->rows != 1 || loss->cols != 1)
         return tg_error(TG_ERR_SHAPE, "tg_backward: loss must be a scalar (1x1), got (%dx%d)",
                         loss->rows, loss->cols);
@@ -110,7 +115,8 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
         struct tg_node *n = t->nodes[i];
         /* Skip what no gradient reached (nothing downstream of it leads to the loss) and what
          * cannot lead to a tensor that wants a gradient. */
-        if (!n->out->grad || !tg_requires_grad(n->out)) continue;
+        if (!tg_requires_grad(n->out)) continue;
+        if (n->op == TG_OP_FUSED ? !tg_fused_reached(n) : !n->out->grad) continue;
         for (int s = 0; s < n->nsrc; s++) {
             struct tg_tensor *x = n->src[s];
             if (tg_requires_grad(x) && !tg_grad_buffer(t, x)) {

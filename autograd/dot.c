@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tapegrad_ops.h"
+#include "internal.h"
 #include "tg_dot.h"
 
 /* ------------------------------------------------------------ hash map */
@@ -393,7 +393,8 @@ static enum tg_status build_edges(struct dot *d)
     for (size_t i = 0; i < d->n; i++) {
         const struct tg_node *nd = tg_tape_node(d->t, i);
         uint32_t c = d->vert[i];
-        int reached = d->o.backward && nd->out->grad != NULL;
+        int reached = d->o.backward &&
+                      (nd->op == TG_OP_FUSED ? tg_fused_reached(nd) : nd->out->grad != NULL);
         for (int s = 0; s < nd->nsrc; s++) {
             const struct tg_tensor *x = nd->src[s];
             uint32_t u = vertex_of(d, x);
@@ -488,6 +489,14 @@ static void put_op(FILE *f, const struct tg_node *nd)
     case TG_OP_AFFINE: fprintf(f, " %g*x%+g", a->affine.a, a->affine.b); break;
     case TG_OP_SOFTMAX_XENT: red = a->xent.reduction == TG_REDUCE_MEAN ? "mean" : "sum"; break;
     case TG_OP_MSE: red = a->mse.reduction == TG_REDUCE_MEAN ? "mean" : "sum"; break;
+    case TG_OP_FUSED: { /* its instructions in order, and how many results it keeps */
+        const struct tg_fuse_prog *p = a->fused.prog;
+        for (int k = 0; k < p->n_ins; k++)
+            fprintf(f, "%s%s", k % 6 ? " " : "\\n", p->ins[k].op == TG_FUSE_COPY ? "copy"
+                                                   : tg_op_name(p->ins[k].op));
+        fprintf(f, "\\n%d kept", p->n_out);
+        break;
+    }
     default: break;
     }
     if (red) fprintf(f, " %s", red);

@@ -31,6 +31,64 @@ void *tg_arena_alloc(struct tg_arena *a, size_t bytes); /* NULL if the heap is e
 void tg_arena_reset(struct tg_arena *a);
 void tg_arena_free(struct tg_arena *a);
 
+/* ----------------------------------------------------------------- fusion */
+
+/* Limits of one fused node; a region that outgrows them is computed and a new one begun. */
+enum { TG_FUSE_MAX_INSTR = 64, TG_FUSE_MAX_IN = 32 };
+#define TG_FUSE_COPY TG_OP_COUNT /* instruction that copies a slice kept as an output */
+
+/* One pending elementwise op of the open region (fuse.c). */
+struct tg_fuse_pending {
+    int op, nsrc;
+    struct tg_tensor *src[2];
+    union tg_op_args args;
+    struct tg_tensor *out;
+};
+
+struct tg_fuse_region {
+    int open;           /* between tg_tape_fuse_begin and _end */
+    uint32_t gen;       /* bumped at every end and reset: older pending tensors are dead */
+    int rows, cols;     /* shape every instruction shares (0 while there is none) */
+    int n;
+    int n_ext;          /* inputs from outside the region so far (counted with repeats) */
+    struct tg_fuse_pending p[TG_FUSE_MAX_INSTR];
+};
+
+/* The compiled form of a region: registers 0 … n_in−1 are inputs read in place, register
+ * n_in + k is instruction k's result (stored in an output tensor, or in per-thread scratch). */
+struct tg_fuse_input {
+    struct tg_tensor *x; /* a materialized tensor */
+    int off, bcast;      /* first column read; 1 if x is a 1×n row repeated over every row */
+};
+struct tg_fuse_instr {
+    int op;              /* TG_OP_ADD … TG_OP_RELU, or TG_FUSE_COPY */
+    int a, b;            /* source registers (b = −1 for one-input ops) */
+    double alpha, beta;  /* affine: alpha·x + beta */
+};
+struct tg_fuse_prog {
+    int rows, cols, n_in, n_ins, n_out, n_reg;
+    struct tg_fuse_input *in;
+    struct tg_fuse_instr *ins;
+    struct tg_tensor **out;   /* out[j] holds register out_reg[j] */
+    int *out_reg;
+    int *reg_out;             /* per register: index into out, or −1 */
+    unsigned char *reg_grad;  /* per register: a gradient flows through it */
+    int serial;               /* a broadcast input wants a gradient: rows must not be split */
+    struct tg_tape *tape;     /* owner of the scratch the kernels use */
+};
+
+/* Elements of a row a fused kernel handles at a time: every register's slice of a chunk stays
+ * in L1 (64 registers · 256 · 8 bytes · 2 for values and gradients = 256 KiB at most, typically
+ * a tenth of that). */
+#define TG_FUSE_CHUNK 256
+
+/* ops/fused.c: did any output of this fused node receive a gradient. */
+int tg_fused_reached(const struct tg_node *nd);
+
+/* Ensure the tape's kernel scratch holds `bytes` per thread for up to the current OpenMP
+ * thread count; returns 0 (error set) if memory ran out. Heap memory, kept across resets. */
+int tg_fuse_scratch_reserve(struct tg_tape *t, size_t bytes);
+
 /* ------------------------------------------------------------------- tape */
 
 struct tg_tape {
@@ -43,6 +101,11 @@ struct tg_tape {
     int32_t tag_step, tag_layer;
     enum tg_status status;    /* first error since reset */
     char errmsg[256];
+    int fusion_off;           /* tg_tape_set_fusion(t, 0) */
+    struct tg_fuse_region fuse;
+    void *fuse_scratch;       /* per-thread scratch of fused kernels (heap, grows in warm-up) */
+    size_t fuse_scratch_per_thread;
+    int fuse_scratch_threads;
 };
 
 /* Record an op: checks nothing, allocates the output (zeroed only if `zero`), copies args and
@@ -56,10 +119,34 @@ struct tg_tensor *tg_op_emit(struct tg_tape *t, enum tg_op op, struct tg_tensor 
 struct tg_tensor *tg_op_emit_view(struct tg_tape *t, enum tg_op op, struct tg_tensor *src,
                                   int rows, int cols, const union tg_op_args *args, void *data);
 
+/* Record op with an existing output header (a pending tensor made real; its data may be
+ * allocated already): forward runs, the node is appended, the header loses TG_PENDING. */
+struct tg_tensor *tg_op_emit_into(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
+                                  int nsrc, const union tg_op_args *args, struct tg_tensor *out);
+
 /* Shared validation: non-NULL inputs of one dtype. On failure sets an error (unless an input
- * is NULL because an earlier op already failed) and returns 0. */
+ * is NULL because an earlier op already failed) and returns 0. Inputs still pending in a
+ * fusion region are computed first, so the op may read their data. */
 int tg_op_check_inputs(struct tg_tape *t, const char *opname, struct tg_tensor *const *src,
                        int nsrc);
+/* The same for the elementwise ops a region may hold: pending inputs stay pending. */
+int tg_op_check_lazy(struct tg_tape *t, const char *opname, struct tg_tensor *const *src,
+                     int nsrc);
+
+/* fuse.c: is op (with args) one a region can hold; record it as pending (returns the pending
+ * output, or NULL with the tape's error set); compute every pending tensor of the region;
+ * make a pending tensor real (its region is computed, or the column slice is copied);
+ * 0 and an error naming `opname` if x is pending in a region that has ended. */
+int tg_fuse_accepts(const struct tg_tape *t, int op, const union tg_op_args *args);
+struct tg_tensor *tg_fuse_pend(struct tg_tape *t, int op, struct tg_tensor *const *src, int nsrc,
+                               int rows, int cols, const union tg_op_args *args);
+int tg_fuse_flush(struct tg_tape *t);
+int tg_fuse_realize(struct tg_tape *t, struct tg_tensor *x);
+int tg_fuse_check_alive(struct tg_tape *t, const char *opname, int i, const struct tg_tensor *x);
+void tg_fuse_reset(struct tg_tape *t);
+
+/* Append a node to the tape's list (grows it during warm-up). 0 and an error if out of memory. */
+int tg_tape_append(struct tg_tape *t, struct tg_node *n);
 /* Raise a user error on tape t (first one sticks on the tape; always the thread's last). */
 void tg_op_fail(struct tg_tape *t, enum tg_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

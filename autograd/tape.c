@@ -25,6 +25,7 @@ void tg_tape_free(struct tg_tape *t)
     if (!t) return;
     tg_arena_free(&t->arena);
     free(t->nodes);
+    free(t->fuse_scratch);
     free(t);
 }
 
@@ -36,6 +37,7 @@ void tg_tape_reset(struct tg_tape *t)
     t->errmsg[0] = '\0';
     t->tag_step = t->tag_layer = -1;
     t->walked = 0;
+    tg_fuse_reset(t);
 }
 
 int tg_tape_set_no_grad(struct tg_tape *t, int no_grad)
@@ -124,6 +126,8 @@ struct tg_tensor *tg_detach(struct tg_tape *t, const struct tg_tensor *x)
         if (t->status == TG_OK) tg_op_fail(t, TG_ERR_VALUE, "tg_detach: NULL input");
         return NULL;
     }
+    struct tg_tensor *xs = (struct tg_tensor *)x; /* pending in a fusion region: compute it */
+    if (!tg_op_check_inputs(t, "tg_detach", &xs, 1)) return NULL;
     struct tg_tensor *y = arena_tensor(t, x->rows, x->cols, x->dtype, 0);
     if (!y) return NULL;
     memcpy(y->data, x->data, tg_nbytes(x));
@@ -152,8 +156,8 @@ static const char *shape_str(char *buf, size_t n, const struct tg_tensor *x)
     return buf;
 }
 
-int tg_op_check_inputs(struct tg_tape *t, const char *opname, struct tg_tensor *const *src,
-                       int nsrc)
+static int check_inputs(struct tg_tape *t, const char *opname, struct tg_tensor *const *src,
+                        int nsrc, int lazy)
 {
     for (int i = 0; i < nsrc; i++) {
         if (!src[i]) {
@@ -172,22 +176,63 @@ int tg_op_check_inputs(struct tg_tape *t, const char *opname, struct tg_tensor *
             return 0;
         }
     }
+    /* Pending inputs (fusion region): alive, and computed now unless this op joins the region. */
+    int stay = lazy && t->fuse.open && !t->no_grad;
+    for (int i = 0; i < nsrc; i++) {
+        if (!(src[i]->flags & TG_PENDING)) continue;
+        if (!tg_fuse_check_alive(t, opname, i, src[i])) return 0;
+        if (!stay && !tg_fuse_realize(t, src[i])) return 0;
+    }
     return 1;
 }
 
-/* The common part of tg_op_emit and tg_op_emit_view: with view_data, the output aliases it and
- * no forward runs. */
+int tg_op_check_inputs(struct tg_tape *t, const char *opname, struct tg_tensor *const *src,
+                       int nsrc)
+{
+    return check_inputs(t, opname, src, nsrc, 0);
+}
+
+int tg_op_check_lazy(struct tg_tape *t, const char *opname, struct tg_tensor *const *src,
+                     int nsrc)
+{
+    return check_inputs(t, opname, src, nsrc, 1);
+}
+
+int tg_tape_append(struct tg_tape *t, struct tg_node *n)
+{
+    if (t->n_nodes == t->cap_nodes) {
+        size_t cap = t->cap_nodes ? 2 * t->cap_nodes : 1024;
+        struct tg_node **nodes = realloc(t->nodes, cap * sizeof *nodes);
+        if (!nodes) {
+            tg_op_fail(t, TG_ERR_NOMEM, "%s: out of memory growing the tape to %zu nodes",
+                       tg_op_name(n->op), cap);
+            return 0;
+        }
+        t->nodes = nodes;
+        t->cap_nodes = cap;
+        t->heap_allocs++;
+    }
+    n->index = (uint32_t)t->n_nodes;
+    t->nodes[t->n_nodes++] = n;
+    return 1;
+}
+
+/* The common part of tg_op_emit, tg_op_emit_view and tg_op_emit_into: with view_data, the
+ * output aliases it and no forward runs; with `given`, that header (a pending tensor being made
+ * real, whose data the caller may already have allocated) is the output. */
 static struct tg_tensor *emit(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
                               int nsrc, int rows, int cols, const union tg_op_args *args,
-                              void *view_data)
+                              void *view_data, struct tg_tensor *given)
 {
+    if (!view_data && !given && tg_fuse_accepts(t, op, args))
+        return tg_fuse_pend(t, op, src, nsrc, rows, cols, args);
     /* Node, source list and output header in one arena piece: one bump per op. */
     size_t node_sz = (sizeof(struct tg_node) + 15) & ~(size_t)15;
     size_t src_sz = ((size_t)nsrc * sizeof(struct tg_tensor *) + 15) & ~(size_t)15;
-    unsigned char *mem = tg_tape_alloc(t, node_sz + src_sz + sizeof(struct tg_tensor));
+    unsigned char *mem = tg_tape_alloc(t, node_sz + src_sz + (given ? 0 : sizeof(struct tg_tensor)));
     if (!mem) return NULL;
     struct tg_node *n = (struct tg_node *)mem;
-    struct tg_tensor *out = (struct tg_tensor *)(mem + node_sz + src_sz);
+    struct tg_tensor *out = given ? given : (struct tg_tensor *)(mem + node_sz + src_sz);
     n->src = (struct tg_tensor **)(mem + node_sz);
     n->nsrc = nsrc;
     n->op = op;
@@ -197,14 +242,19 @@ static struct tg_tensor *emit(struct tg_tape *t, enum tg_op op, struct tg_tensor
     n->step = t->tag_step;
     n->layer = t->tag_layer;
     n->index = (uint32_t)t->n_nodes;
-    memset(out, 0, sizeof *out);
-    out->rows = rows;
-    out->cols = cols;
-    out->dtype = src[0]->dtype;
+    if (given) {
+        out->flags &= ~(unsigned)(TG_PENDING | TG_REQUIRES_GRAD);
+        out->fuse_base = NULL;
+    } else {
+        memset(out, 0, sizeof *out);
+        out->rows = rows;
+        out->cols = cols;
+        out->dtype = src[0]->dtype;
+    }
     if (view_data) {
         out->data = view_data;
         out->flags = TG_VIEW;
-    } else {
+    } else if (!out->data) {
         out->data = tg_tape_alloc(t, tg_nbytes(out));
         if (!out->data) return NULL;
     }
@@ -220,30 +270,24 @@ static struct tg_tensor *emit(struct tg_tape *t, enum tg_op op, struct tg_tensor
     }
     if (req) out->flags |= TG_REQUIRES_GRAD;
     out->node = n;
-    if (t->n_nodes == t->cap_nodes) {
-        size_t cap = t->cap_nodes ? 2 * t->cap_nodes : 1024;
-        struct tg_node **nodes = realloc(t->nodes, cap * sizeof *nodes);
-        if (!nodes) {
-            tg_op_fail(t, TG_ERR_NOMEM, "%s: out of memory growing the tape to %zu nodes",
-                       tg_op_name(op), cap);
-            return NULL;
-        }
-        t->nodes = nodes;
-        t->cap_nodes = cap;
-        t->heap_allocs++;
-    }
-    t->nodes[t->n_nodes++] = n;
+    if (!tg_tape_append(t, n)) return NULL;
     return out;
 }
 
 struct tg_tensor *tg_op_emit(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
                              int nsrc, int rows, int cols, const union tg_op_args *args)
 {
-    return emit(t, op, src, nsrc, rows, cols, args, NULL);
+    return emit(t, op, src, nsrc, rows, cols, args, NULL, NULL);
 }
 
 struct tg_tensor *tg_op_emit_view(struct tg_tape *t, enum tg_op op, struct tg_tensor *src,
                                   int rows, int cols, const union tg_op_args *args, void *data)
 {
-    return emit(t, op, &src, 1, rows, cols, args, data);
+    return emit(t, op, &src, 1, rows, cols, args, data, NULL);
+}
+
+struct tg_tensor *tg_op_emit_into(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
+                                  int nsrc, const union tg_op_args *args, struct tg_tensor *out)
+{
+    return emit(t, op, src, nsrc, out->rows, out->cols, args, NULL, out);
 }

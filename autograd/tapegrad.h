@@ -80,9 +80,11 @@ enum tg_tensor_flags {
     TG_HEAP = 1 << 2,          /* owned by the heap (tg_tensor_free), not by a tape */
     TG_INPUT = 1 << 3,         /* a leaf created as data input (for DOT roles) */
     TG_VIEW = 1 << 4,          /* rows of its node's input: shares its data and gradient */
+    TG_PENDING = 1 << 5,       /* inside a fusion region, not computed yet: data is NULL */
 };
 
 struct tg_node;
+struct tg_fuse_prog;
 
 struct tg_tensor {
     int rows, cols;
@@ -94,6 +96,11 @@ struct tg_tensor {
     struct tg_node *node;    /* node that produced it on its tape; NULL for leaves */
     const char *name;        /* optional; parameters always have one */
     struct tg_grad_stage *stage; /* engine-private, during tg_backward only (see backward.c) */
+    /* engine-private, for TG_PENDING tensors (fuse.c): the region generation they belong to,
+     * their instruction in it (or −1 for a column slice of fuse_base starting at fuse_off) */
+    struct tg_tensor *fuse_base;
+    int32_t fuse_idx, fuse_off;
+    uint32_t fuse_gen;
 };
 
 static inline size_t tg_numel(const struct tg_tensor *x) { return (size_t)x->rows * (size_t)x->cols; }
@@ -129,6 +136,7 @@ union tg_op_args {
     struct { const int32_t *labels; void *probs; int reduction; } xent;
     struct { int reduction; } mse;
     struct { const int32_t *ids; } embedding;
+    struct { struct tg_fuse_prog *prog; } fused;
     double raw[4];
 };
 
@@ -160,6 +168,24 @@ int tg_tape_no_grad(const struct tg_tape *t);
 /* Tag nodes recorded from now on with a time step and a layer (-1: none). Cells need not
  * know: the sequence unroller sets the tag before calling the cell. */
 void tg_tape_set_tag(struct tg_tape *t, int step, int layer);
+
+/* Fusion of elementwise ops (autograd/fuse.c, ops/fused.c).
+ * Between tg_tape_fuse_begin and tg_tape_fuse_end, add, sub, mul, affine, tanh, sigmoid, relu
+ * and column slices return tensors that are recorded but not yet computed (TG_PENDING, data
+ * NULL). tg_tape_fuse_end(t, keep, n) compiles the pending ops into one node that evaluates
+ * them in a single pass over the rows and stores only the tensors in keep; its backward
+ * recomputes the rest from its inputs in cache. A column slice inside a region costs nothing:
+ * the fused node reads the parent's columns in place and writes their gradient in place.
+ * Any other op given a pending tensor computes the region so far first, so a cell written
+ * with ordinary ops needs no change; only intermediates that were not kept become unusable
+ * after tg_tape_fuse_end (an op given one fails with a message saying so). Gradients are
+ * those of the same ops run one by one, up to the order of floating-point sums.
+ * The sequence model wraps each cell step in a region. Fusion is on by default; with it off,
+ * begin/end do nothing (each op its own node, as the DOT export shows by default).
+ * tg_tape_set_fusion returns the previous setting. */
+int tg_tape_set_fusion(struct tg_tape *t, int on);
+void tg_tape_fuse_begin(struct tg_tape *t);
+enum tg_status tg_tape_fuse_end(struct tg_tape *t, struct tg_tensor *const *keep, int n);
 
 /* The first error raised by an op on this tape since the last reset (TG_OK if none). */
 enum tg_status tg_tape_status(const struct tg_tape *t);

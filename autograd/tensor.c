@@ -11,12 +11,14 @@ const char *tg_dtype_name(enum tg_dtype d) { return d == TG_F64 ? "float64" : "f
 
 double tg_get(const struct tg_tensor *x, int r, int c)
 {
+    TG_ASSERT(x->data && "pending in a fusion region: read it after tg_tape_fuse_end");
     size_t i = (size_t)r * x->cols + c;
     return x->dtype == TG_F64 ? ((const double *)x->data)[i] : ((const float *)x->data)[i];
 }
 
 void tg_set(struct tg_tensor *x, int r, int c, double v)
 {
+    TG_ASSERT(x->data && "pending in a fusion region: read it after tg_tape_fuse_end");
     size_t i = (size_t)r * x->cols + c;
     if (x->dtype == TG_F64) ((double *)x->data)[i] = v;
     else ((float *)x->data)[i] = (float)v;

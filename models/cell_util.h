@@ -13,11 +13,12 @@ static inline struct tg_tensor *tg_linear(struct tg_tape *t, struct tg_tensor *x
 
 /* x W_ihᵀ + b_ih + b_hh for all T·B rows at once (w[0] = weight_ih, w[2] = bias_ih,
  * w[3] = bias_hh): both biases are added once per sequence instead of once per step, and each
- * step is then the single GEMM xp + h·W_hhᵀ. */
+ * step is then the single GEMM xp + h·W_hhᵀ. The two biases are summed first (one 1×G·H row),
+ * so the GEMM adds them as its addend: no extra pass over the T·B rows, forward or backward. */
 static inline struct tg_tensor *tg_input_ih_hh(struct tg_tape *t, struct tg_tensor *const *w,
                                                struct tg_tensor *X)
 {
-    return tg_add(t, tg_linear(t, X, w[0], w[2]), w[3]);
+    return tg_linear(t, X, w[0], tg_add(t, w[2], w[3]));
 }
 
 /* Gate block k of width h from a B×(G·h) pre-activation. */

@@ -23,10 +23,10 @@ static void gru_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_te
     int H = tg_hidden_of(s);
     struct tg_tensor *h = s[0];
     struct tg_tensor *gh = tg_linear(t, h, w[1], w[3]);
-    /* r and z share one add and one σ over their two blocks */
-    struct tg_tensor *rz = tg_sigmoid(t, tg_add(t, tg_slice(t, gi, 1, 0, 2 * H),
-                                               tg_slice(t, gh, 1, 0, 2 * H)));
-    struct tg_tensor *r = tg_block(t, rz, 0, H), *z = tg_block(t, rz, 1, H);
+    /* gate by gate, so that every elementwise op reads column blocks of gi and gh and the whole
+     * step is one fusion region (a σ over both blocks at once would have to be stored first) */
+    struct tg_tensor *r = tg_sigmoid(t, tg_add(t, tg_block(t, gi, 0, H), tg_block(t, gh, 0, H)));
+    struct tg_tensor *z = tg_sigmoid(t, tg_add(t, tg_block(t, gi, 1, H), tg_block(t, gh, 1, H)));
     struct tg_tensor *n = tg_tanh(t, tg_add(t, tg_block(t, gi, 2, H), tg_mul(t, r, tg_block(t, gh, 2, H))));
     next[0] = tg_add(t, tg_mul(t, tg_one_minus(t, z), n), tg_mul(t, z, h));
 }

@@ -236,7 +236,11 @@ enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
             tg_tape_set_tag(t, s, l);
             struct tg_tensor *x = l == 0 || cell->input ? tg_slice(t, Xl, 0, s * B, (s + 1) * B) : hs[s];
             next[0] = next[1] = NULL;
+            /* One fusion region per step: the cell's elementwise gate math becomes one node
+             * that keeps only the new state (autograd/fuse.c); a no-op with fusion off. */
+            tg_tape_fuse_begin(t);
             cell->step(t, w, x, state, next);
+            tg_tape_fuse_end(t, next, ns);
             for (int k = 0; k < ns; k++) {
                 if (!next[k]) {
                     char what[96];

@@ -67,7 +67,7 @@ static struct tg_tensor *addsub(struct tg_tape *t, enum tg_op op, const char *na
 {
     struct tg_tensor *src[2] = {a, b};
     int rows, cols;
-    if (!tg_op_check_inputs(t, name, src, 2)) return NULL;
+    if (!tg_op_check_lazy(t, name, src, 2)) return NULL;
     if (!tg_binary_shape(t, name, sym, a, b, &rows, &cols)) return NULL;
     return tg_op_emit(t, op, src, 2, rows, cols, NULL);
 }

@@ -35,7 +35,7 @@ void tg_affine_backward(struct tg_node *nd)
 
 struct tg_tensor *tg_affine(struct tg_tape *t, struct tg_tensor *x, double a, double b)
 {
-    if (!tg_op_check_inputs(t, "tg_affine", &x, 1)) return NULL;
+    if (!tg_op_check_lazy(t, "tg_affine", &x, 1)) return NULL;
     if (!isfinite(a) || !isfinite(b)) {
         tg_op_fail(t, TG_ERR_VALUE, "tg_affine: constants must be finite, got a=%g b=%g for "
                    "(%dx%d)", a, b, x->rows, x->cols);

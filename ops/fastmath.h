@@ -16,6 +16,7 @@
 #ifndef TG_FASTMATH_H
 #define TG_FASTMATH_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -59,6 +60,14 @@ static inline float tg_fast_tanhf(float x)
     float large = 1.0f - 2.0f / (tg_fast_expf(2.0f * a) + 1.0f);
     float y = a < 0.625f ? small : large;
     return x < 0 ? -y : y;
+}
+
+/* float64 σ without overflow: for x < 0, e^{x} / (1 + e^{x}) never forms e^{+big}. */
+static inline double tg_sigmoid_f64(double v)
+{
+    if (v >= 0) return 1 / (1 + exp(-v));
+    double e = exp(v);
+    return e / (1 + e);
 }
 
 #endif

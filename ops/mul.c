@@ -57,7 +57,7 @@ struct tg_tensor *tg_mul(struct tg_tape *t, struct tg_tensor *a, struct tg_tenso
 {
     struct tg_tensor *src[2] = {a, b};
     int rows, cols;
-    if (!tg_op_check_inputs(t, "tg_mul", src, 2)) return NULL;
+    if (!tg_op_check_lazy(t, "tg_mul", src, 2)) return NULL;
     if (!tg_binary_shape(t, "tg_mul", "*", a, b, &rows, &cols)) return NULL;
     return tg_op_emit(t, TG_OP_MUL, src, 2, rows, cols, NULL);
 }

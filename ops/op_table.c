@@ -8,7 +8,7 @@
     void tg_##name##_backward(struct tg_node *n);
 OP_FNS(matmul) OP_FNS(add) OP_FNS(sub) OP_FNS(mul) OP_FNS(affine) OP_FNS(tanh) OP_FNS(sigmoid)
 OP_FNS(relu) OP_FNS(concat) OP_FNS(slice) OP_FNS(softmax_xent) OP_FNS(mse) OP_FNS(sum)
-OP_FNS(mean) OP_FNS(embedding) OP_FNS(addmm)
+OP_FNS(mean) OP_FNS(embedding) OP_FNS(addmm) OP_FNS(fused)
 
 #define ENTRY(E, name, arity) [E] = {#name, arity, tg_##name##_forward, tg_##name##_backward}
 
@@ -29,9 +29,10 @@ const struct tg_op_info tg_op_table[TG_OP_COUNT] = {
     ENTRY(TG_OP_MEAN, mean, 1),
     ENTRY(TG_OP_EMBEDDING, embedding, 1),
     ENTRY(TG_OP_ADDMM, addmm, 3),
+    ENTRY(TG_OP_FUSED, fused, -1),
 };
 
-_Static_assert(TG_OP_COUNT == 16, "a new op needs an entry in tg_op_table");
+_Static_assert(TG_OP_COUNT == 17, "a new op needs an entry in tg_op_table");
 
 const char *tg_op_name(int op)
 {

@@ -30,6 +30,6 @@ void tg_relu_backward(struct tg_node *nd)
 
 struct tg_tensor *tg_relu(struct tg_tape *t, struct tg_tensor *x)
 {
-    if (!tg_op_check_inputs(t, "tg_relu", &x, 1)) return NULL;
+    if (!tg_op_check_lazy(t, "tg_relu", &x, 1)) return NULL;
     return tg_op_emit(t, TG_OP_RELU, &x, 1, x->rows, x->cols, NULL);
 }

@@ -6,14 +6,7 @@
 #include "fastmath.h"
 #include "op_util.h"
 
-static inline double sigmoid_f64(double v)
-{
-    if (v >= 0) return 1 / (1 + exp(-v));
-    double e = exp(v);
-    return e / (1 + e);
-}
-
-#define SIGMOID_OF(v) _Generic((v), float: tg_fast_sigmoidf, double: sigmoid_f64)(v)
+#define SIGMOID_OF(v) _Generic((v), float: tg_fast_sigmoidf, double: tg_sigmoid_f64)(v)
 
 #define DEF_SIGMOID(T, S)                                                                      \
     TG_SIMD_CLONES static void sigmoid_fwd_##S(const T *restrict x, T *restrict y, size_t n)                     \
@@ -41,6 +34,6 @@ void tg_sigmoid_backward(struct tg_node *nd)
 
 struct tg_tensor *tg_sigmoid(struct tg_tape *t, struct tg_tensor *x)
 {
-    if (!tg_op_check_inputs(t, "tg_sigmoid", &x, 1)) return NULL;
+    if (!tg_op_check_lazy(t, "tg_sigmoid", &x, 1)) return NULL;
     return tg_op_emit(t, TG_OP_SIGMOID, &x, 1, x->rows, x->cols, NULL);
 }

@@ -33,6 +33,6 @@ void tg_tanh_backward(struct tg_node *nd)
 
 struct tg_tensor *tg_tanh(struct tg_tape *t, struct tg_tensor *x)
 {
-    if (!tg_op_check_inputs(t, "tg_tanh", &x, 1)) return NULL;
+    if (!tg_op_check_lazy(t, "tg_tanh", &x, 1)) return NULL;
     return tg_op_emit(t, TG_OP_TANH, &x, 1, x->rows, x->cols, NULL);
 }

@@ -36,6 +36,7 @@ enum tg_op {
     TG_OP_MEAN,
     TG_OP_EMBEDDING,
     TG_OP_ADDMM,
+    TG_OP_FUSED, /* a chain of elementwise ops compiled by tg_tape_fuse_end (ops/fused.c) */
     TG_OP_COUNT
 };
 

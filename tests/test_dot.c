@@ -60,6 +60,7 @@ static void run_make(struct run *r, const char *cell, int T, int L, int H, int I
     for (long i = 0; i < (long)T * B * I; i++) r->x[i] = tg_rng_normal(&rng);
     for (long i = 0; i < (long)T * B; i++) r->y[i] = (int32_t)tg_rng_below(&rng, 3);
     r->t = tg_tape_new(0);
+    tg_tape_set_fusion(r->t, 0); /* predictions below count one node per op */
     struct tg_seq_batch b = {.T = T, .B = B, .x = r->x, .labels = r->y};
     if (tg_model_forward(r->m, r->t, &b, 0, &r->res) != TG_OK) fail_msg("%s", tg_last_error());
     if (backward && tg_backward(r->t, r->res.loss) != TG_OK) fail_msg("%s", tg_last_error());

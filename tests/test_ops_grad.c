@@ -34,6 +34,43 @@ struct ctx {
     struct tg_tensor *R; /* fixed random weights: loss = Σ out ⊙ R for non-scalar outputs */
 };
 
+/* Fusion regions (autograd/fuse.c): the ops run as one TG_OP_FUSED node. */
+static struct tg_tensor *apply_fused(struct tg_tape *t, int v, struct tg_tensor **x)
+{
+    tg_tape_fuse_begin(t);
+    if (v == 0) { /* LSTM gate math: column slices read in place, c2 kept and reused inside */
+        int h = x[1]->cols;
+        struct tg_tensor *i = tg_sigmoid(t, tg_slice(t, x[0], 1, 0, h));
+        struct tg_tensor *f = tg_sigmoid(t, tg_slice(t, x[0], 1, h, 2 * h));
+        struct tg_tensor *g = tg_tanh(t, tg_slice(t, x[0], 1, 2 * h, 3 * h));
+        struct tg_tensor *o = tg_sigmoid(t, tg_slice(t, x[0], 1, 3 * h, 4 * h));
+        struct tg_tensor *c2 = tg_add(t, tg_mul(t, f, x[1]), tg_mul(t, i, g));
+        struct tg_tensor *h2 = tg_mul(t, o, tg_tanh(t, c2));
+        struct tg_tensor *keep[2] = {h2, c2};
+        if (tg_tape_fuse_end(t, keep, 2) != TG_OK) return NULL;
+        return tg_add(t, h2, tg_mul(t, c2, c2));
+    }
+    if (v == 1) { /* a broadcast row wanting a gradient, x⊙x, a dead result, a kept slice */
+        int n = x[0]->cols;
+        struct tg_tensor *a = tg_relu(t, tg_affine(t, x[0], 1.3, -0.2));
+        struct tg_tensor *b = tg_sub(t, tg_mul(t, a, a), x[1]);
+        (void)tg_tanh(t, x[0]); /* never used: compiled away */
+        struct tg_tensor *e = tg_add(t, tg_mul(t, b, x[1]), x[1]);
+        struct tg_tensor *sl = tg_slice(t, x[2], 1, 1, 1 + n);
+        struct tg_tensor *keep[3] = {e, sl, x[0]};
+        if (tg_tape_fuse_end(t, keep, 3) != TG_OK) return NULL;
+        return tg_add(t, e, sl);
+    }
+    /* v == 2: a non-elementwise consumer and a change of shape split the region */
+    struct tg_tensor *a = tg_sigmoid(t, x[0]);
+    struct tg_tensor *c = tg_tanh(t, tg_matmul(t, a, x[1], 0, 0));
+    struct tg_tensor *d = tg_mul(t, c, c);
+    struct tg_tensor *e = tg_mul(t, a, tg_affine(t, a, -1, 1));
+    struct tg_tensor *keep[2] = {d, e};
+    if (tg_tape_fuse_end(t, keep, 2) != TG_OK) return NULL;
+    return tg_add(t, tg_sum(t, d), tg_sum(t, e));
+}
+
 static struct tg_tensor *apply(struct tg_tape *t, const struct op_case *c, struct tg_tensor **x)
 {
     int v = c->variant;
@@ -61,6 +98,7 @@ static struct tg_tensor *apply(struct tg_tape *t, const struct op_case *c, struc
         struct tg_tensor *b = tg_sigmoid(t, tg_slice(t, tg_slice(t, x[0], 0, 1, 4), 0, 0, 3));
         return tg_mul(t, a, b);
     }
+    case TG_OP_FUSED: return apply_fused(t, v, x);
     case -1: { /* a long chain mixing ops: 60 steps of y = tanh(a·y ⊙ w + b) */
         struct tg_tensor *y = x[0];
         for (int i = 0; i < 60; i++) y = tg_tanh(t, tg_affine(t, tg_mul(t, y, x[1]), 1.1, 0.05));
@@ -199,6 +237,23 @@ static void build_cases(void)
     shape(c, 0, RND(4), RND(6));
     c = add_case("tanh 1x1", TG_OP_TANH, 0, 1, -1, 1);
     shape(c, 0, 1, 1);
+    {
+        int m = RND(4), h = RND(5), n = RND(6), k = RND(4);
+        c = add_case("fused lstm gates", TG_OP_FUSED, 0, 2, -2, 2);
+        shape(c, 0, m, 4 * h);
+        shape(c, 1, m, h);
+        c = add_case("fused lstm gates, 2 chunks a row", TG_OP_FUSED, 0, 2, -2, 2);
+        shape(c, 0, 2, 4 * 300);
+        shape(c, 1, 2, 300);
+        c = add_case("fused broadcast row", TG_OP_FUSED, 1, 3, -2, 2);
+        shape(c, 0, m + 1, n);
+        shape(c, 1, 1, n);
+        shape(c, 2, m + 1, n + 2);
+        c->skip_kinks = 1;
+        c = add_case("fused split regions", TG_OP_FUSED, 2, 2, -2, 2);
+        shape(c, 0, m, n);
+        shape(c, 1, n, k);
+    }
     for (int axis = 0; axis < 2; axis++) {
         int m = RND(4), n = RND(4);
         c = add_case(axis ? "concat cols" : "concat rows", TG_OP_CONCAT, axis, 3, -1, 1);
@@ -255,6 +310,7 @@ static void test_every_op_vs_finite_differences(void **state)
         struct tg_gradcheck_report rep;
         assert_int_equal(tg_gradcheck(loss_fn, &k, k.in, cases[i].nin, &o, &rep), TG_OK);
         if (rep.max_rel > worst_rel_seen) worst_rel_seen = rep.max_rel;
+        if (getenv("TG_VERBOSE")) printf("#   %-32s %.3g\n", cases[i].label, rep.max_rel);
         if (!rep.passed || rep.checked == 0)
             fail_msg("%s (case %d, seed %d): rel %.3g abs %.3g at input %d (%d,%d): analytic %.17g "
                      "numeric %.17g, %ld checked", cases[i].label, i, 1000 + i, rep.max_rel,

@@ -18,7 +18,7 @@
 static const char *const CMD = "dot";
 static const char *const USAGE =
     "--cell NAME [--steps T] [--layers L] [--hidden H] [--input I] [--batch B] [--backward] "
-    "[--values] [--collapse] [--window K] [--seed S] --out FILE(.dot|.svg|.png)";
+    "[--values] [--collapse] [--window K] [--fused] [--seed S] --out FILE(.dot|.svg|.png)";
 
 /* Write n bytes to path atomically (temp file in the same directory, then rename). */
 static int write_atomic(const char *path, const char *buf, size_t n)
@@ -80,7 +80,8 @@ static void run_free(struct dot_run *r)
 int cmd_dot(int argc, char **argv)
 {
     const char *cell_name = NULL, *out = NULL;
-    int T = 3, L = 1, H = 4, I = 3, B = 1, backward = 0, values = 0, collapse = 0, window = 0;
+    int T = 3, L = 1, H = 4, I = 3, B = 1, backward = 0, values = 0, collapse = 0, window = 0,
+        fused = 0;
     long seed = 1;
     const struct cli_flag flags[] = {
         {"cell", CLI_STR, &cell_name, "recurrent cell (rnn_tanh, lstm, gru, ...)", 1, 0},
@@ -93,6 +94,8 @@ int cmd_dot(int argc, char **argv)
         {"values", CLI_BOOL, &values, "norm, min and max of values (and gradients) in labels", 1, 0},
         {"collapse", CLI_BOOL, &collapse, "draw each cell step as one node", 1, 0},
         {"window", CLI_INT, &window, "keep the first and last K steps, one node for the rest", 1, 1e6},
+        {"fused", CLI_BOOL, &fused, "draw the tape as training records it: each step's elementwise "
+                                    "gate math as one fused node (default: every op)", 1, 0},
         {"seed", CLI_LONG, &seed, "random seed for weights and data (default 1)", 0, 9e18},
         {"out", CLI_STR, &out, "output file; .dot, .svg or .png", 1, 0},
     };
@@ -129,6 +132,7 @@ int cmd_dot(int argc, char **argv)
     r.x = malloc((size_t)T * B * I * sizeof *r.x);
     r.labels = malloc((size_t)T * B * sizeof *r.labels);
     r.t = tg_tape_new(0);
+    if (r.t) tg_tape_set_fusion(r.t, fused);
     if (!r.init || !r.names || !r.x || !r.labels || !r.t) {
         run_free(&r);
         return cli_fail(CMD, "out of memory");

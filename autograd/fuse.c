@@ -1,0 +1,315 @@
+/* fuse.c — fusion regions: elementwise ops recorded without being computed, then compiled into
+ * one TG_OP_FUSED node (ops/fused.c runs it).
+ *
+ * Why: an LSTM step written as primitive ops makes about ten passes over B×H tensors forward
+ * and as many backward, each with its own output and a zeroed gradient buffer, and every one
+ * of those tensors stays in the arena until the step ends. Fused, the gate math is one pass
+ * that reads the gate pre-activations and c in place and writes only c' and h'; backward
+ * recomputes σ, tanh and the products in cache from those inputs. The cell is unchanged: it
+ * still calls tg_sigmoid, tg_mul, …; the region only decides when they run.
+ *
+ * Rules (see tapegrad.h): a region holds instructions of one shape (a 1×n row of the same width
+ * may be read as a broadcast input); a column slice of a computed tensor is an input read in
+ * place; anything else — another shape, a non-elementwise op reading a pending tensor, a full
+ * region — computes what is pending first. Pending results not kept by tg_tape_fuse_end die
+ * with the region (generation counter), and using one later is an error, not a crash. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "op_util.h"
+
+int tg_tape_set_fusion(struct tg_tape *t, int on)
+{
+    int old = !t->fusion_off;
+    if (!on && t->fuse.open) tg_fuse_flush(t); /* what is pending still gets computed */
+    t->fusion_off = !on;
+    t->fuse.open = t->fuse.open && on;
+    return old;
+}
+
+void tg_tape_fuse_begin(struct tg_tape *t)
+{
+    if (t->fusion_off || t->fuse.open) return; /* nested begin: one region */
+    t->fuse.open = 1;
+    t->fuse.n = t->fuse.n_ext = 0;
+    t->fuse.rows = t->fuse.cols = 0;
+}
+
+void tg_fuse_reset(struct tg_tape *t)
+{
+    t->fuse.open = 0;
+    t->fuse.n = t->fuse.n_ext = 0;
+    t->fuse.rows = t->fuse.cols = 0;
+    t->fuse.gen++;
+}
+
+int tg_fuse_accepts(const struct tg_tape *t, int op, const union tg_op_args *args)
+{
+    if (!t->fuse.open || t->no_grad) return 0;
+    switch (op) {
+    case TG_OP_ADD: case TG_OP_SUB: case TG_OP_MUL: case TG_OP_AFFINE:
+    case TG_OP_TANH: case TG_OP_SIGMOID: case TG_OP_RELU:
+        return 1;
+    case TG_OP_SLICE:
+        return args && args->slice.axis == 1;
+    default:
+        return 0;
+    }
+}
+
+int tg_fuse_check_alive(struct tg_tape *t, const char *opname, int i, const struct tg_tensor *x)
+{
+    if (!(x->flags & TG_PENDING)) return 1;
+    /* a pending column slice outlives a switch of fusion to off (it can still be copied out);
+     * an instruction result never does (turning fusion off computes them all) */
+    if (x->fuse_gen == t->fuse.gen && (t->fuse.open || x->fuse_idx < 0)) return 1;
+    tg_op_fail(t, TG_ERR_STATE, "%s: input %d (%dx%d) is an intermediate of a fused region that "
+               "has ended; only the tensors passed to tg_tape_fuse_end are kept", opname, i,
+               x->rows, x->cols);
+    return 0;
+}
+
+static struct tg_tensor *pending_tensor(struct tg_tape *t, int rows, int cols, enum tg_dtype dt,
+                                        int req)
+{
+    struct tg_tensor *x = tg_tape_alloc(t, sizeof *x);
+    if (!x) return NULL;
+    memset(x, 0, sizeof *x);
+    x->rows = rows;
+    x->cols = cols;
+    x->dtype = dt;
+    x->flags = TG_PENDING | (req ? TG_REQUIRES_GRAD : 0);
+    x->fuse_gen = t->fuse.gen;
+    return x;
+}
+
+/* ------------------------------------------------------------------ compile */
+
+static int is_instr(const struct tg_tensor *x) { return (x->flags & TG_PENDING) && x->fuse_idx >= 0; }
+
+/* Input register of x (a computed tensor or a pending column slice), added if new. */
+static int input_reg(struct tg_fuse_input *in, int *n_in, const struct tg_tensor *x, int rows)
+{
+    struct tg_tensor *base = (x->flags & TG_PENDING) ? x->fuse_base : (struct tg_tensor *)x;
+    int off = (x->flags & TG_PENDING) ? x->fuse_off : 0;
+    int bcast = x->rows != rows;
+    for (int i = 0; i < *n_in; i++)
+        if (in[i].x == base && in[i].off == off && in[i].bcast == bcast) return i;
+    TG_ASSERT(*n_in < TG_FUSE_MAX_IN);
+    in[*n_in] = (struct tg_fuse_input){base, off, bcast};
+    return (*n_in)++;
+}
+
+/* Compile the open region into one node that stores outs[0 … no−1] (pending results of this
+ * region); instructions that none of them needs are dropped. Clears the region's instructions
+ * (pending column slices stay usable). Returns 0 if memory ran out (error set on the tape). */
+static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no)
+{
+    struct tg_fuse_region *R = &t->fuse;
+    int n = R->n, rows = R->rows, cols = R->cols;
+    R->n = R->n_ext = 0;
+    R->rows = R->cols = 0;
+    if (n == 0 || no == 0) return 1;
+
+    unsigned char live[TG_FUSE_MAX_INSTR] = {0};
+    for (int j = 0; j < no; j++) live[outs[j]->fuse_idx] = 1;
+    for (int k = n; k-- > 0;)
+        if (live[k])
+            for (int s = 0; s < R->p[k].nsrc; s++)
+                if (is_instr(R->p[k].src[s])) live[R->p[k].src[s]->fuse_idx] = 1;
+
+    struct tg_fuse_input in[TG_FUSE_MAX_IN];
+    int n_in = 0, n_ins = 0;
+    int src_reg[TG_FUSE_MAX_INSTR][2], reg_of[TG_FUSE_MAX_INSTR];
+    for (int k = 0; k < n; k++) {
+        if (!live[k]) continue;
+        for (int s = 0; s < R->p[k].nsrc; s++) {
+            const struct tg_tensor *x = R->p[k].src[s];
+            src_reg[k][s] = is_instr(x) ? -1 - x->fuse_idx : input_reg(in, &n_in, x, rows);
+        }
+        n_ins++;
+    }
+    /* registers: inputs first, then live instructions in order */
+    int r = n_in;
+    for (int k = 0; k < n; k++) reg_of[k] = live[k] ? r++ : -1;
+    int n_reg = r;
+
+    struct tg_fuse_prog *p = tg_tape_alloc(t, sizeof *p);
+    struct tg_fuse_input *pin = tg_tape_alloc(t, (size_t)n_in * sizeof *pin + 1);
+    struct tg_fuse_instr *pins = tg_tape_alloc(t, (size_t)n_ins * sizeof *pins);
+    struct tg_tensor **pout = tg_tape_alloc(t, (size_t)no * sizeof *pout);
+    int *ints = tg_tape_alloc(t, ((size_t)no + n_reg) * sizeof *ints);
+    unsigned char *rg = tg_tape_alloc(t, (size_t)n_reg);
+    struct tg_tensor **bases = tg_tape_alloc(t, (size_t)n_in * sizeof *bases + 1);
+    if (!p || !pin || !pins || !pout || !ints || !rg || !bases) return 0;
+    memset(p, 0, sizeof *p);
+    p->rows = rows;
+    p->cols = cols;
+    p->n_in = n_in;
+    p->n_ins = n_ins;
+    p->n_out = no;
+    p->n_reg = n_reg;
+    p->in = pin;
+    p->ins = pins;
+    p->out = pout;
+    p->out_reg = ints;
+    p->reg_out = ints + no;
+    p->reg_grad = rg;
+    p->tape = t;
+    memcpy(pin, in, (size_t)n_in * sizeof *pin);
+
+    for (int i = 0; i < n_reg; i++) p->reg_out[i] = -1;
+    for (int i = 0; i < n_in; i++) {
+        rg[i] = tg_requires_grad(in[i].x);
+        if (rg[i] && in[i].bcast) p->serial = 1; /* column sums into one row */
+    }
+    int j = 0;
+    for (int k = 0; k < n; k++) {
+        if (!live[k]) continue;
+        const struct tg_fuse_pending *q = &R->p[k];
+        struct tg_fuse_instr *ins = &pins[j++];
+        int reg[2] = {-1, -1};
+        for (int s = 0; s < q->nsrc; s++)
+            reg[s] = src_reg[k][s] >= 0 ? src_reg[k][s] : reg_of[-1 - src_reg[k][s]];
+        ins->op = q->op;
+        ins->a = reg[0];
+        ins->b = reg[1];
+        ins->alpha = q->op == TG_OP_AFFINE ? q->args.affine.a : 0;
+        ins->beta = q->op == TG_OP_AFFINE ? q->args.affine.b : 0;
+        rg[reg_of[k]] = rg[reg[0]] || (reg[1] >= 0 && rg[reg[1]]);
+    }
+    for (int o = 0; o < no; o++) {
+        pout[o] = outs[o];
+        p->out_reg[o] = reg_of[outs[o]->fuse_idx];
+        p->reg_out[p->out_reg[o]] = o;
+        outs[o]->data = tg_tape_alloc(t, tg_nbytes(outs[o]));
+        if (!outs[o]->data) return 0;
+    }
+    int nb = 0;
+    for (int i = 0; i < n_in; i++) {
+        int seen = 0;
+        for (int b = 0; b < nb; b++) seen |= bases[b] == in[i].x;
+        if (!seen) bases[nb++] = in[i].x;
+    }
+    size_t es = tg_dtype_size(outs[0]->dtype);
+    if (!tg_fuse_scratch_reserve(t, 2 * (size_t)n_reg * TG_FUSE_CHUNK * es)) return 0;
+
+    union tg_op_args args = {.fused = {p}};
+    struct tg_tensor *o0 = tg_op_emit_into(t, TG_OP_FUSED, bases, nb, &args, outs[0]);
+    if (!o0) return 0;
+    for (int o = 1; o < no; o++) {
+        outs[o]->flags &= ~(unsigned)TG_PENDING;
+        if (!(o0->flags & TG_REQUIRES_GRAD)) outs[o]->flags &= ~(unsigned)TG_REQUIRES_GRAD;
+        outs[o]->node = o0->node;
+    }
+    return 1;
+}
+
+int tg_fuse_flush(struct tg_tape *t)
+{
+    struct tg_fuse_region *R = &t->fuse;
+    struct tg_tensor *outs[TG_FUSE_MAX_INSTR];
+    for (int k = 0; k < R->n; k++) outs[k] = R->p[k].out;
+    return compile(t, outs, R->n);
+}
+
+int tg_fuse_realize(struct tg_tape *t, struct tg_tensor *x)
+{
+    if (!(x->flags & TG_PENDING)) return 1;
+    if (x->fuse_idx >= 0) return tg_fuse_flush(t);
+    /* a pending column slice: copy it out as an ordinary slice node */
+    union tg_op_args args = {.slice = {1, x->fuse_off, x->fuse_off + x->cols}};
+    struct tg_tensor *base = x->fuse_base;
+    return tg_op_emit_into(t, TG_OP_SLICE, &base, 1, &args, x) != NULL;
+}
+
+/* ---------------------------------------------------------------- recording */
+
+struct tg_tensor *tg_fuse_pend(struct tg_tape *t, int op, struct tg_tensor *const *src, int nsrc,
+                               int rows, int cols, const union tg_op_args *args)
+{
+    struct tg_fuse_region *R = &t->fuse;
+    int req = 0;
+    for (int s = 0; s < nsrc; s++) req |= tg_requires_grad(src[s]);
+    if (op == TG_OP_SLICE) { /* src[0] is computed (tg_slice realized it): read it in place */
+        struct tg_tensor *x = pending_tensor(t, rows, cols, src[0]->dtype, req);
+        if (!x) return NULL;
+        x->fuse_idx = -1;
+        x->fuse_base = src[0];
+        x->fuse_off = args->slice.start;
+        return x;
+    }
+    /* Another shape, or no room left: compute what is pending and begin afresh. A pending
+     * input of the old shape is computed by that and becomes an ordinary input. */
+    if (R->n > 0 && (rows != R->rows || cols != R->cols || R->n == TG_FUSE_MAX_INSTR ||
+                     R->n_ext + nsrc > TG_FUSE_MAX_IN)) {
+        if (!tg_fuse_flush(t)) return NULL;
+    }
+    /* Sources that cannot join this region's shape (a pending row of another width cannot
+     * exist after the flush above; a pending slice must be this width or a broadcast row). */
+    for (int s = 0; s < nsrc; s++) {
+        struct tg_tensor *x = src[s];
+        if ((x->flags & TG_PENDING) && x->fuse_idx < 0 &&
+            ((x->rows != rows && x->rows != 1) || x->cols != cols) && !tg_fuse_realize(t, x))
+            return NULL;
+    }
+    R->rows = rows;
+    R->cols = cols;
+    struct tg_tensor *out = pending_tensor(t, rows, cols, src[0]->dtype, req);
+    if (!out) return NULL;
+    out->fuse_idx = R->n;
+    struct tg_fuse_pending *q = &R->p[R->n++];
+    q->op = op;
+    q->nsrc = nsrc;
+    for (int s = 0; s < nsrc; s++) {
+        q->src[s] = src[s];
+        if (!is_instr(src[s])) R->n_ext++;
+    }
+    q->args = args ? *args : (union tg_op_args){.raw = {0}};
+    q->out = out;
+    return out;
+}
+
+enum tg_status tg_tape_fuse_end(struct tg_tape *t, struct tg_tensor *const *keep, int n)
+{
+    if (!t->fuse.open) return t->status;
+    struct tg_tensor *outs[TG_FUSE_MAX_INSTR];
+    int no = 0, ok = t->status == TG_OK;
+    for (int i = 0; ok && i < n; i++) {
+        struct tg_tensor *x = keep[i];
+        if (!x || !(x->flags & TG_PENDING)) continue;
+        if (!tg_fuse_check_alive(t, "tg_tape_fuse_end", i, x)) ok = 0;
+        else if (x->fuse_idx < 0) ok = tg_fuse_realize(t, x);
+        else {
+            int dup = 0;
+            for (int j = 0; j < no; j++) dup |= outs[j] == x;
+            if (!dup) outs[no++] = x;
+        }
+    }
+    if (ok) compile(t, outs, no);
+    tg_fuse_reset(t); /* closes the region; what was not kept is dead */
+    return t->status;
+}
+
+/* -------------------------------------------------------------------- scratch */
+
+int tg_fuse_scratch_reserve(struct tg_tape *t, size_t bytes)
+{
+    int nt = TG_MAX_THREADS();
+    if (bytes <= t->fuse_scratch_per_thread && nt <= t->fuse_scratch_threads) return 1;
+    size_t per = bytes > t->fuse_scratch_per_thread ? bytes : t->fuse_scratch_per_thread;
+    int n = nt > t->fuse_scratch_threads ? nt : t->fuse_scratch_threads;
+    void *mem = NULL;
+    if (posix_memalign(&mem, TG_ALIGN, per * (size_t)n) != 0) {
+        tg_op_fail(t, TG_ERR_NOMEM, "fused op: out of memory for %zu bytes of scratch",
+                   per * (size_t)n);
+        return 0;
+    }
+    free(t->fuse_scratch);
+    t->fuse_scratch = mem;
+    t->fuse_scratch_per_thread = per;
+    t->fuse_scratch_threads = n;
+    t->heap_allocs++;
+    return 1;
+}

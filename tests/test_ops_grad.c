@@ -12,6 +12,10 @@
 
 #include "tapegrad.h"
 #include "tapegrad_ops.h"
+#include "tg_config.h"
+#if TG_HAVE_OPENMP
+#include <omp.h>
+#endif
 
 enum { MAXIN = 4 };
 
@@ -360,6 +364,51 @@ static void test_float32_matches_float64(void **state)
     }
 }
 
+/* Products large enough that tg_gemm splits them over threads (ops/matmul.c), by rows and by
+ * columns, in every transpose combination and with β = 1 (the backward's accumulation), match
+ * a plain triple loop. Run with 2 threads where OpenMP is available; one thread otherwise. */
+static void test_gemm_split(void **state)
+{
+    (void)state;
+#if TG_HAVE_OPENMP
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(2);
+#endif
+    const int shapes[2][3] = {{150, 40, 70}, {33, 170, 60}}; /* m ≥ n: rows; n > m: columns */
+    struct tg_rng r;
+    tg_rng_seed(&r, 77);
+    for (int sh = 0; sh < 2; sh++)
+        for (int v = 0; v < 4; v++) {
+            int m = shapes[sh][0], n = shapes[sh][1], k = shapes[sh][2], ta = v & 1, tb = v >> 1;
+            struct tg_tensor *A = tg_tensor_new_heap(ta ? k : m, ta ? m : k, TG_F64);
+            struct tg_tensor *B = tg_tensor_new_heap(tb ? n : k, tb ? k : n, TG_F64);
+            tg_tensor_uniform(A, &r, -1, 1);
+            tg_tensor_uniform(B, &r, -1, 1);
+            struct tg_tape *t = tg_tape_new(0);
+            struct tg_tensor *C = tg_matmul(t, A, B, ta, tb);
+            assert_non_null(C);
+            /* and the β = 1 path: C2 = C + op(A)·op(B) */
+            struct tg_tensor *C2 = tg_addmm(t, C, A, B, ta, tb);
+            assert_non_null(C2);
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++) {
+                    double s = 0;
+                    for (int q = 0; q < k; q++)
+                        s += (ta ? tg_get(A, q, i) : tg_get(A, i, q)) *
+                             (tb ? tg_get(B, j, q) : tg_get(B, q, j));
+                    if (fabs(tg_get(C, i, j) - s) > 1e-12 || fabs(tg_get(C2, i, j) - 2 * s) > 2e-12)
+                        fail_msg("gemm %dx%dx%d ta=%d tb=%d: C(%d,%d) = %.17g, 2C = %.17g, want %.17g",
+                                 m, n, k, ta, tb, i, j, tg_get(C, i, j), tg_get(C2, i, j), s);
+                }
+            tg_tape_free(t);
+            tg_tensor_free(A);
+            tg_tensor_free(B);
+        }
+#if TG_HAVE_OPENMP
+    omp_set_num_threads(saved);
+#endif
+}
+
 /* Every op in the table has a forward, a backward, and at least one case above. */
 static void test_op_table_complete(void **state)
 {
@@ -404,6 +453,7 @@ int main(void)
 {
     build_cases();
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gemm_split),
         cmocka_unit_test(test_op_table_complete),
         cmocka_unit_test(test_every_op_vs_finite_differences),
         cmocka_unit_test(test_float32_matches_float64),

@@ -18,6 +18,27 @@ static void unstage(struct tg_tensor **list, int n)
     for (int j = 0; j < n; j++) list[j]->stage = NULL;
 }
 
+/* The weight a matmul/addmm node may stage: a parameter used as the transposed right operand
+ * (x·Wᵀ), the only form whose gradient dW += dCᵀ·A stacks over uses. */
+static struct tg_tensor *staged_weight(const struct tg_node *nd)
+{
+    struct tg_tensor *w = nd->op == TG_OP_MATMUL ? nd->src[1]
+                          : nd->op == TG_OP_ADDMM ? nd->src[2] : NULL;
+    if (!w || !(w->flags & TG_PARAM) || !nd->args.matmul.trans_b || nd->args.matmul.trans_a)
+        return NULL;
+    return w;
+}
+
+void *tg_stage_slot(const struct tg_tensor *x)
+{
+    const struct tg_node *nd = x->node;
+    if (!nd || nd->out != x) return NULL;
+    struct tg_tensor *w = staged_weight(nd);
+    if (!w || !w->stage) return NULL;
+    return (char *)w->stage->dc +
+           (size_t)nd->args.matmul.stage_row * x->cols * tg_dtype_size(x->dtype);
+}
+
 static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
 {
     int n = 0;
@@ -26,10 +47,8 @@ static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
     *out = NULL;
     for (size_t i = 0; i <= top; i++) {
         struct tg_node *nd = t->nodes[i];
-        struct tg_tensor *w = nd->op == TG_OP_MATMUL ? nd->src[1]
-                              : nd->op == TG_OP_ADDMM ? nd->src[2] : NULL;
-        if (!w || !(w->flags & TG_PARAM) || !nd->args.matmul.trans_b || nd->args.matmul.trans_a)
-            continue;
+        struct tg_tensor *w = staged_weight(nd);
+        if (!w) continue;
         if (!w->stage) {
             if ((size_t)n == cap) {
                 size_t ncap = cap ? 2 * cap : 16;
@@ -65,8 +84,21 @@ static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
             unstage(list + j, n - j);
             return -1;
         }
+        /* zeroed: a use that no gradient reaches leaves zero rows, which add nothing */
+        memset(st->dc, 0, (size_t)st->rows_cap * w->rows * es);
+        memset(st->a, 0, (size_t)st->rows_cap * w->cols * es);
         st->rows = 0;
         list[kept++] = w;
+    }
+    /* Each use's rows, in the order backward meets them (last use first). The use's output
+     * gradient is then allocated in its rows (tg_stage_slot), so dC is never copied. */
+    for (size_t i = top + 1; i-- > 0;) {
+        struct tg_node *nd = t->nodes[i];
+        struct tg_tensor *w = staged_weight(nd);
+        if (w && w->stage) {
+            nd->args.matmul.stage_row = w->stage->rows;
+            w->stage->rows += nd->out->rows;
+        }
     }
     *out = list;
     return kept;

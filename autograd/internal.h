@@ -158,8 +158,11 @@ void tg_op_fail(struct tg_tape *t, enum tg_status s, const char *fmt, ...)
  *   dW += [dC_1; …; dC_T]ᵀ · [A_1; …; A_T]  =  Σ_t dC_tᵀ · A_t. */
 struct tg_grad_stage {
     void *dc, *a;       /* uses·M × N and uses·M × K, stacked in the order backward meets them */
-    int rows_cap, rows; /* capacity and rows filled */
+    int rows_cap, rows; /* capacity and rows assigned (each use's first row: args.matmul.stage_row) */
 };
+/* The stage rows of a staged matmul/addmm output x (NULL if x is not one): its gradient lives
+ * there from the start, so the backward never copies dC (tg_grad_buffer). */
+void *tg_stage_slot(const struct tg_tensor *x);
 
 /* Row-major GEMM through CBLAS in either dtype: c = op(a)·op(b) + β·c (ops/matmul.c). */
 void tg_gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,

@@ -143,6 +143,8 @@ void *tg_grad_buffer(struct tg_tape *t, struct tg_tensor *x)
         struct tg_tensor *parent = x->node->src[0];
         char *pg = tg_grad_buffer(t, parent);
         if (pg) x->grad = pg + ((char *)x->data - (char *)parent->data);
+    } else if (!x->grad && (x->grad = tg_stage_slot(x))) {
+        /* already zeroed with its stage (backward.c) */
     } else if (!x->grad) {
         x->grad = tg_tape_alloc(t, tg_nbytes(x));
         if (x->grad) memset(x->grad, 0, tg_nbytes(x));

@@ -129,7 +129,7 @@ void tg_tensor_set_name(struct tg_tensor *x, const char *name); /* not copied: k
 
 /* Per-op payload kept on the node for backward (what each op saved). */
 union tg_op_args {
-    struct { int trans_a, trans_b; } matmul;
+    struct { int trans_a, trans_b, stage_row; } matmul; /* stage_row: backward.c */
     struct { double a, b; } affine;         /* y = a·x + b */
     struct { int axis, start, end; } slice; /* axis 0 = rows, 1 = cols; [start, end) */
     struct { int axis; } concat;

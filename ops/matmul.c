@@ -89,13 +89,16 @@ static void product_backward(struct tg_node *nd, struct tg_tensor *A, struct tg_
         else tg_gemm(C->dtype, tb, 1, k, m, n, B->data, B->cols, C->grad, n, 1.0, A->grad, A->cols);
     }
     if (B->grad && B->stage && tb && !ta) {
-        /* Deferred (see struct tg_grad_stage): stack dC and A; backward.c runs the GEMM. */
+        /* Deferred (see struct tg_grad_stage): this use's rows of the stack hold dC already
+         * (its gradient was allocated there) unless it existed before backward began; A is
+         * copied next to it; backward.c runs the GEMM. */
         struct tg_grad_stage *st = B->stage;
-        TG_ASSERT(st->rows + m <= st->rows_cap);
+        int row = nd->args.matmul.stage_row;
+        TG_ASSERT(row + m <= st->rows_cap);
         size_t es = tg_dtype_size(C->dtype);
-        memcpy((char *)st->dc + (size_t)st->rows * n * es, C->grad, (size_t)m * n * es);
-        memcpy((char *)st->a + (size_t)st->rows * k * es, A->data, (size_t)m * k * es);
-        st->rows += m;
+        char *dc = (char *)st->dc + (size_t)row * n * es;
+        if ((void *)dc != C->grad) memcpy(dc, C->grad, (size_t)m * n * es);
+        memcpy((char *)st->a + (size_t)row * k * es, A->data, (size_t)m * k * es);
     } else if (B->grad) {
         if (!tb) tg_gemm(C->dtype, !ta, 0, k, n, m, A->data, A->cols, C->grad, n, 1.0, B->grad, B->cols);
         else tg_gemm(C->dtype, 1, ta, n, k, m, C->grad, n, A->data, A->cols, 1.0, B->grad, B->cols);

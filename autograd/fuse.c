@@ -140,7 +140,7 @@ static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no)
     struct tg_fuse_instr *pins = tg_tape_alloc(t, (size_t)n_ins * sizeof *pins);
     struct tg_tensor **pout = tg_tape_alloc(t, (size_t)no * sizeof *pout);
     int *ints = tg_tape_alloc(t, ((size_t)no + n_reg) * sizeof *ints);
-    unsigned char *rg = tg_tape_alloc(t, (size_t)n_reg);
+    unsigned char *rg = tg_tape_alloc(t, 2 * (size_t)n_reg);
     struct tg_tensor **bases = tg_tape_alloc(t, (size_t)n_in * sizeof *bases + 1);
     if (!p || !pin || !pins || !pout || !ints || !rg || !bases) return 0;
     memset(p, 0, sizeof *p);
@@ -156,6 +156,7 @@ static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no)
     p->out_reg = ints;
     p->reg_out = ints + no;
     p->reg_grad = rg;
+    p->reg_val = rg + n_reg;
     p->tape = t;
     memcpy(pin, in, (size_t)n_in * sizeof *pin);
 
@@ -185,6 +186,30 @@ static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no)
         p->reg_out[p->out_reg[o]] = o;
         outs[o]->data = tg_tape_alloc(t, tg_nbytes(outs[o]));
         if (!outs[o]->data) return 0;
+    }
+    /* Values the backward sweep reads: a product's other factor, σ's and tanh's own output,
+     * relu's input; then, to recompute those, their sources (kept outputs and inputs are read
+     * from memory and need nothing). Everything else is not recomputed in backward. */
+    unsigned char *rv = p->reg_val;
+    memset(rv, 0, (size_t)n_reg);
+    for (int k = n_ins; k-- > 0;) {
+        const struct tg_fuse_instr *ins = &pins[k];
+        int d = n_in + k;
+        if (!rg[d]) continue;
+        if (ins->op == TG_OP_MUL) {
+            if (rg[ins->a]) rv[ins->b] = 1;
+            if (rg[ins->b]) rv[ins->a] = 1;
+        } else if ((ins->op == TG_OP_TANH || ins->op == TG_OP_SIGMOID) && rg[ins->a]) {
+            rv[d] = 1;
+        } else if (ins->op == TG_OP_RELU && rg[ins->a]) {
+            rv[ins->a] = 1;
+        }
+    }
+    for (int k = n_ins; k-- > 0;) {
+        int d = n_in + k;
+        if (!rv[d] || p->reg_out[d] >= 0) continue;
+        rv[pins[k].a] = 1;
+        if (pins[k].b >= 0) rv[pins[k].b] = 1;
     }
     int nb = 0;
     for (int i = 0; i < n_in; i++) {

@@ -73,6 +73,7 @@ struct tg_fuse_prog {
     int *out_reg;
     int *reg_out;             /* per register: index into out, or −1 */
     unsigned char *reg_grad;  /* per register: a gradient flows through it */
+    unsigned char *reg_val;   /* per register: backward reads its value (or recomputes one from it) */
     int serial;               /* a broadcast input wants a gradient: rows must not be split */
     struct tg_tape *tape;     /* owner of the scratch the kernels use */
 };
@@ -81,6 +82,13 @@ struct tg_fuse_prog {
  * in L1 (64 registers · 256 · 8 bytes · 2 for values and gradients = 256 KiB at most, typically
  * a tenth of that). */
 #define TG_FUSE_CHUNK 256
+
+/* Per instruction, how the backward sweep treats it (ops/fused.c plans it once per call). */
+struct tg_fuse_plan {
+    unsigned char skip;         /* no gradient reached its result */
+    unsigned char to_a, to_b;   /* pass a gradient to source a / b */
+    unsigned char acc_a, acc_b; /* add to it (1) or assign its first gradient (0) */
+};
 
 /* ops/fused.c: did any output of this fused node receive a gradient. */
 int tg_fused_reached(const struct tg_node *nd);

@@ -6,17 +6,19 @@
  * broadcast row is row 0), results go to per-thread scratch or, for the tensors the region kept,
  * straight into their rows. Only the kept tensors are ever written to memory.
  *
- * Backward: per chunk, recompute the results that were not kept (cheap: they are elementwise
- * functions of data already in cache), seed the kept outputs' chunk gradients from their
- * buffers, and sweep the instructions in reverse, each adding its local derivative:
+ * Backward: per chunk, recompute the results the sweep reads that were not kept (cheap: they
+ * are elementwise functions of data already in cache), and sweep the instructions in reverse,
+ * each adding its local derivative into its sources' gradients:
  *   c = a + b:  da += dc,  db += dc          c = a − b:  da += dc,  db −= dc
  *   c = a ⊙ b:  da += dc ⊙ b,  db += dc ⊙ a   y = α·a + β:  da += α·dy
  *   y = tanh a: da += dy ⊙ (1 − y²)           y = σ(a):  da += dy ⊙ y ⊙ (1 − y)
  *   y = relu a: da += dy ⊙ [a > 0]            (the formulas of ops/add.c … relu.c)
- * then add each input's chunk gradient into its buffer: for a column slice that is its block of
- * the parent's gradient, for a broadcast row its row (the column sum over rows, one thread).
- * The result equals running the ops one by one up to the order of floating-point sums: a tensor
- * used twice in the region gets its contributions summed in scratch before they reach memory. */
+ * A full-width input's gradient (for a column slice: its block of the parent's gradient) and a
+ * kept output's gradient are accumulated in place; the kept output thus ends with its whole
+ * gradient, uses inside the region included, as unfused. Other gradients live in scratch and
+ * are assigned by their first contribution, never zeroed. A broadcast row's scratch is added
+ * into its row at the end (the column sum over rows, on one thread). The result equals running
+ * the ops one by one up to the order of floating-point sums. */
 #include "fastmath.h"
 #include "op_util.h"
 
@@ -40,16 +42,53 @@
 #undef FUSED_TANH
 #undef FUSED_SIGMOID
 
+/* How the sweep treats each instruction, the same for every chunk: a gradient buffer is
+ * "filled" from the start if it is bound to memory (a full-width input's gradient, a kept
+ * output's gradient) and otherwise by its first contribution, which assigns instead of adding;
+ * an instruction whose result never got a gradient is skipped. bcast_done[r]: broadcast input
+ * r received a gradient (so its scratch is added into its row). */
+static void plan_sweep(const struct tg_fuse_prog *p, struct tg_fuse_plan *pl,
+                       unsigned char *bcast_done)
+{
+    unsigned char filled[TG_FUSE_MAX_IN + TG_FUSE_MAX_INSTR];
+    const unsigned char *rg = p->reg_grad;
+    for (int r = 0; r < p->n_reg; r++) filled[r] = 0;
+    for (int r = 0; r < p->n_in; r++)
+        filled[r] = rg[r] && !p->in[r].bcast && p->in[r].x->grad;
+    for (int o = 0; o < p->n_out; o++)
+        if (p->out[o]->grad) filled[p->out_reg[o]] = 1;
+    for (int k = p->n_ins; k-- > 0;) {
+        const struct tg_fuse_instr *in = &p->ins[k];
+        struct tg_fuse_plan *q = &pl[k];
+        int d = p->n_in + k;
+        *q = (struct tg_fuse_plan){0};
+        q->skip = !rg[d] || !filled[d];
+        if (q->skip) continue;
+        if (rg[in->a]) {
+            q->to_a = 1;
+            q->acc_a = filled[in->a];
+            filled[in->a] = 1;
+        }
+        if (in->b >= 0 && rg[in->b]) {
+            q->to_b = 1;
+            q->acc_b = filled[in->b];
+            filled[in->b] = 1;
+        }
+    }
+    for (int r = 0; r < p->n_in && r < TG_FUSE_MAX_IN; r++) bcast_done[r] = p->in[r].bcast && filled[r];
+}
+
 /* Rows [r0, r1) on one thread with its scratch. */
-static void run_rows(const struct tg_fuse_prog *p, int bwd, int r0, int r1, int thread)
+static void run_rows(const struct tg_fuse_prog *p, const struct tg_fuse_plan *pl,
+                     const unsigned char *bd, int r0, int r1, int thread)
 {
     const struct tg_tape *t = p->tape;
     void *scr = (char *)t->fuse_scratch + (size_t)thread * t->fuse_scratch_per_thread;
     if (p->out[0]->dtype == TG_F64) {
-        if (bwd) fused_bwd_rows_f64(p, r0, r1, scr);
+        if (pl) fused_bwd_rows_f64(p, pl, bd, r0, r1, scr);
         else fused_fwd_rows_f64(p, r0, r1, scr);
     } else {
-        if (bwd) fused_bwd_rows_f32(p, r0, r1, scr);
+        if (pl) fused_bwd_rows_f32(p, pl, bd, r0, r1, scr);
         else fused_fwd_rows_f32(p, r0, r1, scr);
     }
 }
@@ -57,19 +96,25 @@ static void run_rows(const struct tg_fuse_prog *p, int bwd, int r0, int r1, int 
 /* Split the rows over threads when the work (elements × instructions) is worth it. */
 static void run(const struct tg_fuse_prog *p, int bwd)
 {
+    struct tg_fuse_plan plan[TG_FUSE_MAX_INSTR], *pl = NULL;
+    unsigned char bd[TG_FUSE_MAX_IN];
+    if (bwd) {
+        plan_sweep(p, plan, bd);
+        pl = plan;
+    }
     size_t work = (size_t)p->rows * p->cols * (size_t)p->n_ins;
     int nt = p->tape->fuse_scratch_threads;
     if (nt > TG_MAX_THREADS()) nt = TG_MAX_THREADS();
     if (nt > p->rows) nt = p->rows;
     if (nt < 2 || !TG_GO_PARALLEL(work) || (bwd && p->serial)) {
-        run_rows(p, bwd, 0, p->rows, 0);
+        run_rows(p, pl, bd, 0, p->rows, 0);
         return;
     }
 #if TG_HAVE_OPENMP
     TG_PRAGMA(omp parallel num_threads(nt))
     {
         int id = omp_get_thread_num(), n = omp_get_num_threads();
-        run_rows(p, bwd, (int)((long)p->rows * id / n), (int)((long)p->rows * (id + 1) / n), id);
+        run_rows(p, pl, bd, (int)((long)p->rows * id / n), (int)((long)p->rows * (id + 1) / n), id);
     }
 #endif
 }

@@ -6,15 +6,15 @@
 /* for (j < len) body, vectorised; braces so it can follow `if` or a case label */
 #define FUSED_LOOP(body) { TG_PRAGMA(omp simd) for (int j = 0; j < len; j++) { body; } }
 
-/* Results of instructions 0 … n_ins−1 into v[n_in + k]; with skip_kept, instructions whose
- * result is a kept output (reg_out ≥ 0) are not recomputed: backward reads them from memory. */
+/* Results of instructions 0 … n_ins−1 into v[n_in + k]. With for_bwd, only the values the
+ * backward sweep reads (reg_val) are recomputed, and kept outputs are read from memory. */
 TG_SIMD_CLONES static void KN(fused_eval, S)(const struct tg_fuse_prog *p, FT *const *v, int len,
-                                             int skip_kept)
+                                             int for_bwd)
 {
     for (int k = 0; k < p->n_ins; k++) {
         const struct tg_fuse_instr *in = &p->ins[k];
         int dr = p->n_in + k;
-        if (skip_kept && p->reg_out[dr] >= 0) continue;
+        if (for_bwd && (p->reg_out[dr] >= 0 || !p->reg_val[dr])) continue;
         FT *d = v[dr];
         const FT *a = v[in->a], *b = in->b >= 0 ? v[in->b] : a;
         FT al = (FT)in->alpha, be = (FT)in->beta;
@@ -31,43 +31,54 @@ TG_SIMD_CLONES static void KN(fused_eval, S)(const struct tg_fuse_prog *p, FT *c
     }
 }
 
+/* dst[j] (+)= expr over the chunk: += if dst already holds a gradient, = for its first one. */
+#define FUSED_ACC(acc, dst, expr)                                                              \
+    {                                                                                          \
+        if (acc) FUSED_LOOP(dst[j] += (expr)) else FUSED_LOOP(dst[j] = (expr))                 \
+    }
+
 /* Reverse sweep: each instruction adds its local derivative times g[dst] into its sources'
- * g (the same formulas as the op files; see fused.c). */
-static void KN(fused_sweep, S)(const struct tg_fuse_prog *p, FT *const *v, FT *const *g, int len)
+ * g (the same formulas as the op files; see fused.c), following the plan (fused.c): skipped
+ * when no gradient reached its result, and assigning rather than adding into a source's
+ * scratch the first time it receives one (so scratch is never zeroed). */
+TG_SIMD_CLONES static void KN(fused_sweep, S)(const struct tg_fuse_prog *p, const struct tg_fuse_plan *pl,
+                                              FT *const *v, FT *const *g, int len)
 {
-    const unsigned char *rg = p->reg_grad;
     for (int k = p->n_ins; k-- > 0;) {
         const struct tg_fuse_instr *in = &p->ins[k];
+        const struct tg_fuse_plan *q = &pl[k];
+        if (q->skip) continue;
         int dr = p->n_in + k;
-        if (!rg[dr]) continue;
         const FT *gd = g[dr], *y = v[dr], *a = v[in->a], *b = in->b >= 0 ? v[in->b] : a;
-        FT *ga = rg[in->a] ? g[in->a] : NULL, *gb = in->b >= 0 && rg[in->b] ? g[in->b] : NULL;
+        FT *ga = q->to_a ? g[in->a] : NULL, *gb = q->to_b ? g[in->b] : NULL;
         FT al = (FT)in->alpha;
         switch (in->op) {
         case TG_OP_ADD:
+            if (ga) FUSED_ACC(q->acc_a, ga, gd[j]);
+            if (gb) FUSED_ACC(q->acc_b, gb, gd[j]);
+            break;
         case TG_OP_SUB:
-            if (ga) FUSED_LOOP(ga[j] += gd[j])
-            if (gb && in->op == TG_OP_ADD) FUSED_LOOP(gb[j] += gd[j])
-            if (gb && in->op == TG_OP_SUB) FUSED_LOOP(gb[j] -= gd[j])
+            if (ga) FUSED_ACC(q->acc_a, ga, gd[j]);
+            if (gb) FUSED_ACC(q->acc_b, gb, -gd[j]);
             break;
         case TG_OP_MUL:
-            if (ga) FUSED_LOOP(ga[j] += gd[j] * b[j])
-            if (gb) FUSED_LOOP(gb[j] += gd[j] * a[j])
+            if (ga) FUSED_ACC(q->acc_a, ga, gd[j] * b[j]);
+            if (gb) FUSED_ACC(q->acc_b, gb, gd[j] * a[j]);
             break;
         case TG_OP_AFFINE:
-            if (ga) FUSED_LOOP(ga[j] += al * gd[j])
+            if (ga) FUSED_ACC(q->acc_a, ga, al * gd[j]);
             break;
         case TG_OP_TANH:
-            if (ga) FUSED_LOOP(ga[j] += gd[j] * (1 - y[j] * y[j]))
+            if (ga) FUSED_ACC(q->acc_a, ga, gd[j] * (1 - y[j] * y[j]));
             break;
         case TG_OP_SIGMOID:
-            if (ga) FUSED_LOOP(ga[j] += gd[j] * y[j] * (1 - y[j]))
+            if (ga) FUSED_ACC(q->acc_a, ga, gd[j] * y[j] * (1 - y[j]));
             break;
         case TG_OP_RELU:
-            if (ga) FUSED_LOOP(ga[j] += a[j] > 0 ? gd[j] : 0)
+            if (ga) FUSED_ACC(q->acc_a, ga, a[j] > 0 ? gd[j] : 0);
             break;
         default: /* TG_FUSE_COPY */
-            if (ga) FUSED_LOOP(ga[j] += gd[j])
+            if (ga) FUSED_ACC(q->acc_a, ga, gd[j]);
             break;
         }
     }
@@ -98,7 +109,11 @@ static void KN(fused_fwd_rows, S)(const struct tg_fuse_prog *p, int r0, int r1, 
         }
 }
 
-static void KN(fused_bwd_rows, S)(const struct tg_fuse_prog *p, int r0, int r1, FT *scr)
+/* Backward over rows [r0, r1): recompute the values the sweep reads, bind every gradient
+ * (a full-width input's and a kept output's straight to their buffers, the rest to scratch),
+ * sweep, and add a broadcast row input's scratch into its row. */
+static void KN(fused_bwd_rows, S)(const struct tg_fuse_prog *p, const struct tg_fuse_plan *pl,
+                                  const unsigned char *bcast_done, int r0, int r1, FT *scr)
 {
     FT *v[TG_FUSE_MAX_IN + TG_FUSE_MAX_INSTR], *g[TG_FUSE_MAX_IN + TG_FUSE_MAX_INSTR];
     FT *gs = scr + (size_t)p->n_reg * TG_FUSE_CHUNK;
@@ -108,26 +123,26 @@ static void KN(fused_bwd_rows, S)(const struct tg_fuse_prog *p, int r0, int r1, 
             int len = p->cols - c0 < TG_FUSE_CHUNK ? p->cols - c0 : TG_FUSE_CHUNK;
             KN(fused_bind, S)(p, i, c0, v, scr);
             KN(fused_eval, S)(p, v, len, 1);
-            for (int r = 0; r < p->n_reg; r++) {
-                if (!p->reg_grad[r]) continue;
-                int o = p->reg_out[r];
-                if (o >= 0 && p->out[o]->grad)
-                    memcpy(g[r], (const FT *)p->out[o]->grad + (size_t)i * p->cols + c0,
-                           (size_t)len * sizeof(FT));
-                else
-                    memset(g[r], 0, (size_t)len * sizeof(FT));
-            }
-            KN(fused_sweep, S)(p, v, g, len);
             for (int r = 0; r < p->n_in; r++) {
                 const struct tg_fuse_input *in = &p->in[r];
-                if (!p->reg_grad[r] || !in->x->grad) continue;
-                FT *dst = (FT *)in->x->grad + (size_t)(in->bcast ? 0 : i) * in->x->cols + in->off + c0;
+                if (p->reg_grad[r] && !in->bcast && in->x->grad)
+                    g[r] = (FT *)in->x->grad + (size_t)i * in->x->cols + in->off + c0;
+            }
+            for (int o = 0; o < p->n_out; o++)
+                if (p->out[o]->grad)
+                    g[p->out_reg[o]] = (FT *)p->out[o]->grad + (size_t)i * p->cols + c0;
+            KN(fused_sweep, S)(p, pl, v, g, len);
+            for (int r = 0; r < p->n_in; r++) {
+                const struct tg_fuse_input *in = &p->in[r];
+                if (!in->bcast || !bcast_done[r] || !in->x->grad) continue;
+                FT *dst = (FT *)in->x->grad + in->off + c0;
                 const FT *src = g[r];
-                FUSED_LOOP(dst[j] += src[j])
+                FUSED_LOOP(dst[j] += src[j]);
             }
         }
 }
 
 #undef KN
 #undef FUSED_LOOP
+#undef FUSED_ACC
 #undef KN_

@@ -19,11 +19,13 @@
 #include "internal.h"
 #include "op_util.h"
 
-int tg_tape_set_fusion(struct tg_tape *t, int on)
+int tg_tape_set_fusion(struct tg_tape *t, int mode)
 {
-    int old = !t->fusion_off;
+    int old = t->fusion_off ? TG_FUSION_OFF : t->fusion_lean ? TG_FUSION_LEAN : TG_FUSION_ON;
+    int on = mode != TG_FUSION_OFF;
     if (!on && t->fuse.open) tg_fuse_flush(t); /* what is pending still gets computed */
     t->fusion_off = !on;
+    t->fusion_lean = mode == TG_FUSION_LEAN;
     t->fuse.open = t->fuse.open && on;
     return old;
 }
@@ -141,8 +143,9 @@ static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no)
     struct tg_tensor **pout = tg_tape_alloc(t, (size_t)no * sizeof *pout);
     int *ints = tg_tape_alloc(t, ((size_t)no + n_reg) * sizeof *ints);
     unsigned char *rg = tg_tape_alloc(t, 2 * (size_t)n_reg);
+    void **saved = tg_tape_alloc(t, (size_t)n_reg * sizeof *saved);
     struct tg_tensor **bases = tg_tape_alloc(t, (size_t)n_in * sizeof *bases + 1);
-    if (!p || !pin || !pins || !pout || !ints || !rg || !bases) return 0;
+    if (!p || !pin || !pins || !pout || !ints || !rg || !saved || !bases) return 0;
     memset(p, 0, sizeof *p);
     p->rows = rows;
     p->cols = cols;
@@ -157,6 +160,8 @@ static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no)
     p->reg_out = ints + no;
     p->reg_grad = rg;
     p->reg_val = rg + n_reg;
+    p->reg_saved = saved;
+    memset(saved, 0, (size_t)n_reg * sizeof *saved);
     p->tape = t;
     memcpy(pin, in, (size_t)n_in * sizeof *pin);
 
@@ -205,9 +210,18 @@ static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no)
             rv[ins->a] = 1;
         }
     }
+    /* Unless lean: σ and tanh results the sweep reads are kept (one rows×cols buffer each),
+     * the transcendentals being most of a fused step's arithmetic. */
+    for (int k = 0; k < n_ins && !t->fusion_lean; k++) {
+        int d = n_in + k;
+        if (!rv[d] || p->reg_out[d] >= 0 || (pins[k].op != TG_OP_TANH && pins[k].op != TG_OP_SIGMOID))
+            continue;
+        saved[d] = tg_tape_alloc(t, (size_t)rows * cols * tg_dtype_size(outs[0]->dtype));
+        if (!saved[d]) return 0;
+    }
     for (int k = n_ins; k-- > 0;) {
         int d = n_in + k;
-        if (!rv[d] || p->reg_out[d] >= 0) continue;
+        if (!rv[d] || p->reg_out[d] >= 0 || saved[d]) continue;
         rv[pins[k].a] = 1;
         if (pins[k].b >= 0) rv[pins[k].b] = 1;
     }

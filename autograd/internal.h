@@ -74,6 +74,7 @@ struct tg_fuse_prog {
     int *reg_out;             /* per register: index into out, or −1 */
     unsigned char *reg_grad;  /* per register: a gradient flows through it */
     unsigned char *reg_val;   /* per register: backward reads its value (or recomputes one from it) */
+    void **reg_saved;         /* per register: rows×cols of σ/tanh results kept for backward, or NULL */
     int serial;               /* a broadcast input wants a gradient: rows must not be split */
     struct tg_tape *tape;     /* owner of the scratch the kernels use */
 };
@@ -109,7 +110,8 @@ struct tg_tape {
     int32_t tag_step, tag_layer;
     enum tg_status status;    /* first error since reset */
     char errmsg[256];
-    int fusion_off;           /* tg_tape_set_fusion(t, 0) */
+    int fusion_off;           /* tg_tape_set_fusion(t, TG_FUSION_OFF) */
+    int fusion_lean;          /* TG_FUSION_LEAN: recompute σ/tanh in backward instead of saving */
     struct tg_fuse_region fuse;
     void *fuse_scratch;       /* per-thread scratch of fused kernels (heap, grows in warm-up) */
     size_t fuse_scratch_per_thread;

@@ -7,14 +7,14 @@
 #define FUSED_LOOP(body) { TG_PRAGMA(omp simd) for (int j = 0; j < len; j++) { body; } }
 
 /* Results of instructions 0 … n_ins−1 into v[n_in + k]. With for_bwd, only the values the
- * backward sweep reads (reg_val) are recomputed, and kept outputs are read from memory. */
+ * backward sweep reads (reg_val) are recomputed; kept outputs and saved results are read. */
 TG_SIMD_CLONES static void KN(fused_eval, S)(const struct tg_fuse_prog *p, FT *const *v, int len,
                                              int for_bwd)
 {
     for (int k = 0; k < p->n_ins; k++) {
         const struct tg_fuse_instr *in = &p->ins[k];
         int dr = p->n_in + k;
-        if (for_bwd && (p->reg_out[dr] >= 0 || !p->reg_val[dr])) continue;
+        if (for_bwd && (p->reg_out[dr] >= 0 || p->reg_saved[dr] || !p->reg_val[dr])) continue;
         FT *d = v[dr];
         const FT *a = v[in->a], *b = in->b >= 0 ? v[in->b] : a;
         FT al = (FT)in->alpha, be = (FT)in->beta;
@@ -94,7 +94,9 @@ static void KN(fused_bind, S)(const struct tg_fuse_prog *p, int i, int c0, FT **
     }
     for (int k = 0; k < p->n_ins; k++) {
         int r = p->n_in + k, o = p->reg_out[r];
-        v[r] = o >= 0 ? (FT *)p->out[o]->data + (size_t)i * p->cols + c0 : vs + (size_t)k * TG_FUSE_CHUNK;
+        v[r] = o >= 0 ? (FT *)p->out[o]->data + (size_t)i * p->cols + c0
+               : p->reg_saved[r] ? (FT *)p->reg_saved[r] + (size_t)i * p->cols + c0
+               : vs + (size_t)k * TG_FUSE_CHUNK;
     }
 }
 

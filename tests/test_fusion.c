@@ -154,7 +154,7 @@ static size_t count_op(const struct tg_tape *t, int op)
     return n;
 }
 
-/* Record a model twice (fusion off, then on) and compare loss and every parameter gradient.
+/* Record a model three times (fusion off, on, lean) and compare loss and every parameter gradient.
  * Returns the worst gradient ratio; *nodes_fused / *nodes_unfused get the tape lengths. */
 static double fused_vs_unfused(struct mcase *c, double tol_loss, double tol_grad,
                                size_t *nodes_fused, size_t *nodes_unfused)
@@ -170,6 +170,15 @@ static double fused_vs_unfused(struct mcase *c, double tol_loss, double tol_grad
     assert_int_equal(count_op(tu, TG_OP_FUSED), 0);
     *nodes_fused = tg_tape_num_nodes(tf);
     *nodes_unfused = tg_tape_num_nodes(tu);
+    /* lean fusion (σ/tanh recomputed in backward instead of kept): the same again */
+    double ll;
+    char what[128];
+    snprintf(what, sizeof what, "%s, lean", c->what);
+    struct tg_tape *tl = mcase_run(c, TG_FUSION_LEAN, &ll);
+    loss_check(what, ll, lu, tol_loss);
+    worst = fmax(worst, grads_check(what, c->m->params, c->m->n_params, gu, tol_grad));
+    if (count_op(tl, TG_OP_FUSED) == 0) fail_msg("%s: no fused node", what);
+    tg_tape_free(tl);
     grads_free(gu, c->m->n_params);
     tg_tape_free(tu);
     tg_tape_free(tf);

@@ -67,7 +67,7 @@ static const char *const STD_CELLS[] = {"lstm", "gru", "rnn_tanh"};
 static const int SCALING_T[] = {10, 100, 1000};
 
 struct bench_opts {
-    int threads, repeats, warmup, no_manual, scaling, seed;
+    int threads, repeats, warmup, no_manual, scaling, seed, fusion;
     double budget;
 };
 
@@ -481,6 +481,7 @@ static int bench_one(const char *cell_name, const struct config *c, const char *
     tg_optim_defaults(TG_OPTIM_SGD, &ocfg);
     ocfg.lr = LR;
     if (tg_model_new(&mcfg, &ad.m) != TG_OK || !(ad.t = tg_tape_new(0))) goto lib_fail;
+    tg_tape_set_fusion(ad.t, o->fusion);
     tg_model_init_uniform(ad.m, &rng);
     if (tg_optim_new(&ocfg, ad.m->params, ad.m->n_params, &ad.opt) != TG_OK) goto lib_fail;
     ad.batch = (struct tg_seq_batch){T, B, x, NULL, y, NULL};
@@ -691,7 +692,9 @@ static int split_list(char *s, const char **items, int max)
 int cmd_bench(int argc, char **argv)
 {
     const char *cell_arg = "all", *config_arg = "all", *json = NULL;
-    struct bench_opts o = {.threads = 1, .repeats = 0, .warmup = 2, .seed = 1, .budget = 1.0};
+    struct bench_opts o = {.threads = 1, .repeats = 0, .warmup = 2, .seed = 1, .budget = 1.0,
+                           .fusion = TG_FUSION_ON};
+    const char *fusion_arg = "on";
     const struct cli_flag flags[] = {
         {"cell", CLI_STR, &cell_arg, "lstm, gru, rnn_tanh, a comma list, or all (default)", 1, 0},
         {"config", CLI_STR, &config_arg, "T<steps>B<batch>H<hidden>, a comma list, all (default: "
@@ -706,11 +709,17 @@ int cmd_bench(int argc, char **argv)
         {"no-manual", CLI_BOOL, &o.no_manual, "skip the hand-written BPTT oracles", 1, 0},
         {"scaling", CLI_BOOL, &o.scaling, "also time lstm B32 H128 at T = 10, 100, 1000", 1, 0},
         {"seed", CLI_INT, &o.seed, "seed of weights, inputs and labels (default 1)", 0, 2147483647},
+        {"fusion", CLI_STR, &fusion_arg, "on (default), lean (recompute σ/tanh in backward: less "
+                                         "memory) or off (one node per op)", 1, 0},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
     int pr = cli_parse("bench", "[flags]   time training steps (see bench/README.md)", argc, argv,
                        flags, nflags);
     if (pr != 0) return pr < 0 ? 1 : 0;
+    if (strcmp(fusion_arg, "on") == 0) o.fusion = TG_FUSION_ON;
+    else if (strcmp(fusion_arg, "lean") == 0) o.fusion = TG_FUSION_LEAN;
+    else if (strcmp(fusion_arg, "off") == 0) o.fusion = TG_FUSION_OFF;
+    else return cli_fail("bench", "--fusion: expected on, lean or off, got '%s'", fusion_arg);
 
     /* cells and configs */
     const char *cells[MAX_CELLS];
@@ -766,8 +775,9 @@ int cmd_bench(int argc, char **argv)
     const char *coretype = getenv("OPENBLAS_CORETYPE"), *l2 = getenv("OPENBLAS_L2_SIZE");
     printf("tapegrad bench — training step = forward + summed cross-entropy (V=%d) + backward + "
            "SGD, float32, 1 layer, I = H\n", V_CLASSES);
-    printf("threads %d (OpenMP %s, max threads %d; OpenBLAS threads %d)\n", o.threads,
-           BENCH_OPENMP ? "on" : "off", omp_get_max_threads(), openblas_get_num_threads());
+    printf("threads %d (OpenMP %s, max threads %d; OpenBLAS threads %d); fusion %s\n", o.threads,
+           BENCH_OPENMP ? "on" : "off", omp_get_max_threads(), openblas_get_num_threads(),
+           fusion_arg);
     printf("BLAS: %s; flavour %s (openblas_get_parallel() = %d: %s); core %s; OPENBLAS_CORETYPE=%s%s%s\n",
            openblas_get_config(), TG_BLAS_FLAVOUR, par,
            par == 2 ? "OpenMP" : par == 1 ? "pthreads" : "sequential", openblas_get_corename(),

@@ -114,8 +114,15 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
         if (t->status != TG_OK) return tg_error(t->status, "%s", t->errmsg);
         return tg_error(TG_ERR_VALUE, "tg_backward: loss is NULL");
     }
-    /* A region left open ends here, keeping the loss if it is still pending in it. */
-    if (t->fuse.open) tg_tape_fuse_end(t, &loss, 1);
+    if (t->status != TG_OK) return tg_error(t->status, "%s", t->errmsg);
+    if (t->walked)
+        return tg_error(TG_ERR_STATE, "tg_backward: this tape was already walked backwards; "
+                                      "call tg_tape_reset and record the step again");
+    /* A region left open (however deeply nested) ends here, keeping the loss if it is pending. */
+    if (t->fuse.open) {
+        t->fuse.depth = 1;
+        tg_tape_fuse_end(t, &loss, 1);
+    }
     if (t->status != TG_OK) return tg_error(t->status, "%s", t->errmsg);
     if (loss->flags & TG_PENDING)
         return tg_error(TG_ERR_STATE, "tg_backward: the loss is an intermediate of a fused region "
@@ -123,9 +130,6 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
     if (loss->rows != 1 || loss->cols != 1)
         return tg_error(TG_ERR_SHAPE, "tg_backward: loss must be a scalar (1x1), got (%dx%d)",
                         loss->rows, loss->cols);
-    if (t->walked)
-        return tg_error(TG_ERR_STATE, "tg_backward: this tape was already walked backwards; "
-                                      "call tg_tape_reset and record the step again");
     if (!tg_requires_grad(loss) || !loss->node)
         return tg_error(TG_ERR_STATE, "tg_backward: the loss depends on no tensor that requires a "
                                       "gradient (or was computed in no-grad mode)");

@@ -367,9 +367,12 @@ static int add_edge(struct dot *d, uint32_t from, uint32_t to, int grad, double 
 }
 
 /* ‖∂L/∂x‖ for a tensor that needs and has a gradient; NAN otherwise. */
+static double tensor_gnorm(const struct tg_tensor *x);
+
 static double grad_norm_of(const struct dot *d, const struct tg_tensor *x)
 {
-    if (on_tape(d, x)) return d->gnorm[x->node->index];
+    /* a fused node's second and later outputs have gradients of their own */
+    if (on_tape(d, x)) return x == x->node->out ? d->gnorm[x->node->index] : tensor_gnorm(x);
     uint32_t l = map_get(&d->leafmap, (uint64_t)(uintptr_t)x);
     return l == UINT32_MAX ? NAN : d->leaf_gnorm[l];
 }
@@ -492,8 +495,7 @@ static void put_op(FILE *f, const struct tg_node *nd)
     case TG_OP_FUSED: { /* its instructions in order, and how many results it keeps */
         const struct tg_fuse_prog *p = a->fused.prog;
         for (int k = 0; k < p->n_ins; k++)
-            fprintf(f, "%s%s", k % 6 ? " " : "\\n", p->ins[k].op == TG_FUSE_COPY ? "copy"
-                                                   : tg_op_name(p->ins[k].op));
+            fprintf(f, "%s%s", k % 6 ? " " : "\\n", tg_op_name(p->ins[k].op));
         fprintf(f, "\\n%d kept", p->n_out);
         break;
     }

@@ -27,13 +27,19 @@ int tg_tape_set_fusion(struct tg_tape *t, int mode)
     t->fusion_off = !on;
     t->fusion_lean = mode == TG_FUSION_LEAN;
     t->fuse.open = t->fuse.open && on;
+    if (!t->fuse.open) t->fuse.depth = 0;
     return old;
 }
 
 void tg_tape_fuse_begin(struct tg_tape *t)
 {
-    if (t->fusion_off || t->fuse.open) return; /* nested begin: one region */
+    if (t->fusion_off) return;
+    if (t->fuse.open) { /* nested: one region, compiled by the outermost end */
+        t->fuse.depth++;
+        return;
+    }
     t->fuse.open = 1;
+    t->fuse.depth = 1;
     t->fuse.n = t->fuse.n_ext = 0;
     t->fuse.rows = t->fuse.cols = 0;
 }
@@ -41,6 +47,7 @@ void tg_tape_fuse_begin(struct tg_tape *t)
 void tg_fuse_reset(struct tg_tape *t)
 {
     t->fuse.open = 0;
+    t->fuse.depth = 0;
     t->fuse.n = t->fuse.n_ext = 0;
     t->fuse.rows = t->fuse.cols = 0;
     t->fuse.gen++;
@@ -106,7 +113,46 @@ static int input_reg(struct tg_fuse_input *in, int *n_in, const struct tg_tensor
 /* Compile the open region into one node that stores outs[0 … no−1] (pending results of this
  * region); instructions that none of them needs are dropped. Clears the region's instructions
  * (pending column slices stay usable). Returns 0 if memory ran out (error set on the tape). */
+static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int no);
+
+/* Compile; on failure (out of memory, error set on the tape) the region's pending tensors are
+ * declared dead, so nothing later indexes instructions that are gone. */
 static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no)
+{
+    if (compile_region(t, outs, no)) return 1;
+    t->fuse.n = t->fuse.n_ext = 0;
+    t->fuse.gen++;
+    return 0;
+}
+
+/* Record a node whatever the no-grad mode is now: the pending ops were recorded with
+ * gradients, and their results must keep their history. */
+static struct tg_tensor *emit_recorded(struct tg_tape *t, enum tg_op op,
+                                       struct tg_tensor *const *src, int nsrc,
+                                       const union tg_op_args *args, struct tg_tensor *out)
+{
+    int ng = t->no_grad;
+    t->no_grad = 0;
+    struct tg_tensor *r = tg_op_emit_into(t, op, src, nsrc, args, out);
+    t->no_grad = ng;
+    return r;
+}
+
+/* The tensor whose memory x's data are rows of (x itself unless a row view), and x's first
+ * row in it. */
+static const struct tg_tensor *row_root(const struct tg_tensor *x, size_t *row)
+{
+    size_t off = 0;
+    while ((x->flags & TG_VIEW) && x->node && x->node->nsrc == 1) {
+        const struct tg_tensor *parent = x->node->src[0];
+        off += (size_t)((const char *)x->data - (const char *)parent->data);
+        x = parent;
+    }
+    *row = off / ((size_t)x->cols * tg_dtype_size(x->dtype));
+    return x;
+}
+
+static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int no)
 {
     struct tg_fuse_region *R = &t->fuse;
     int n = R->n, rows = R->rows, cols = R->cols;
@@ -170,6 +216,13 @@ static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no)
         rg[i] = tg_requires_grad(in[i].x);
         if (rg[i] && in[i].bcast) p->serial = 1; /* column sums into one row */
     }
+    /* Row views of one tensor at different rows (x[1:] − x[:-1]): row i of one and row i of the
+     * other are different rows of the same gradient, which two threads could update at once. */
+    for (int i = 0; i < n_in && !p->serial; i++)
+        for (int j = i + 1; j < n_in && rg[i] && !p->serial; j++) {
+            size_t ri, rj;
+            if (rg[j] && row_root(in[i].x, &ri) == row_root(in[j].x, &rj) && ri != rj) p->serial = 1;
+        }
     int j = 0;
     for (int k = 0; k < n; k++) {
         if (!live[k]) continue;
@@ -235,7 +288,7 @@ static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no)
     if (!tg_fuse_scratch_reserve(t, 2 * (size_t)n_reg * TG_FUSE_CHUNK * es)) return 0;
 
     union tg_op_args args = {.fused = {p}};
-    struct tg_tensor *o0 = tg_op_emit_into(t, TG_OP_FUSED, bases, nb, &args, outs[0]);
+    struct tg_tensor *o0 = emit_recorded(t, TG_OP_FUSED, bases, nb, &args, outs[0]);
     if (!o0) return 0;
     for (int o = 1; o < no; o++) {
         outs[o]->flags &= ~(unsigned)TG_PENDING;
@@ -260,7 +313,7 @@ int tg_fuse_realize(struct tg_tape *t, struct tg_tensor *x)
     /* a pending column slice: copy it out as an ordinary slice node */
     union tg_op_args args = {.slice = {1, x->fuse_off, x->fuse_off + x->cols}};
     struct tg_tensor *base = x->fuse_base;
-    return tg_op_emit_into(t, TG_OP_SLICE, &base, 1, &args, x) != NULL;
+    return emit_recorded(t, TG_OP_SLICE, &base, 1, &args, x) != NULL;
 }
 
 /* ---------------------------------------------------------------- recording */
@@ -279,10 +332,10 @@ struct tg_tensor *tg_fuse_pend(struct tg_tape *t, int op, struct tg_tensor *cons
         x->fuse_off = args->slice.start;
         return x;
     }
-    /* Another shape, or no room left: compute what is pending and begin afresh. A pending
+    /* Another shape or dtype, or no room left: compute what is pending and begin afresh. A pending
      * input of the old shape is computed by that and becomes an ordinary input. */
-    if (R->n > 0 && (rows != R->rows || cols != R->cols || R->n == TG_FUSE_MAX_INSTR ||
-                     R->n_ext + nsrc > TG_FUSE_MAX_IN)) {
+    if (R->n > 0 && (rows != R->rows || cols != R->cols || src[0]->dtype != R->dtype ||
+                     R->n == TG_FUSE_MAX_INSTR || R->n_ext + nsrc > TG_FUSE_MAX_IN)) {
         if (!tg_fuse_flush(t)) return NULL;
     }
     /* Sources that cannot join this region's shape (a pending row of another width cannot
@@ -295,6 +348,7 @@ struct tg_tensor *tg_fuse_pend(struct tg_tape *t, int op, struct tg_tensor *cons
     }
     R->rows = rows;
     R->cols = cols;
+    R->dtype = src[0]->dtype;
     struct tg_tensor *out = pending_tensor(t, rows, cols, src[0]->dtype, req);
     if (!out) return NULL;
     out->fuse_idx = R->n;
@@ -313,6 +367,7 @@ struct tg_tensor *tg_fuse_pend(struct tg_tape *t, int op, struct tg_tensor *cons
 enum tg_status tg_tape_fuse_end(struct tg_tape *t, struct tg_tensor *const *keep, int n)
 {
     if (!t->fuse.open) return t->status;
+    if (--t->fuse.depth > 0) return t->status; /* an inner end: the region goes on */
     struct tg_tensor *outs[TG_FUSE_MAX_INSTR];
     int no = 0, ok = t->status == TG_OK;
     for (int i = 0; ok && i < n; i++) {
@@ -323,7 +378,10 @@ enum tg_status tg_tape_fuse_end(struct tg_tape *t, struct tg_tensor *const *keep
         else {
             int dup = 0;
             for (int j = 0; j < no; j++) dup |= outs[j] == x;
-            if (!dup) outs[no++] = x;
+            if (!dup) {
+                TG_ASSERT(no < TG_FUSE_MAX_INSTR); /* live results are instructions of R */
+                outs[no++] = x;
+            }
         }
     }
     if (ok) compile(t, outs, no);

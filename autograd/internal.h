@@ -35,7 +35,6 @@ void tg_arena_free(struct tg_arena *a);
 
 /* Limits of one fused node; a region that outgrows them is computed and a new one begun. */
 enum { TG_FUSE_MAX_INSTR = 64, TG_FUSE_MAX_IN = 32 };
-#define TG_FUSE_COPY TG_OP_COUNT /* instruction that copies a slice kept as an output */
 
 /* One pending elementwise op of the open region (fuse.c). */
 struct tg_fuse_pending {
@@ -47,6 +46,8 @@ struct tg_fuse_pending {
 
 struct tg_fuse_region {
     int open;           /* between tg_tape_fuse_begin and _end */
+    int depth;          /* nested begins: only the outermost end compiles */
+    enum tg_dtype dtype; /* of every instruction (a region never mixes dtypes) */
     uint32_t gen;       /* bumped at every end and reset: older pending tensors are dead */
     int rows, cols;     /* shape every instruction shares (0 while there is none) */
     int n;
@@ -61,7 +62,7 @@ struct tg_fuse_input {
     int off, bcast;      /* first column read; 1 if x is a 1×n row repeated over every row */
 };
 struct tg_fuse_instr {
-    int op;              /* TG_OP_ADD … TG_OP_RELU, or TG_FUSE_COPY */
+    int op;              /* TG_OP_ADD … TG_OP_RELU */
     int a, b;            /* source registers (b = −1 for one-input ops) */
     double alpha, beta;  /* affine: alpha·x + beta */
 };
@@ -75,7 +76,8 @@ struct tg_fuse_prog {
     unsigned char *reg_grad;  /* per register: a gradient flows through it */
     unsigned char *reg_val;   /* per register: backward reads its value (or recomputes one from it) */
     void **reg_saved;         /* per register: rows×cols of σ/tanh results kept for backward, or NULL */
-    int serial;               /* a broadcast input wants a gradient: rows must not be split */
+    int serial;               /* gradients of different rows may alias (a broadcast input, or
+                                 row views of one tensor): rows must not be split over threads */
     struct tg_tape *tape;     /* owner of the scratch the kernels use */
 };
 

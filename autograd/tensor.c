@@ -117,6 +117,9 @@ enum tg_status tg_tensor_set_requires_grad(struct tg_tensor *x)
 enum tg_status tg_tensor_copy(struct tg_tensor *dst, const struct tg_tensor *src)
 {
     if (!dst || !src) return tg_error(TG_ERR_VALUE, "tg_tensor_copy: NULL tensor");
+    if (!dst->data || !src->data)
+        return tg_error(TG_ERR_STATE, "tg_tensor_copy: a tensor is still pending in a fusion "
+                                      "region; it has values after tg_tape_fuse_end");
     if (dst->rows != src->rows || dst->cols != src->cols)
         return tg_error(TG_ERR_SHAPE, "tg_tensor_copy: shapes differ: (%dx%d) <- (%dx%d)",
                         dst->rows, dst->cols, src->rows, src->cols);
@@ -137,6 +140,7 @@ enum tg_status tg_tensor_copy(struct tg_tensor *dst, const struct tg_tensor *src
 
 void tg_tensor_fill(struct tg_tensor *x, double v)
 {
+    TG_ASSERT(x->data && "pending in a fusion region: read it after tg_tape_fuse_end");
     size_t n = tg_numel(x);
     if (x->dtype == TG_F64) {
         double *d = x->data;

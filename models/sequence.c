@@ -240,7 +240,7 @@ enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
              * that keeps only the new state (autograd/fuse.c); a no-op with fusion off. */
             tg_tape_fuse_begin(t);
             cell->step(t, w, x, state, next);
-            tg_tape_fuse_end(t, next, ns);
+            if (tg_tape_fuse_end(t, next, ns) != TG_OK) next[0] = next[1] = NULL;
             for (int k = 0; k < ns; k++) {
                 if (!next[k]) {
                     char what[96];

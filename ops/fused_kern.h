@@ -25,8 +25,7 @@ TG_SIMD_CLONES static void KN(fused_eval, S)(const struct tg_fuse_prog *p, FT *c
         case TG_OP_AFFINE: FUSED_LOOP(d[j] = al * a[j] + be) break;
         case TG_OP_TANH: FUSED_LOOP(d[j] = FUSED_TANH(a[j])) break;
         case TG_OP_SIGMOID: FUSED_LOOP(d[j] = FUSED_SIGMOID(a[j])) break;
-        case TG_OP_RELU: FUSED_LOOP(d[j] = a[j] > 0 ? a[j] : 0) break;
-        default: /* TG_FUSE_COPY */ memcpy(d, a, (size_t)len * sizeof(FT)); break;
+        default: /* TG_OP_RELU */ FUSED_LOOP(d[j] = a[j] > 0 ? a[j] : 0) break;
         }
     }
 }
@@ -74,11 +73,8 @@ TG_SIMD_CLONES static void KN(fused_sweep, S)(const struct tg_fuse_prog *p, cons
         case TG_OP_SIGMOID:
             if (ga) FUSED_ACC(q->acc_a, ga, gd[j] * y[j] * (1 - y[j]));
             break;
-        case TG_OP_RELU:
+        default: /* TG_OP_RELU */
             if (ga) FUSED_ACC(q->acc_a, ga, a[j] > 0 ? gd[j] : 0);
-            break;
-        default: /* TG_FUSE_COPY */
-            if (ga) FUSED_ACC(q->acc_a, ga, gd[j]);
             break;
         }
     }

@@ -33,13 +33,18 @@ static void gemm1(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const v
  * does not thread again. Why not let OpenBLAS thread: its threaded level-3 driver mallocs its
  * job table on every call (about a hundred heap allocations per training step at 2 threads),
  * and the per-step shapes (B = 20–64 rows) are skinny, where splitting the long side in two is
- * as good as its 2-D partition. Every element of C is still one dot product over the whole of
- * k, so the split changes no sum. Blocks are multiples of 16 (the kernels' unroll). */
+ * as good as its 2-D partition. k is never split (each element of C is one dot product over
+ * all of k), though a smaller block may take another OpenBLAS kernel path and so round
+ * differently. Blocks are multiples of 16 (the kernels' unroll). */
 void tg_gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
              const void *b, int ldb, double beta, void *c, int ldc)
 {
+    /* Only OpenBLAS's OpenMP build stays on one thread inside our parallel region; a pthreads
+     * build would thread each block again (openblas_get_parallel: 2 = OpenMP). */
+    static int blas_omp = -1;
+    if (blas_omp < 0) blas_omp = openblas_get_parallel() == 2;
     int nt = TG_MAX_THREADS();
-    if (nt < 2 || (double)m * n * k <= TG_GEMM_SPLIT_MNK || (m < 32 && n < 32)) {
+    if (nt < 2 || !blas_omp || (double)m * n * k <= TG_GEMM_SPLIT_MNK || (m < 32 && n < 32)) {
         gemm1(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
         return;
     }

@@ -547,6 +547,136 @@ static void test_pending_loss_and_fusion_off_midway(void **state)
     tg_tensor_free(x);
 }
 
+/* ------------------------------------------------------------- review regressions */
+
+/* Two chains of one shape but different dtypes never share a fused node (they did: one program
+ * of the first output's dtype wrote doubles into float buffers). */
+static void test_mixed_dtypes_split(void **state)
+{
+    (void)state;
+    struct tg_tape *t = tg_tape_new(0);
+    struct tg_tensor *x = tg_tensor_new(t, 2, 3, TG_F64), *y = tg_tensor_new(t, 2, 3, TG_F32);
+    for (int i = 0; i < 6; i++) tg_set(x, 0, i, 0.3 * i - 0.7), tg_set(y, 0, i, 0.25 * i - 0.6);
+    tg_tape_fuse_begin(t);
+    struct tg_tensor *a = tg_tanh(t, x), *b = tg_sigmoid(t, y);
+    struct tg_tensor *keep[2] = {a, b};
+    assert_int_equal(tg_tape_fuse_end(t, keep, 2), TG_OK);
+    for (int i = 0; i < 6; i++) {
+        assert_true(fabs(tg_get(a, 0, i) - tanh(0.3 * i - 0.7)) <= 1e-15);
+        assert_true(fabs(tg_get(b, 0, i) - 1 / (1 + exp(-(0.25 * i - 0.6)))) <= 1e-6);
+    }
+    tg_tape_free(t);
+}
+
+/* Pending ops computed while no-grad is on keep their history (they were recorded with it). */
+static void test_no_grad_toggle_inside_region(void **state)
+{
+    (void)state;
+    struct tg_tensor *x = filled(tg_param_new("x", 2, 3, TG_F64), 21);
+    struct tg_tensor *w = filled(tg_param_new("w", 2, 3, TG_F64), 22);
+    struct tg_tape *t = tg_tape_new(0);
+    tg_tape_fuse_begin(t);
+    struct tg_tensor *h = tg_tanh(t, x);
+    int old = tg_tape_set_no_grad(t, 1);
+    assert_non_null(tg_sum(t, h)); /* computes the region under no-grad */
+    tg_tape_set_no_grad(t, old);
+    struct tg_tensor *y = tg_mul(t, h, w);
+    assert_int_equal(tg_tape_fuse_end(t, &y, 1), TG_OK);
+    assert_int_equal(tg_backward(t, tg_sum(t, y)), TG_OK);
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 3; j++) {
+            double th = tanh(tg_get(x, i, j)), want = (1 - th * th) * tg_get(w, i, j);
+            if (!(fabs(tg_grad_get(x, i, j) - want) <= 1e-15))
+                fail_msg("dL/dx(%d,%d) = %.17g, want %.17g", i, j, tg_grad_get(x, i, j), want);
+        }
+    tg_tape_free(t);
+    tg_tensor_free(x);
+    tg_tensor_free(w);
+}
+
+static struct tg_tensor *shifted_diff(struct tg_tape *t, struct tg_tensor *const *xs, int n)
+{
+    (void)n;
+    tg_tape_fuse_begin(t);
+    struct tg_tensor *d = tg_sub(t, tg_slice(t, xs[0], 0, 0, 64), tg_slice(t, xs[0], 0, 32, 96));
+    tg_tape_fuse_end(t, &d, 1);
+    return tg_sum(t, tg_mul(t, d, d));
+}
+
+/* Row views of one tensor at different rows (x[:64] − x[32:]) update overlapping rows of its
+ * gradient: with 2 threads the rows must not be split (a race lost updates). Repeated, since
+ * a race shows only sometimes. */
+static void test_overlapping_row_views_threads(void **state)
+{
+    (void)state;
+#if TG_HAVE_OPENMP
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(2);
+#endif
+    struct tg_tensor *X = filled(tg_param_new("X", 96, 512, TG_F64), 23);
+    struct tg_tensor *xs[1] = {X};
+    for (int rep = 0; rep < 4; rep++) {
+        size_t nf, nu;
+        compare_graph("overlapping row views, 2 threads", shifted_diff, xs, 1, 1, &nf, &nu);
+    }
+    tg_tensor_free(X);
+#if TG_HAVE_OPENMP
+    omp_set_num_threads(saved);
+#endif
+}
+
+/* Nested regions are one region: an inner end keeps nothing alive or dead, the outer compiles. */
+static void test_nested_regions(void **state)
+{
+    (void)state;
+    struct tg_tensor *x = filled(tg_param_new("x", 2, 3, TG_F64), 24);
+    struct tg_tape *t = tg_tape_new(0);
+    tg_tape_fuse_begin(t);
+    tg_tape_fuse_begin(t);
+    struct tg_tensor *a = tg_tanh(t, x);
+    assert_int_equal(tg_tape_fuse_end(t, NULL, 0), TG_OK);
+    assert_true(pending(a)); /* still in the outer region */
+    struct tg_tensor *b = tg_mul(t, a, a);
+    assert_non_null(b);
+    assert_int_equal(tg_tape_fuse_end(t, &b, 1), TG_OK);
+    for (int j = 0; j < 3; j++) {
+        double th = tanh(tg_get(x, 0, j));
+        assert_true(fabs(tg_get(b, 0, j) - th * th) <= 1e-15);
+    }
+    tg_tape_free(t);
+    tg_tensor_free(x);
+}
+
+/* Out of memory while a region compiles: an error, the region's pending tensors are dead (no
+ * later op indexes instructions that are gone), and the next step works. */
+static void test_compile_out_of_memory(void **state)
+{
+    (void)state;
+#if COUNT_MALLOC
+    struct tg_tensor *x = filled(tg_param_new("x", 64, 64, TG_F64), 25);
+    struct tg_tape *t = tg_tape_new(4096); /* small first block: compile must grow the arena */
+    for (int round = 0; round < 2; round++) {
+        tg_tape_reset(t);
+        tg_tape_fuse_begin(t);
+        struct tg_tensor *a = tg_tanh(t, x), *b = tg_sigmoid(t, a);
+        heap_fail = round == 0;
+        enum tg_status st = tg_tape_fuse_end(t, &b, 1);
+        heap_fail = 0;
+        if (round == 0) {
+            assert_int_equal(st, TG_ERR_NOMEM);
+            assert_null(tg_mul(t, a, b)); /* dead, not a wild index */
+        } else {
+            assert_int_equal(st, TG_OK);
+            assert_true(fabs(tg_get(b, 3, 4) - 1 / (1 + exp(-tanh(tg_get(x, 3, 4))))) <= 1e-15);
+        }
+    }
+    tg_tape_free(t);
+    tg_tensor_free(x);
+#else
+    skip();
+#endif
+}
+
 /* ------------------------------------------------------------------ 9. warm-up */
 
 /* The fused node's program and kept outputs live in the arena and its scratch is reserved once,
@@ -640,6 +770,11 @@ int main(void)
         cmocka_unit_test(test_region_limits),
         cmocka_unit_test(test_region_left_open),
         cmocka_unit_test(test_pending_loss_and_fusion_off_midway),
+        cmocka_unit_test(test_mixed_dtypes_split),
+        cmocka_unit_test(test_no_grad_toggle_inside_region),
+        cmocka_unit_test(test_overlapping_row_views_threads),
+        cmocka_unit_test(test_nested_regions),
+        cmocka_unit_test(test_compile_out_of_memory),
         cmocka_unit_test(test_no_heap_after_warmup),
         cmocka_unit_test(test_dot_draws_fused_nodes),
     };

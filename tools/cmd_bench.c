@@ -10,6 +10,8 @@
  * tg_manual_bptt_f32 with a workspace allocated once, plus the same SGD step, from the same
  * initial weights (the first losses of both are compared, so both compute the same thing).
  *
+ * With the oracle, the reported times come from steps of the two alternated (A B A B …), so a
+ * shared machine's drift hits both alike and autodiff/manual is steady (time_alternating).
  * Reported per (cell, config) over the timed steps after warm-up (bench/README.md defines
  * every column): median and min–max ms/step, tokens/s, GFLOP/s, %sgemm, allocations per step,
  * tape memory against the minimum a backward pass needs, peak-RSS rise.
@@ -45,6 +47,7 @@ static void omp_set_num_threads(int n) { (void)n; }
 static int omp_get_max_threads(void) { return 1; }
 #endif
 
+#include "bench.h"
 #include "cli.h"
 #include "tapegrad.h"
 #include "tapegrad_models.h"
@@ -58,7 +61,7 @@ int openblas_get_parallel(void);
 char *openblas_get_corename(void);
 char *openblas_get_config(void);
 
-enum { V_CLASSES = 64, MAX_CONFIGS = 32, MAX_CELLS = 3, MAX_REPEATS_AUTO = 100, MIN_REPEATS_AUTO = 5 };
+enum { MAX_CONFIGS = 32, MAX_CELLS = 3, MAX_REPEATS_AUTO = 100, MIN_REPEATS_AUTO = 5 };
 static const double LR = 1e-4;
 
 static const char *const STD_CONFIGS[] = {"T50B32H128", "T50B32H256", "T100B64H512",
@@ -71,7 +74,6 @@ struct bench_opts {
     double budget;
 };
 
-struct config { char name[40]; int T, B, H; };
 
 struct timing { double med, min, max; int n; double allocs, tape_allocs; char sites[200]; };
 
@@ -85,26 +87,6 @@ struct result {
     size_t nodes, arena_fwd, arena_bwd, arena_cap, arena_min, man_ws;
     long rss_ad_kib, rss_man_kib;
 };
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Median of n ≥ 1 values (sorts them in place). */
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /* ------------------------------------------------------------- process probes */
 
@@ -195,154 +177,8 @@ static int parse_config(const char *s, struct config *c)
     return 0;
 }
 
-static int cell_gates(const char *cell) { return strcmp(cell, "lstm") == 0 ? 4 : strcmp(cell, "gru") == 0 ? 3 : 1; }
 /* Activations per step, in units of B·H floats, that a backward pass cannot do without. */
 static int cell_min_units(const char *cell) { return strcmp(cell, "lstm") == 0 ? 6 : strcmp(cell, "gru") == 0 ? 4 : 1; }
-
-/* -------------------------------------------------------------- sgemm reference */
-
-struct gemm_shape {
-    const char *what;
-    int M, N, K, ta, tb;
-    double calls;                  /* per training step */
-    int stream_a, stream_b, stream_c; /* operand changes from call to call (a new time step) */
-    float beta;
-};
-
-/* Seconds per call of C = A·B (+ beta·C) at one shape, median of 5 batches; `blocks`
- * distinct row blocks are cycled through for the streaming operands, as the steps of a
- * sequence would. */
-static double time_gemm(const struct gemm_shape *s, int blocks, float *A, float *Bm, float *C)
-{
-    const size_t na = (size_t)s->M * s->K, nb = (size_t)s->K * s->N, nc = (size_t)s->M * s->N;
-    const int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
-    int calls = 1;
-    double per = 0, t[5];
-    for (int rep = -2; rep < 5; rep++) {
-        double t0 = now();
-        for (int i = 0; i < calls; i++) {
-            int k = i % blocks;
-            cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans,
-                        s->tb ? CblasTrans : CblasNoTrans, s->M, s->N, s->K, 1.0f,
-                        A + (s->stream_a ? k * na : 0), lda, Bm + (s->stream_b ? k * nb : 0), ldb,
-                        s->beta, C + (s->stream_c ? k * nc : 0), s->N);
-        }
-        per = (now() - t0) / calls;
-        if (rep == -2) {   /* first call: warm; size the batches to ~3 ms from the second */
-            calls = 1;
-        } else if (rep == -1) {
-            calls = per > 0 ? (int)fmin(fmax(3e-3 / per, 1), 20000) : 1000;
-        } else {
-            t[rep] = per;
-        }
-    }
-    return median(t, 5);
-}
-
-/* The GEMMs one training step needs, at the per-step shapes (one layer, input width I). */
-static int step_gemms(const struct config *c, const char *cell, struct gemm_shape *g)
-{
-    const int T = c->T, B = c->B, H = c->H, In = c->H, GH = cell_gates(cell) * H, TB = T * B;
-    const struct gemm_shape list[] = {
-        {"x·W_ihᵀ", B, GH, In, 0, 1, T, 1, 0, 1, 0.0f},
-        {"h·W_hhᵀ", B, GH, H, 0, 1, T, 1, 0, 1, 0.0f},
-        {"dW_ih += daᵀ·x", GH, In, B, 1, 0, T, 1, 1, 0, 1.0f},
-        {"dW_hh += daᵀ·h", GH, H, B, 1, 0, T, 1, 1, 0, 1.0f},
-        {"dh = da·W_hh", B, H, GH, 0, 0, T - 1, 1, 0, 1, 0.0f},
-        {"logits = H_s·W_outᵀ", TB, V_CLASSES, H, 0, 1, 1, 0, 0, 0, 0.0f},
-        {"dW_out += dZᵀ·H_s", V_CLASSES, H, TB, 1, 0, 1, 0, 0, 0, 1.0f},
-        {"dH_s = dZ·W_out", TB, H, V_CLASSES, 0, 0, 1, 0, 0, 0, 0.0f},
-    };
-    memcpy(g, list, sizeof list);
-    return (int)(sizeof list / sizeof list[0]);
-}
-
-static double gemm_flops(const struct gemm_shape *g, int n)
-{
-    double f = 0;
-    for (int i = 0; i < n; i++) f += g[i].calls * 2.0 * g[i].M * g[i].N * g[i].K;
-    return f;
-}
-
-static void fill_uniform(float *p, size_t n, struct tg_rng *r)
-{
-    for (size_t i = 0; i < n; i++) p[i] = (float)(2.0 * tg_rng_uniform(r) - 1.0);
-}
-
-/* ms per step that the step's GEMMs take as plain sgemm calls; -1 if out of memory. */
-static double sgemm_reference(const struct config *c, const char *cell, struct tg_rng *rng)
-{
-    struct gemm_shape g[8];
-    int n = step_gemms(c, cell, g);
-    const int blocks = c->T < 128 ? c->T : 128;
-    size_t na = 0, nb = 0, nc = 0;
-    for (int i = 0; i < n; i++) {
-        size_t a = (size_t)g[i].M * g[i].K, b = (size_t)g[i].K * g[i].N, cc = (size_t)g[i].M * g[i].N;
-        a *= g[i].stream_a ? blocks : 1, b *= g[i].stream_b ? blocks : 1, cc *= g[i].stream_c ? blocks : 1;
-        na = a > na ? a : na, nb = b > nb ? b : nb, nc = cc > nc ? cc : nc;
-    }
-    float *A = malloc(na * sizeof *A), *Bm = malloc(nb * sizeof *Bm), *C = malloc(nc * sizeof *C);
-    double ms = -1;
-    if (A && Bm && C) {
-        fill_uniform(A, na, rng), fill_uniform(Bm, nb, rng), fill_uniform(C, nc, rng);
-        double sec[8], total = 0;
-        for (int i = 0; i < n; i++) {
-            sec[i] = -1;
-            for (int j = 0; j < i; j++)   /* identical shape already timed (I = H) */
-                if (g[j].M == g[i].M && g[j].N == g[i].N && g[j].K == g[i].K &&
-                    g[j].ta == g[i].ta && g[j].tb == g[i].tb)
-                    sec[i] = sec[j];
-            if (sec[i] < 0) sec[i] = time_gemm(&g[i], blocks, A, Bm, C);
-            total += g[i].calls * sec[i];
-        }
-        ms = total * 1e3;
-    }
-    free(A), free(Bm), free(C);
-    return ms;
-}
-
-/* GFLOP/s of one square sgemm (the machine's reference, printed in the header). */
-static double sgemm_square(int n, struct tg_rng *rng)
-{
-    struct gemm_shape s = {"square", n, n, n, 0, 0, 1, 0, 0, 0, 0.0f};
-    float *A = malloc((size_t)n * n * sizeof *A), *Bm = malloc((size_t)n * n * sizeof *Bm),
-          *C = malloc((size_t)n * n * sizeof *C);
-    double r = -1;
-    if (A && Bm && C) {
-        fill_uniform(A, (size_t)n * n, rng), fill_uniform(Bm, (size_t)n * n, rng);
-        r = 2.0 * n * n * (double)n / time_gemm(&s, 1, A, Bm, C) * 1e-9;
-    }
-    free(A), free(Bm), free(C);
-    return r;
-}
-
-/* Largest relative error of cblas_sgemm against a double-precision loop, over the four
- * transpose combinations of a small odd shape: a guard for OpenBLAS kernels picked by CPUID
- * (OPENBLAS_CORETYPE unset) on a CPU that build does not know well. */
-static double sgemm_check(struct tg_rng *rng)
-{
-    enum { M = 37, N = 53, K = 29 };
-    static float A[M * K], Bm[K * N], C[M * N];
-    fill_uniform(A, M * K, rng), fill_uniform(Bm, K * N, rng);
-    double worst = 0;
-    for (int ta = 0; ta < 2; ta++)
-        for (int tb = 0; tb < 2; tb++) {
-            cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                        M, N, K, 1.0f, A, ta ? M : K, Bm, tb ? K : N, 0.0f, C, N);
-            for (int i = 0; i < M; i++)
-                for (int j = 0; j < N; j++) {
-                    double ref = 0, mag = 0;
-                    for (int k = 0; k < K; k++) {
-                        double p = (double)(ta ? A[k * M + i] : A[i * K + k]) *
-                                   (double)(tb ? Bm[j * K + k] : Bm[k * N + j]);
-                        ref += p, mag += fabs(p);
-                    }
-                    double e = fabs(C[i * N + j] - ref) / fmax(mag, 1e-30);
-                    worst = e > worst ? e : worst;
-                }
-        }
-    return worst;
-}
 
 /* --------------------------------------------------------------- timed steps */
 
@@ -440,6 +276,39 @@ static int time_steps(step_fn step, void *ctx, struct tg_tape *tape, const struc
     return 0;
 }
 
+/* Autodiff and oracle steps alternated, A B A B …, after both were timed on their own: a
+ * shared machine's speed drifts over seconds, and alternating exposes both sides to the same
+ * drift, so their ratio is far steadier than that of two blocks timed one after the other.
+ * Replaces the medians, extremes and counts of both timings (allocation counts stay those of
+ * the separate runs, where each side's calls can be told apart). */
+static int time_alternating(step_fn sa, void *ca, step_fn sb, void *cb, const struct bench_opts *o,
+                            struct timing *ta, struct timing *tb)
+{
+    int n = o->repeats;
+    if (n == 0) {
+        double pair = (ta->med + tb->med) * 1e-3;
+        n = pair > 0 ? (int)(o->budget / pair) : MAX_REPEATS_AUTO;
+        n = n < MIN_REPEATS_AUTO ? MIN_REPEATS_AUTO : n > MAX_REPEATS_AUTO ? MAX_REPEATS_AUTO : n;
+    }
+    double *t = malloc(2 * (size_t)n * sizeof *t);
+    if (!t) return -1;
+    for (int i = 0; i < n; i++) {
+        double t0 = now();
+        if (sa(ca)) goto fail;
+        double t1 = now();
+        if (sb(cb)) goto fail;
+        t[i] = (t1 - t0) * 1e3;
+        t[n + i] = (now() - t1) * 1e3;
+    }
+    ta->med = median(t, n), ta->min = t[0], ta->max = t[n - 1], ta->n = n;
+    tb->med = median(t + n, n), tb->min = t[n], tb->max = t[2 * n - 1], tb->n = n;
+    free(t);
+    return 0;
+fail:
+    free(t);
+    return -1;
+}
+
 /* ----------------------------------------------------------- one measurement */
 
 static int bench_one(const char *cell_name, const struct config *c, const char *series,
@@ -502,15 +371,16 @@ static int bench_one(const char *cell_name, const struct config *c, const char *
         }
     }
 
-    if (time_steps(ad_step, &ad, ad.t, o, 1, &r->ad) != 0) goto lib_fail;
+    /* With the oracle, each side is first timed alone on a third of the budget (allocations,
+     * memory), then both alternately (the timings reported). */
+    struct bench_opts alone = *o;
+    if (!o->no_manual) alone.budget = o->budget / 3;
+    if (time_steps(ad_step, &ad, ad.t, &alone, 1, &r->ad) != 0) goto lib_fail;
     r->loss_ad = ad.first_loss;
     r->nodes = tg_tape_num_nodes(ad.t);
     r->arena_fwd = ad.arena_fwd, r->arena_bwd = ad.arena_bwd;
     r->arena_cap = tg_tape_arena_capacity(ad.t);
     r->rss_ad_kib = rss_rise(mark);
-    tg_optim_free(ad.opt), ad.opt = NULL;
-    tg_tape_free(ad.t), ad.t = NULL;
-    tg_model_free(ad.m), ad.m = NULL;
 
     if (!o->no_manual) {
         mark = rss_mark();
@@ -522,9 +392,10 @@ static int bench_one(const char *cell_name, const struct config *c, const char *
         if (!man.ws || tg_optim_new(&ocfg, mp, np, &man.opt) != TG_OK) goto lib_fail;
         if (man_step(&man) != 0) goto lib_fail;   /* first step: its loss is the comparison */
         r->loss_man = man.loss;
-        if (time_steps(man_step, &man, NULL, o, 0, &r->man) != 0) goto lib_fail;
+        if (time_steps(man_step, &man, NULL, &alone, 0, &r->man) != 0) goto lib_fail;
         r->have_man = 1;
         r->rss_man_kib = rss_rise(mark);
+        if (time_alternating(ad_step, &ad, man_step, &man, o, &r->ad, &r->man) != 0) goto lib_fail;
     }
     rc = 0;
     goto out;

@@ -6,9 +6,12 @@
 #                      [--torch-blas openmp|system] [--coretype keep|native] [--no-scaling]
 #   bench/run_bench.sh --report DIR     (re-print the table of an earlier run's results)
 #
-# For each thread count N: `tapegrad bench --threads N --json …` under a preloaded counting
-# allocator (bench/malloc_count.so, built here), then bench/torch_bench.py --threads N --json …;
-# then one table joins the JSON files. Every raw output goes to the --out directory
+# For each thread count N and each config, in turn: `tapegrad bench --threads N --config C
+# --json …` under a preloaded counting allocator (bench/malloc_count.so, built here), then
+# bench/torch_bench.py --threads N --config C --json …. Alternating per config keeps the two
+# sides of each tapegrad/torch ratio seconds apart, not minutes, on a machine whose speed
+# drifts. The per-config JSON files are merged into tapegrad-tN.json and torch-tN.json, and one
+# table joins them. Every raw output goes to the --out directory
 # (default bench/results/<date>-<full|quick>/).
 #   --quick           3 timed steps after 1 warm-up, configs T50B32H128, T50B32H256, T100B1H8
 #                     (no H512/H1024), no scaling series: under a minute on an idle machine.
@@ -79,11 +82,12 @@ OUT=${OUT:-"$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)-$MODE"}
 mkdir -p "$OUT"
 
 if [ $QUICK = 1 ]; then
-    CONFIGS="T50B32H128,T50B32H256,T100B1H8"
-    TG_ARGS=(--config "$CONFIGS" --repeats 3 --warmup 1)
-    PT_ARGS=(--config "$CONFIGS" --repeats 3 --warmup 1)
+    CONFIGS="T50B32H128 T50B32H256 T100B1H8"
+    TG_ARGS=(--repeats 3 --warmup 1)
+    PT_ARGS=(--repeats 3 --warmup 1)
     SCALING=0
 else
+    CONFIGS="T50B32H128 T50B32H256 T100B64H512 T35B20H1024 T100B1H8"
     TG_ARGS=()
     PT_ARGS=()
 fi
@@ -108,21 +112,50 @@ fi
 } | tee "$OUT/meta.txt"
 
 for n in $THREADS; do
-    scal=()
-    if [ $SCALING = 1 ] && [ "$n" = "$(echo $THREADS | cut -d' ' -f1)" ]; then scal=(--scaling); fi
-    echo "== tapegrad bench, $n thread(s)"
-    env "${ENV_BLAS[@]}" LD_PRELOAD="$MALLOC_SO" "$TAPEGRAD" bench --threads "$n" "${TG_ARGS[@]}" \
-        "${scal[@]}" --json "$OUT/tapegrad-t$n.json" | tee "$OUT/tapegrad-t$n.txt"
-    if [ $TORCH = 1 ]; then
-        echo "== torch_bench.py, $n thread(s)"
-        env "${ENV_BLAS[@]}" "${PT_ENV[@]}" /usr/bin/python3 "$ROOT/bench/torch_bench.py" --threads "$n" \
-            "${PT_ARGS[@]}" --json "$OUT/torch-t$n.json" | tee "$OUT/torch-t$n.txt"
-        if [ ${#scal[@]} -gt 0 ]; then
+    : > "$OUT/tapegrad-t$n.txt"
+    [ $TORCH = 1 ] && : > "$OUT/torch-t$n.txt"
+    for cfg in $CONFIGS; do
+        echo "== tapegrad bench, $n thread(s), $cfg"
+        env "${ENV_BLAS[@]}" LD_PRELOAD="$MALLOC_SO" "$TAPEGRAD" bench --threads "$n" --config "$cfg" \
+            "${TG_ARGS[@]}" --json "$OUT/part-tapegrad-t$n-$cfg.json" | tee -a "$OUT/tapegrad-t$n.txt"
+        if [ $TORCH = 1 ]; then
+            echo "== torch_bench.py, $n thread(s), $cfg"
+            env "${ENV_BLAS[@]}" "${PT_ENV[@]}" /usr/bin/python3 "$ROOT/bench/torch_bench.py" --threads "$n" \
+                --config "$cfg" "${PT_ARGS[@]}" --json "$OUT/part-torch-t$n-$cfg.json" | tee -a "$OUT/torch-t$n.txt"
+        fi
+    done
+    if [ $SCALING = 1 ] && [ "$n" = "$(echo $THREADS | cut -d' ' -f1)" ]; then
+        echo "== tapegrad bench, $n thread(s), scaling in T"
+        env "${ENV_BLAS[@]}" LD_PRELOAD="$MALLOC_SO" "$TAPEGRAD" bench --threads "$n" --config none \
+            --cell lstm --scaling --json "$OUT/part-tapegrad-t$n-scaling.json" | tee -a "$OUT/tapegrad-t$n.txt"
+        if [ $TORCH = 1 ]; then
             env "${ENV_BLAS[@]}" "${PT_ENV[@]}" /usr/bin/python3 "$ROOT/bench/torch_bench.py" --threads "$n" \
                 --cell lstm --impl nn --config T10B32H128,T100B32H128,T1000B32H128 \
                 --json "$OUT/torch-scaling-t$n.json" | tee "$OUT/torch-scaling-t$n.txt"
         fi
     fi
+    # one JSON per side and thread count, as the table (and --report) read them
+    python3 - "$OUT" "$n" <<'MERGE'
+import glob, json, os, sys
+out, n = sys.argv[1], sys.argv[2]
+parts = sorted(glob.glob(os.path.join(out, f"part-tapegrad-t{n}-*.json")))
+merged = None
+for p in parts:
+    d = json.load(open(p))
+    if merged is None:
+        merged = d
+    else:
+        merged["results"] += d["results"]
+if merged is not None:
+    json.dump(merged, open(os.path.join(out, f"tapegrad-t{n}.json"), "w"), indent=1)
+rows = []
+for p in sorted(glob.glob(os.path.join(out, f"part-torch-t{n}-*.json"))):
+    rows += json.load(open(p))
+if rows:
+    json.dump(rows, open(os.path.join(out, f"torch-t{n}.json"), "w"), indent=1)
+for p in parts + glob.glob(os.path.join(out, f"part-torch-t{n}-*.json")):
+    os.remove(p)
+MERGE
 done
 echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/meta.txt"
 fi   # not --report

@@ -39,6 +39,58 @@ void *tg_stage_slot(const struct tg_tensor *x)
            (size_t)nd->args.matmul.stage_row * x->cols * tg_dtype_size(x->dtype);
 }
 
+/* The addend P of a staged weight's uses, if its gradient can be the stage's dC itself: every
+ * use of w is D_k = C_k + A_k·wᵀ (addmm) whose addend C_k is a full-width row view of one
+ * tensor P at exactly the rows of D_k's stage slot, P's rows are all those slots, and no other
+ * node before the loss reads P or a C_k. Then dC_k = dD_k row for row, so P's gradient buffer
+ * is the stage (already zeroed) and addmm's backward skips adding dD into dC. This is the
+ * input projection of a recurrent layer, xp_t + h_{t−1}·W_hhᵀ: its gradient costs no memory
+ * and no pass of its own. Returns P, or NULL when the pattern does not hold. */
+static struct tg_tensor *addend_of(struct tg_tape *t, size_t top, struct tg_tensor *w)
+{
+    struct tg_grad_stage *st = w->stage;
+    struct tg_tensor *P = NULL;
+    size_t es = tg_dtype_size(w->dtype);
+    for (size_t i = 0; i <= top; i++) {
+        struct tg_node *nd = t->nodes[i];
+        if (staged_weight(nd) != w) continue;
+        struct tg_tensor *C = nd->src[0];
+        if (nd->op != TG_OP_ADDMM || !(C->flags & TG_VIEW) || !C->node ||
+            C->node->op != TG_OP_SLICE || C->grad || C->rows != nd->out->rows ||
+            C->cols != nd->out->cols || (P && C->node->src[0] != P))
+            return NULL;
+        P = C->node->src[0];
+        size_t row = (size_t)((char *)C->data - (char *)P->data) / ((size_t)P->cols * es);
+        if (row != (size_t)nd->args.matmul.stage_row) return NULL;
+    }
+    if (!P || P->grad || !tg_requires_grad(P) || P->cols != w->rows || P->rows != st->rows_cap ||
+        (P->flags & (TG_VIEW | TG_PARAM | TG_HEAP | TG_PENDING)))
+        return NULL;
+    return P;
+}
+
+static void alias_addend(struct tg_tape *t, size_t top, struct tg_tensor *w)
+{
+    struct tg_tensor *P = addend_of(t, top, w);
+    if (!P) return;
+    /* mark the row views, then look for any reader other than the slices and the uses */
+    for (size_t i = 0; i <= top; i++)
+        if (staged_weight(t->nodes[i]) == w) t->nodes[i]->src[0]->flags |= TG_MARK;
+    int ok = 1;
+    for (size_t i = 0; i <= top && ok; i++) {
+        struct tg_node *nd = t->nodes[i];
+        int use = staged_weight(nd) == w;
+        for (int s = 0; s < nd->nsrc && ok; s++) {
+            const struct tg_tensor *x = nd->src[s];
+            if (x == P) ok = nd->op == TG_OP_SLICE && (nd->out->flags & TG_MARK);
+            else if (x->flags & TG_MARK) ok = use && s == 0;
+        }
+    }
+    for (size_t i = 0; i <= top; i++)
+        if (staged_weight(t->nodes[i]) == w) t->nodes[i]->src[0]->flags &= ~(unsigned)TG_MARK;
+    if (ok) P->grad = w->stage->dc;
+}
+
 static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
 {
     int n = 0;
@@ -90,9 +142,9 @@ static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
         st->rows = 0;
         list[kept++] = w;
     }
-    /* Each use's rows, in the order backward meets them (last use first). The use's output
-     * gradient is then allocated in its rows (tg_stage_slot), so dC is never copied. */
-    for (size_t i = top + 1; i-- > 0;) {
+    /* Each use's rows, in tape order. The use's output gradient is then allocated in its rows
+     * (tg_stage_slot), so dC is never copied. */
+    for (size_t i = 0; i <= top; i++) {
         struct tg_node *nd = t->nodes[i];
         struct tg_tensor *w = staged_weight(nd);
         if (w && w->stage) {
@@ -100,6 +152,7 @@ static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
             w->stage->rows += nd->out->rows;
         }
     }
+    for (int j = 0; j < kept; j++) alias_addend(t, top, list[j]);
     *out = list;
     return kept;
 fail:

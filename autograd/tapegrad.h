@@ -81,6 +81,7 @@ enum tg_tensor_flags {
     TG_INPUT = 1 << 3,         /* a leaf created as data input (for DOT roles) */
     TG_VIEW = 1 << 4,          /* rows of its node's input: shares its data and gradient */
     TG_PENDING = 1 << 5,       /* inside a fusion region, not computed yet: data is NULL */
+    TG_MARK = 1 << 6,          /* engine-private scratch mark (backward.c, during one call) */
 };
 
 struct tg_node;

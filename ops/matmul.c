@@ -161,7 +161,7 @@ void tg_addmm_forward(struct tg_node *nd)
 void tg_addmm_backward(struct tg_node *nd)
 {
     struct tg_tensor *C = nd->src[0], *D = nd->out;
-    if (C->grad) {
+    if (C->grad && C->grad != D->grad) { /* equal: dC is dD's very rows (backward.c) */
         if (C->rows == D->rows) {
             size_t n = tg_numel(D);
             if (D->dtype == TG_F64) {

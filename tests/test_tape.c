@@ -642,6 +642,62 @@ static void test_backward_out_of_memory_recovers(void **state)
 #endif
 }
 
+/* ------------------------------------------------------------ addend aliasing */
+
+struct rec_ctx {
+    struct tg_tensor *X, *V, *W;
+    int extra_reader;       /* also read P elsewhere: the aliasing must not happen */
+    struct tg_tensor *P, *D0; /* recorded, for the pointer checks */
+};
+
+/* P = X·Vᵀ (3 steps of 2 rows), h_t = tanh(P[t] + h_{t−1}·Wᵀ), loss = Σ h_T (+ Σ P). */
+static struct tg_tensor *recurrence(struct tg_tape *t, void *vctx)
+{
+    struct rec_ctx *c = vctx;
+    c->P = tg_matmul(t, c->X, c->V, 0, 1);
+    struct tg_tensor *h = tg_tensor_new(t, 2, 4, TG_F64);
+    for (int s = 0; s < 3; s++) {
+        struct tg_tensor *d = tg_addmm(t, tg_slice(t, c->P, 0, 2 * s, 2 * s + 2), h, c->W, 0, 1);
+        if (s == 0) c->D0 = d;
+        h = tg_tanh(t, d);
+    }
+    struct tg_tensor *loss = tg_sum(t, h);
+    return c->extra_reader ? tg_add(t, loss, tg_sum(t, tg_mul(t, c->P, c->P))) : loss;
+}
+
+/* The addend of x·Wᵀ at every step (the input projection) gets the stage's rows as its
+ * gradient, unless something else reads it; either way the gradients are right. */
+static void test_addend_gradient_aliases_stage(void **state)
+{
+    (void)state;
+    struct tg_rng r;
+    tg_rng_seed(&r, 31);
+    struct rec_ctx c = {0};
+    c.X = tg_tensor_new_heap(6, 3, TG_F64);
+    c.V = tg_param_new("V", 4, 3, TG_F64);
+    c.W = tg_param_new("W", 4, 4, TG_F64);
+    tg_tensor_uniform(c.X, &r, -1, 1);
+    tg_tensor_uniform(c.V, &r, -1, 1);
+    tg_tensor_uniform(c.W, &r, -1, 1);
+    for (c.extra_reader = 0; c.extra_reader < 2; c.extra_reader++) {
+        struct tg_tape *t = tg_tape_new(0);
+        tg_tensor_zero_grad(c.V);
+        tg_tensor_zero_grad(c.W);
+        assert_int_equal(tg_backward(t, recurrence(t, &c)), TG_OK);
+        /* aliased: P's gradient is the stage, whose first rows are D_0's gradient */
+        if (c.extra_reader) assert_ptr_not_equal(c.P->grad, c.D0->grad);
+        else assert_ptr_equal(c.P->grad, c.D0->grad);
+        tg_tape_free(t);
+        struct tg_tensor *xs[2] = {c.V, c.W};
+        struct tg_gradcheck_report rep;
+        assert_int_equal(tg_gradcheck(recurrence, &c, xs, 2, NULL, &rep), TG_OK);
+        if (!rep.passed) fail_msg("extra reader %d: gradcheck worst rel %.3g", c.extra_reader, rep.max_rel);
+    }
+    tg_tensor_free(c.X);
+    tg_tensor_free(c.V);
+    tg_tensor_free(c.W);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -659,6 +715,7 @@ int main(void)
         cmocka_unit_test(test_slice_backward_region_only),
         cmocka_unit_test(test_sequence_split_linear),
         cmocka_unit_test(test_large_tensors_parallel_path),
+        cmocka_unit_test(test_addend_gradient_aliases_stage),
     };
     if (!COUNT_MALLOC) printf("# heap counted through the tape's counters only (sanitizer build)\n");
     return cmocka_run_group_tests(tests, NULL, NULL);

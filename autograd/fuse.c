@@ -40,6 +40,7 @@ void tg_tape_fuse_begin(struct tg_tape *t)
     }
     t->fuse.open = 1;
     t->fuse.depth = 1;
+    t->fuse.first_node = t->n_nodes;
     t->fuse.n = t->fuse.n_ext = 0;
     t->fuse.rows = t->fuse.cols = 0;
 }
@@ -69,6 +70,12 @@ int tg_fuse_accepts(const struct tg_tape *t, int op, const union tg_op_args *arg
 
 int tg_fuse_check_alive(struct tg_tape *t, const char *opname, int i, const struct tg_tensor *x)
 {
+    if (x->flags & TG_REUSED) {
+        tg_op_fail(t, TG_ERR_STATE, "%s: input %d (%dx%d) was computed inside a fused region, "
+                   "which reused its storage; pass it to tg_tape_fuse_end to keep it", opname, i,
+                   x->rows, x->cols);
+        return 0;
+    }
     if (!(x->flags & TG_PENDING)) return 1;
     /* a pending column slice outlives a switch of fusion to off (it can still be copied out);
      * an instruction result never does (turning fusion off computes them all) */
@@ -110,16 +117,38 @@ static int input_reg(struct tg_fuse_input *in, int *n_in, const struct tg_tensor
     return (*n_in)++;
 }
 
+/* May a σ/tanh result overwrite X's own storage? Only at the region's end (nkeep ≥ 0: the
+ * whole step is known), and only if X was made in this region by a product (whose backward
+ * reads its operands, never its result), is not kept, and no recorded node reads it: then its
+ * values are dead once this region has read them. */
+static int overwritable(const struct tg_tape *t, const struct tg_tensor *X,
+                        struct tg_tensor *const *keep, int nkeep)
+{
+    const struct tg_node *nd = X->node;
+    if (nkeep < 0 || !nd || nd->out != X || (nd->op != TG_OP_MATMUL && nd->op != TG_OP_ADDMM) ||
+        (X->flags & (TG_VIEW | TG_PARAM | TG_HEAP | TG_INPUT | TG_PENDING)) ||
+        nd->index < t->fuse.first_node || nd->index >= t->n_nodes || t->nodes[nd->index] != nd)
+        return 0;
+    for (int i = 0; i < nkeep; i++)
+        if (keep[i] == X) return 0;
+    for (size_t i = nd->index + 1; i < t->n_nodes; i++)
+        for (int s = 0; s < t->nodes[i]->nsrc; s++)
+            if (t->nodes[i]->src[s] == X) return 0;
+    return 1;
+}
+
 /* Compile the open region into one node that stores outs[0 … no−1] (pending results of this
  * region); instructions that none of them needs are dropped. Clears the region's instructions
  * (pending column slices stay usable). Returns 0 if memory ran out (error set on the tape). */
-static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int no);
+static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int no,
+                          struct tg_tensor *const *keep, int nkeep);
 
 /* Compile; on failure (out of memory, error set on the tape) the region's pending tensors are
  * declared dead, so nothing later indexes instructions that are gone. */
-static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no)
+static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no,
+                   struct tg_tensor *const *keep, int nkeep)
 {
-    if (compile_region(t, outs, no)) return 1;
+    if (compile_region(t, outs, no, keep, nkeep)) return 1;
     t->fuse.n = t->fuse.n_ext = 0;
     t->fuse.gen++;
     return 0;
@@ -152,7 +181,8 @@ static const struct tg_tensor *row_root(const struct tg_tensor *x, size_t *row)
     return x;
 }
 
-static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int no)
+static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int no,
+                          struct tg_tensor *const *keep, int nkeep)
 {
     struct tg_fuse_region *R = &t->fuse;
     int n = R->n, rows = R->rows, cols = R->cols;
@@ -190,8 +220,9 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
     int *ints = tg_tape_alloc(t, ((size_t)no + n_reg) * sizeof *ints);
     unsigned char *rg = tg_tape_alloc(t, 2 * (size_t)n_reg);
     void **saved = tg_tape_alloc(t, (size_t)n_reg * sizeof *saved);
+    int *saved_ld = tg_tape_alloc(t, (size_t)n_reg * sizeof *saved_ld);
     struct tg_tensor **bases = tg_tape_alloc(t, (size_t)n_in * sizeof *bases + 1);
-    if (!p || !pin || !pins || !pout || !ints || !rg || !saved || !bases) return 0;
+    if (!p || !pin || !pins || !pout || !ints || !rg || !saved || !saved_ld || !bases) return 0;
     memset(p, 0, sizeof *p);
     p->rows = rows;
     p->cols = cols;
@@ -207,6 +238,7 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
     p->reg_grad = rg;
     p->reg_val = rg + n_reg;
     p->reg_saved = saved;
+    p->reg_saved_ld = saved_ld;
     memset(saved, 0, (size_t)n_reg * sizeof *saved);
     p->tape = t;
     memcpy(pin, in, (size_t)n_in * sizeof *pin);
@@ -246,8 +278,8 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
         if (!outs[o]->data) return 0;
     }
     /* Values the backward sweep reads: a product's other factor, σ's and tanh's own output,
-     * relu's input; then, to recompute those, their sources (kept outputs and inputs are read
-     * from memory and need nothing). Everything else is not recomputed in backward. */
+     * relu's input. Everything not read, directly or to recompute something read, is not
+     * recomputed in backward. */
     unsigned char *rv = p->reg_val;
     memset(rv, 0, (size_t)n_reg);
     for (int k = n_ins; k-- > 0;) {
@@ -263,20 +295,45 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
             rv[ins->a] = 1;
         }
     }
-    /* Unless lean: σ and tanh results the sweep reads are kept (one rows×cols buffer each),
-     * the transcendentals being most of a fused step's arithmetic. */
-    for (int k = 0; k < n_ins && !t->fusion_lean; k++) {
-        int d = n_in + k;
-        if (!rv[d] || p->reg_out[d] >= 0 || (pins[k].op != TG_OP_TANH && pins[k].op != TG_OP_SIGMOID))
-            continue;
-        saved[d] = tg_tape_alloc(t, (size_t)rows * cols * tg_dtype_size(outs[0]->dtype));
-        if (!saved[d]) return 0;
-    }
+    /* Unless lean: σ and tanh results the sweep reads are kept, the transcendentals being most
+     * of a fused step's arithmetic; then, to recompute the rest, the sources of what is read
+     * (kept outputs, saved results and inputs are in memory and need nothing). */
+    unsigned char keep_val[TG_FUSE_MAX_INSTR] = {0};
+    for (int k = 0; k < n_ins && !t->fusion_lean; k++)
+        keep_val[k] = rv[n_in + k] && p->reg_out[n_in + k] < 0 &&
+                      (pins[k].op == TG_OP_TANH || pins[k].op == TG_OP_SIGMOID);
     for (int k = n_ins; k-- > 0;) {
         int d = n_in + k;
-        if (!rv[d] || p->reg_out[d] >= 0 || saved[d]) continue;
+        if (!rv[d] || p->reg_out[d] >= 0 || keep_val[k]) continue;
         rv[pins[k].a] = 1;
         if (pins[k].b >= 0) rv[pins[k].b] = 1;
+    }
+    /* Where a kept result lives: in the storage of an input block whose values are dead by the
+     * time the result is written — no instruction after it reads the block, backward does not,
+     * no other input overlaps it, and its tensor is overwritable (an LSTM's or GRU's gate
+     * pre-activations h·W_hhᵀ) — else in a rows×cols buffer of its own. */
+    size_t es = tg_dtype_size(outs[0]->dtype);
+    unsigned char hosted[TG_FUSE_MAX_IN] = {0};
+    for (int k = 0; k < n_ins; k++) {
+        if (!keep_val[k]) continue;
+        int d = n_in + k, host = -1;
+        for (int r = 0; r < n_in && host < 0; r++) {
+            int ok = !hosted[r] && !in[r].bcast && !rv[r];
+            for (int j = k + 1; j < n_ins && ok; j++) ok = pins[j].a != r && pins[j].b != r;
+            for (int q = 0; q < n_in && ok; q++)
+                ok = q == r || in[q].x != in[r].x || abs(in[q].off - in[r].off) >= cols;
+            if (ok && overwritable(t, in[r].x, keep, nkeep)) host = r;
+        }
+        if (host >= 0) {
+            hosted[host] = 1;
+            in[host].x->flags |= TG_REUSED;
+            saved[d] = (char *)in[host].x->data + (size_t)in[host].off * es;
+            saved_ld[d] = in[host].x->cols;
+        } else {
+            saved[d] = tg_tape_alloc(t, (size_t)rows * cols * es);
+            saved_ld[d] = cols;
+            if (!saved[d]) return 0;
+        }
     }
     int nb = 0;
     for (int i = 0; i < n_in; i++) {
@@ -284,7 +341,6 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
         for (int b = 0; b < nb; b++) seen |= bases[b] == in[i].x;
         if (!seen) bases[nb++] = in[i].x;
     }
-    size_t es = tg_dtype_size(outs[0]->dtype);
     if (!tg_fuse_scratch_reserve(t, 2 * (size_t)n_reg * TG_FUSE_CHUNK * es)) return 0;
 
     union tg_op_args args = {.fused = {p}};
@@ -303,7 +359,7 @@ int tg_fuse_flush(struct tg_tape *t)
     struct tg_fuse_region *R = &t->fuse;
     struct tg_tensor *outs[TG_FUSE_MAX_INSTR];
     for (int k = 0; k < R->n; k++) outs[k] = R->p[k].out;
-    return compile(t, outs, R->n);
+    return compile(t, outs, R->n, NULL, -1);
 }
 
 int tg_fuse_realize(struct tg_tape *t, struct tg_tensor *x)
@@ -384,7 +440,7 @@ enum tg_status tg_tape_fuse_end(struct tg_tape *t, struct tg_tensor *const *keep
             }
         }
     }
-    if (ok) compile(t, outs, no);
+    if (ok) compile(t, outs, no, keep, n);
     tg_fuse_reset(t); /* closes the region; what was not kept is dead */
     return t->status;
 }

@@ -47,6 +47,7 @@ struct tg_fuse_pending {
 struct tg_fuse_region {
     int open;           /* between tg_tape_fuse_begin and _end */
     int depth;          /* nested begins: only the outermost end compiles */
+    size_t first_node;  /* tape length at the outermost begin: later nodes are the region's */
     enum tg_dtype dtype; /* of every instruction (a region never mixes dtypes) */
     uint32_t gen;       /* bumped at every end and reset: older pending tensors are dead */
     int rows, cols;     /* shape every instruction shares (0 while there is none) */
@@ -75,7 +76,8 @@ struct tg_fuse_prog {
     int *reg_out;             /* per register: index into out, or −1 */
     unsigned char *reg_grad;  /* per register: a gradient flows through it */
     unsigned char *reg_val;   /* per register: backward reads its value (or recomputes one from it) */
-    void **reg_saved;         /* per register: rows×cols of σ/tanh results kept for backward, or NULL */
+    void **reg_saved;         /* per register: where σ/tanh results kept for backward live, or NULL */
+    int *reg_saved_ld;        /* their row stride (cols, or the width of the tensor they overwrite) */
     int serial;               /* gradients of different rows may alias (a broadcast input, or
                                  row views of one tensor): rows must not be split over threads */
     struct tg_tape *tape;     /* owner of the scratch the kernels use */

@@ -181,7 +181,7 @@ static int check_inputs(struct tg_tape *t, const char *opname, struct tg_tensor 
     /* Pending inputs (fusion region): alive, and computed now unless this op joins the region. */
     int stay = lazy && t->fuse.open && !t->no_grad;
     for (int i = 0; i < nsrc; i++) {
-        if (!(src[i]->flags & TG_PENDING)) continue;
+        if (!(src[i]->flags & (TG_PENDING | TG_REUSED))) continue;
         if (!tg_fuse_check_alive(t, opname, i, src[i])) return 0;
         if (!stay && !tg_fuse_realize(t, src[i])) return 0;
     }

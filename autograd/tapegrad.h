@@ -82,6 +82,7 @@ enum tg_tensor_flags {
     TG_VIEW = 1 << 4,          /* rows of its node's input: shares its data and gradient */
     TG_PENDING = 1 << 5,       /* inside a fusion region, not computed yet: data is NULL */
     TG_MARK = 1 << 6,          /* engine-private scratch mark (backward.c, during one call) */
+    TG_REUSED = 1 << 7,        /* made inside a fusion region, not kept: its storage was reused */
 };
 
 struct tg_node;
@@ -181,6 +182,9 @@ void tg_tape_set_tag(struct tg_tape *t, int step, int layer);
  * with ordinary ops needs no change; only intermediates that were not kept become unusable
  * after tg_tape_fuse_end (an op given one fails with a message saying so). Gradients are
  * those of the same ops run one by one, up to the order of floating-point sums.
+ * A product computed inside the region whose columns only the region's σ/tanh read (an LSTM's
+ * gate pre-activations) may have its storage reused for their results unless it is kept; an
+ * op given it afterwards fails (TG_REUSED), and its data then hold the activations.
  * The sequence model wraps each cell step in a region. Fusion is on by default; with it off,
  * begin/end do nothing (each op its own node, as the DOT export shows by default).
  * TG_FUSION_ON also keeps the results of σ and tanh that backward reads (their derivative is

@@ -91,7 +91,7 @@ static void KN(fused_bind, S)(const struct tg_fuse_prog *p, int i, int c0, FT **
     for (int k = 0; k < p->n_ins; k++) {
         int r = p->n_in + k, o = p->reg_out[r];
         v[r] = o >= 0 ? (FT *)p->out[o]->data + (size_t)i * p->cols + c0
-               : p->reg_saved[r] ? (FT *)p->reg_saved[r] + (size_t)i * p->cols + c0
+               : p->reg_saved[r] ? (FT *)p->reg_saved[r] + (size_t)i * p->reg_saved_ld[r] + c0
                : vs + (size_t)k * TG_FUSE_CHUNK;
     }
 }

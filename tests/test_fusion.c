@@ -677,6 +677,46 @@ static void test_compile_out_of_memory(void **state)
 #endif
 }
 
+/* σ of column blocks of a product made in the region: the product's storage is reused for the
+ * σ results unless it is kept; using it afterwards is an error, keeping it keeps its values. */
+static void test_reused_storage(void **state)
+{
+    (void)state;
+    struct tg_tensor *x = filled(tg_param_new("x", 3, 4, TG_F64), 26);
+    struct tg_tensor *W = filled(tg_param_new("W", 6, 4, TG_F64), 27);
+    for (int keep_g = 0; keep_g < 2; keep_g++) {
+        struct tg_tape *t = tg_tape_new(0);
+        tg_tape_fuse_begin(t);
+        struct tg_tensor *g = tg_matmul(t, x, W, 0, 1); /* 3×6: two blocks of 3 */
+        struct tg_tensor *y = tg_mul(t, tg_sigmoid(t, tg_slice(t, g, 1, 0, 3)),
+                                     tg_tanh(t, tg_slice(t, g, 1, 3, 6)));
+        struct tg_tensor *keep[2] = {y, g};
+        assert_int_equal(tg_tape_fuse_end(t, keep, keep_g ? 2 : 1), TG_OK);
+        /* y is right either way */
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 3; j++) {
+                double a = 0, b = 0;
+                for (int k = 0; k < 4; k++)
+                    a += tg_get(x, i, k) * tg_get(W, j, k), b += tg_get(x, i, k) * tg_get(W, 3 + j, k);
+                assert_true(fabs(tg_get(y, i, j) - tanh(b) / (1 + exp(-a))) <= 1e-14);
+                if (keep_g) assert_true(fabs(tg_get(g, i, j) - a) <= 1e-14);
+            }
+        struct tg_tensor *sg = tg_sum(t, g);
+        if (keep_g) {
+            assert_non_null(sg);
+            assert_false(g->flags & TG_REUSED);
+        } else {
+            assert_true(g->flags & TG_REUSED);
+            assert_null(sg);
+            assert_int_equal(tg_tape_status(t), TG_ERR_STATE);
+            assert_non_null(strstr(tg_last_error(), "reused its storage"));
+        }
+        tg_tape_free(t);
+    }
+    tg_tensor_free(x);
+    tg_tensor_free(W);
+}
+
 /* ------------------------------------------------------------------ 9. warm-up */
 
 /* The fused node's program and kept outputs live in the arena and its scratch is reserved once,
@@ -775,6 +815,7 @@ int main(void)
         cmocka_unit_test(test_overlapping_row_views_threads),
         cmocka_unit_test(test_nested_regions),
         cmocka_unit_test(test_compile_out_of_memory),
+        cmocka_unit_test(test_reused_storage),
         cmocka_unit_test(test_no_heap_after_warmup),
         cmocka_unit_test(test_dot_draws_fused_nodes),
     };

@@ -4,9 +4,11 @@
  * Why: an LSTM step written as primitive ops makes about ten passes over B×H tensors forward
  * and as many backward, each with its own output and a zeroed gradient buffer, and every one
  * of those tensors stays in the arena until the step ends. Fused, the gate math is one pass
- * that reads the gate pre-activations and c in place and writes only c' and h'; backward
- * recomputes σ, tanh and the products in cache from those inputs. The cell is unchanged: it
- * still calls tg_sigmoid, tg_mul, …; the region only decides when they run.
+ * that reads the gate pre-activations and c in place and writes c', h' and the σ/tanh results
+ * backward needs — the latter over the pre-activations they came from, whose values are dead
+ * by then (TG_FUSION_LEAN recomputes them instead); backward recomputes the rest in cache.
+ * The cell is unchanged: it still calls tg_sigmoid, tg_mul, …; the region only decides when
+ * and where they run.
  *
  * Rules (see tapegrad.h): a region holds instructions of one shape (a 1×n row of the same width
  * may be read as a broadcast input); a column slice of a computed tensor is an input read in

@@ -63,8 +63,11 @@ static struct tg_tensor *addend_of(struct tg_tape *t, size_t top, struct tg_tens
         size_t row = (size_t)((char *)C->data - (char *)P->data) / ((size_t)P->cols * es);
         if (row != (size_t)nd->args.matmul.stage_row) return NULL;
     }
+    /* A fused node's backward adds the in-region uses of its kept outputs into their
+     * gradients itself: P's gradient would then not be dD alone. */
     if (!P || P->grad || !tg_requires_grad(P) || P->cols != w->rows || P->rows != st->rows_cap ||
-        (P->flags & (TG_VIEW | TG_PARAM | TG_HEAP | TG_PENDING)))
+        (P->flags & (TG_VIEW | TG_PARAM | TG_HEAP | TG_PENDING)) ||
+        (P->node && P->node->op == TG_OP_FUSED))
         return NULL;
     return P;
 }

@@ -472,7 +472,8 @@ static void put_stat(FILE *f, const char *what, const void *p, const struct tg_t
 static void put_values(const struct dot *d, const struct tg_tensor *x)
 {
     if (!d->o.values) return;
-    put_stat(d->f, "v", x->data, x);
+    if (x->flags & TG_REUSED) fputs("\\n|v| storage reused for σ/tanh results", d->f);
+    else put_stat(d->f, "v", x->data, x);
     if (d->o.backward && x->grad && tg_requires_grad(x)) put_stat(d->f, "g", x->grad, x);
 }
 

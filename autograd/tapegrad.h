@@ -182,9 +182,10 @@ void tg_tape_set_tag(struct tg_tape *t, int step, int layer);
  * with ordinary ops needs no change; only intermediates that were not kept become unusable
  * after tg_tape_fuse_end (an op given one fails with a message saying so). Gradients are
  * those of the same ops run one by one, up to the order of floating-point sums.
- * A product computed inside the region whose columns only the region's σ/tanh read (an LSTM's
- * gate pre-activations) may have its storage reused for their results unless it is kept; an
- * op given it afterwards fails (TG_REUSED), and its data then hold the activations.
+ * A product computed inside the region whose columns only the region's elementwise ops read,
+ * none of them after a σ/tanh that backward needs (an LSTM's or GRU's gate pre-activations),
+ * may have its storage reused for that σ/tanh's results unless it is kept; an op given it
+ * afterwards fails (TG_REUSED), and its data then hold the activations.
  * The sequence model wraps each cell step in a region. Fusion is on by default; with it off,
  * begin/end do nothing (each op its own node, as the DOT export shows by default).
  * TG_FUSION_ON also keeps the results of σ and tanh that backward reads (their derivative is

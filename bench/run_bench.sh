@@ -14,7 +14,8 @@
 # table joins them. Every raw output goes to the --out directory
 # (default bench/results/<date>-<full|quick>/).
 #   --quick           3 timed steps after 1 warm-up, configs T50B32H128, T50B32H256, T100B1H8
-#                     (no H512/H1024), no scaling series: under a minute on an idle machine.
+#                     (no H512/H1024), no scaling series: a few minutes (each config starts
+#                     both programs afresh).
 #   --torch-blas      openmp (default): torch loads the OpenMP flavour of OpenBLAS (through
 #                     LD_LIBRARY_PATH, for its command only), the very library tapegrad links, so
 #                     both sides run the same BLAS binary and the same libgomp thread pool;
@@ -112,6 +113,7 @@ fi
 } | tee "$OUT/meta.txt"
 
 for n in $THREADS; do
+    rm -f "$OUT"/part-*-t"$n"-*.json   # parts of an earlier run into the same --out
     : > "$OUT/tapegrad-t$n.txt"
     [ $TORCH = 1 ] && : > "$OUT/torch-t$n.txt"
     for cfg in $CONFIGS; do
@@ -135,10 +137,11 @@ for n in $THREADS; do
         fi
     fi
     # one JSON per side and thread count, as the table (and --report) read them
-    python3 - "$OUT" "$n" <<'MERGE'
+    python3 - "$OUT" "$n" $CONFIGS scaling <<'MERGE'
 import glob, json, os, sys
-out, n = sys.argv[1], sys.argv[2]
-parts = sorted(glob.glob(os.path.join(out, f"part-tapegrad-t{n}-*.json")))
+out, n, order = sys.argv[1], sys.argv[2], sys.argv[3:]
+rank = lambda p: order.index(p.rsplit("-", 1)[1][:-5]) if p.rsplit("-", 1)[1][:-5] in order else len(order)
+parts = sorted(glob.glob(os.path.join(out, f"part-tapegrad-t{n}-*.json")), key=rank)
 merged = None
 for p in parts:
     d = json.load(open(p))
@@ -149,7 +152,7 @@ for p in parts:
 if merged is not None:
     json.dump(merged, open(os.path.join(out, f"tapegrad-t{n}.json"), "w"), indent=1)
 rows = []
-for p in sorted(glob.glob(os.path.join(out, f"part-torch-t{n}-*.json"))):
+for p in sorted(glob.glob(os.path.join(out, f"part-torch-t{n}-*.json")), key=rank):
     rows += json.load(open(p))
 if rows:
     json.dump(rows, open(os.path.join(out, f"torch-t{n}.json"), "w"), indent=1)

@@ -252,11 +252,12 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
     }
     /* Row views of one tensor at different rows (x[1:] − x[:-1]): row i of one and row i of the
      * other are different rows of the same gradient, which two threads could update at once. */
+    const struct tg_tensor *root[TG_FUSE_MAX_IN];
+    size_t root_row[TG_FUSE_MAX_IN];
+    for (int i = 0; i < n_in; i++) root[i] = rg[i] ? row_root(in[i].x, &root_row[i]) : NULL;
     for (int i = 0; i < n_in && !p->serial; i++)
-        for (int j = i + 1; j < n_in && rg[i] && !p->serial; j++) {
-            size_t ri, rj;
-            if (rg[j] && row_root(in[i].x, &ri) == row_root(in[j].x, &rj) && ri != rj) p->serial = 1;
-        }
+        for (int j = i + 1; j < n_in && root[i] && !p->serial; j++)
+            if (root[j] == root[i] && root_row[j] != root_row[i]) p->serial = 1;
     int j = 0;
     for (int k = 0; k < n; k++) {
         if (!live[k]) continue;
@@ -316,15 +317,19 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
      * pre-activations h·W_hhᵀ) — else in a rows×cols buffer of its own. */
     size_t es = tg_dtype_size(outs[0]->dtype);
     unsigned char hosted[TG_FUSE_MAX_IN] = {0};
+    signed char can_host[TG_FUSE_MAX_IN]; /* overwritable(in[r].x): −1 not asked yet */
+    memset(can_host, -1, sizeof can_host);
     for (int k = 0; k < n_ins; k++) {
         if (!keep_val[k]) continue;
         int d = n_in + k, host = -1;
         for (int r = 0; r < n_in && host < 0; r++) {
             int ok = !hosted[r] && !in[r].bcast && !rv[r];
+            if (ok && can_host[r] < 0) can_host[r] = (signed char)overwritable(t, in[r].x, keep, nkeep);
+            ok = ok && can_host[r];
             for (int j = k + 1; j < n_ins && ok; j++) ok = pins[j].a != r && pins[j].b != r;
             for (int q = 0; q < n_in && ok; q++)
                 ok = q == r || in[q].x != in[r].x || abs(in[q].off - in[r].off) >= cols;
-            if (ok && overwritable(t, in[r].x, keep, nkeep)) host = r;
+            if (ok) host = r;
         }
         if (host >= 0) {
             hosted[host] = 1;

@@ -238,6 +238,7 @@ static int time_steps(step_fn step, void *ctx, struct tg_tape *tape, const struc
 {
     double last = 0;
     int warm = o->warmup > min_warm ? o->warmup : min_warm;
+    if (warm < 1 && o->repeats == 0) warm = 1; /* the step count follows from one step's time */
     for (int i = 0; i < warm; i++) {
         double t0 = now();
         if (step(ctx)) return -1;

@@ -128,7 +128,7 @@ static int overwritable(const struct tg_tape *t, const struct tg_tensor *X,
 {
     const struct tg_node *nd = X->node;
     if (nkeep < 0 || !nd || nd->out != X || (nd->op != TG_OP_MATMUL && nd->op != TG_OP_ADDMM) ||
-        (X->flags & (TG_VIEW | TG_PARAM | TG_HEAP | TG_INPUT | TG_PENDING)) ||
+        (X->flags & (TG_VIEW | TG_PARAM | TG_HEAP | TG_INPUT | TG_PENDING | TG_ALIASED)) ||
         nd->index < t->fuse.first_node || nd->index >= t->n_nodes || t->nodes[nd->index] != nd)
         return 0;
     for (int i = 0; i < nkeep; i++)

@@ -267,6 +267,7 @@ static struct tg_tensor *emit(struct tg_tape *t, enum tg_op op, struct tg_tensor
     }
     if (!view_data) tg_op_table[op].forward(n);
     if (t->no_grad) { /* computed, not recorded: no history, no gradient */
+        if (view_data) src[0]->flags |= TG_ALIASED; /* a reader the tape cannot see */
         out->flags &= ~(unsigned)TG_VIEW;
         return out;
     }

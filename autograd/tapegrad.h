@@ -83,6 +83,7 @@ enum tg_tensor_flags {
     TG_PENDING = 1 << 5,       /* inside a fusion region, not computed yet: data is NULL */
     TG_MARK = 1 << 6,          /* engine-private scratch mark (backward.c, during one call) */
     TG_REUSED = 1 << 7,        /* made inside a fusion region, not kept: its storage was reused */
+    TG_ALIASED = 1 << 8,       /* has a view no tape recorded (no-grad): its storage is never reused */
 };
 
 struct tg_node;

@@ -3,11 +3,12 @@
  *
  * Forward: for each chunk of a row (≤ TG_FUSE_CHUNK elements), every instruction runs as one
  * vector loop; inputs are read in place (a column slice is an offset into its parent's row, a
- * broadcast row is row 0), results go to per-thread scratch or, for the tensors the region kept,
- * straight into their rows. Only the kept tensors are ever written to memory.
+ * broadcast row is row 0), results go to per-thread scratch or, for the tensors the region kept
+ * and the σ/tanh results backward reads (reg_saved: a buffer, or the dead pre-activation block
+ * they came from, with its row stride), straight into memory. Nothing else is written.
  *
- * Backward: per chunk, recompute the results the sweep reads that were not kept (cheap: they
- * are elementwise functions of data already in cache), and sweep the instructions in reverse,
+ * Backward: per chunk, recompute the results the sweep reads that are not in memory (cheap:
+ * elementwise functions of data already in cache), and sweep the instructions in reverse,
  * each adding its local derivative into its sources' gradients:
  *   c = a + b:  da += dc,  db += dc          c = a − b:  da += dc,  db −= dc
  *   c = a ⊙ b:  da += dc ⊙ b,  db += dc ⊙ a   y = α·a + β:  da += α·dy

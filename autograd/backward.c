@@ -164,6 +164,22 @@ fail:
     return -1;
 }
 
+/* Rows concatenation c = [x₁; x₂; …] (the output layer's stacked h_t): dxₖ is a block of dc
+ * row for row. An input whose gradient does not exist yet (the concatenation is its last
+ * consumer in tape order, so backward meets it first) gets that block as its gradient buffer:
+ * no buffer of its own, no zeroing, no copy; its other consumers then add into the block,
+ * which nothing reads any more (dc is final once its node runs). concat.c skips such inputs. */
+static void alias_row_blocks(struct tg_node *n)
+{
+    char *g = n->out->grad;
+    for (int k = 0; k < n->nsrc; k++) {
+        struct tg_tensor *x = n->src[k];
+        if (tg_requires_grad(x) && !x->grad && !(x->flags & (TG_VIEW | TG_PARAM | TG_HEAP)))
+            x->grad = g;
+        g += tg_nbytes(x);
+    }
+}
+
 enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
 {
     if (!loss) {
@@ -209,6 +225,7 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
          * cannot lead to a tensor that wants a gradient. */
         if (!tg_requires_grad(n->out)) continue;
         if (n->op == TG_OP_FUSED ? !tg_fused_reached(n) : !n->out->grad) continue;
+        if (n->op == TG_OP_CONCAT && n->args.concat.axis == 0) alias_row_blocks(n);
         for (int s = 0; s < n->nsrc; s++) {
             struct tg_tensor *x = n->src[s];
             if (tg_requires_grad(x) && !tg_grad_buffer(t, x)) {

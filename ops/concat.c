@@ -45,7 +45,9 @@ void tg_concat_backward(struct tg_node *nd)
     for (int k = 0; k < nd->nsrc; k++) {
         struct tg_tensor *x = nd->src[k];
         const unsigned char *g = (const unsigned char *)c->grad + off * es;
-        if (x->grad) TG_CALL(c, block_acc, x->grad, (const void *)g, x->rows, x->cols, c->cols);
+        /* equal: x's gradient is this very block (backward.c gave it to x) */
+        if (x->grad && x->grad != (const void *)g)
+            TG_CALL(c, block_acc, x->grad, (const void *)g, x->rows, x->cols, c->cols);
         off += nd->args.concat.axis == 0 ? tg_numel(x) : (size_t)x->cols;
     }
 }

@@ -698,6 +698,44 @@ static void test_addend_gradient_aliases_stage(void **state)
     tg_tensor_free(c.W);
 }
 
+/* Rows concatenation hands its row blocks to inputs that have no gradient yet (backward.c):
+ * an input listed twice, and one with another consumer, still get the sum of all their uses. */
+struct cat_ctx { struct tg_tensor *x1, *x2, *R; struct tg_tensor *a, *cat; };
+
+static struct tg_tensor *cat_loss(struct tg_tape *t, void *vctx)
+{
+    struct cat_ctx *c = vctx;
+    c->a = tg_tanh(t, c->x1);
+    struct tg_tensor *b = tg_sigmoid(t, c->x2);
+    struct tg_tensor *sq = tg_sum(t, tg_mul(t, c->a, c->a)); /* before the concat: its last use */
+    struct tg_tensor *xs[3] = {c->a, b, c->a};
+    c->cat = tg_concat(t, 0, 3, xs);
+    return tg_add(t, tg_sum(t, tg_mul(t, c->cat, c->R)), sq);
+}
+
+static void test_concat_rows_grad_blocks(void **state)
+{
+    (void)state;
+    struct tg_rng r;
+    tg_rng_seed(&r, 41);
+    struct cat_ctx c = {tg_param_new("x1", 2, 3, TG_F64), tg_param_new("x2", 3, 3, TG_F64),
+                        tg_tensor_new_heap(7, 3, TG_F64), NULL, NULL};
+    tg_tensor_uniform(c.x1, &r, -1, 1);
+    tg_tensor_uniform(c.x2, &r, -1, 1);
+    tg_tensor_uniform(c.R, &r, -1, 1);
+    struct tg_tape *t = tg_tape_new(0);
+    assert_int_equal(tg_backward(t, cat_loss(t, &c)), TG_OK);
+    assert_ptr_equal(c.a->grad, c.cat->grad); /* a's gradient is the first block */
+    tg_tape_free(t);
+    struct tg_tensor *xs[2] = {c.x1, c.x2};
+    struct tg_gradcheck_report rep;
+    assert_int_equal(tg_gradcheck(cat_loss, &c, xs, 2, NULL, &rep), TG_OK);
+    if (!rep.passed) fail_msg("gradcheck: worst relative error %.3g", rep.max_rel);
+    tg_tensor_free(c.x1);
+    tg_tensor_free(c.x2);
+    tg_tensor_free(c.R);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -716,6 +754,7 @@ int main(void)
         cmocka_unit_test(test_sequence_split_linear),
         cmocka_unit_test(test_large_tensors_parallel_path),
         cmocka_unit_test(test_addend_gradient_aliases_stage),
+        cmocka_unit_test(test_concat_rows_grad_blocks),
     };
     if (!COUNT_MALLOC) printf("# heap counted through the tape's counters only (sanitizer build)\n");
     return cmocka_run_group_tests(tests, NULL, NULL);

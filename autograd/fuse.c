@@ -91,12 +91,8 @@ int tg_fuse_check_alive(struct tg_tape *t, const char *opname, int i, const stru
 static struct tg_tensor *pending_tensor(struct tg_tape *t, int rows, int cols, enum tg_dtype dt,
                                         int req)
 {
-    struct tg_tensor *x = tg_tape_alloc(t, sizeof *x);
+    struct tg_tensor *x = tg_tensor_header(t, rows, cols, dt);
     if (!x) return NULL;
-    memset(x, 0, sizeof *x);
-    x->rows = rows;
-    x->cols = cols;
-    x->dtype = dt;
     x->flags = TG_PENDING | (req ? TG_REQUIRES_GRAD : 0);
     x->fuse_gen = t->fuse.gen;
     return x;

@@ -133,6 +133,9 @@ struct tg_tensor *tg_op_emit(struct tg_tape *t, enum tg_op op, struct tg_tensor 
 struct tg_tensor *tg_op_emit_view(struct tg_tape *t, enum tg_op op, struct tg_tensor *src,
                                   int rows, int cols, const union tg_op_args *args, void *data);
 
+/* A zeroed tensor header in the arena (no data yet); NULL and an error if memory ran out. */
+struct tg_tensor *tg_tensor_header(struct tg_tape *t, int rows, int cols, enum tg_dtype dtype);
+
 /* Record op with an existing output header (a pending tensor made real; its data may be
  * allocated already): forward runs, the node is appended, the header loses TG_PENDING. */
 struct tg_tensor *tg_op_emit_into(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,

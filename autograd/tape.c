@@ -89,9 +89,7 @@ void *tg_tape_alloc(struct tg_tape *t, size_t bytes)
     return p;
 }
 
-/* Tensor header and data: two arena pieces, data 64-byte aligned for vector loads. */
-static struct tg_tensor *arena_tensor(struct tg_tape *t, int rows, int cols, enum tg_dtype dtype,
-                                      int zero)
+struct tg_tensor *tg_tensor_header(struct tg_tape *t, int rows, int cols, enum tg_dtype dtype)
 {
     struct tg_tensor *x = tg_tape_alloc(t, sizeof *x);
     if (!x) return NULL;
@@ -99,6 +97,15 @@ static struct tg_tensor *arena_tensor(struct tg_tape *t, int rows, int cols, enu
     x->rows = rows;
     x->cols = cols;
     x->dtype = dtype;
+    return x;
+}
+
+/* Tensor header and data: two arena pieces, data 64-byte aligned for vector loads. */
+static struct tg_tensor *arena_tensor(struct tg_tape *t, int rows, int cols, enum tg_dtype dtype,
+                                      int zero)
+{
+    struct tg_tensor *x = tg_tensor_header(t, rows, cols, dtype);
+    if (!x) return NULL;
     x->data = tg_tape_alloc(t, tg_nbytes(x));
     if (!x->data) return NULL;
     if (zero) memset(x->data, 0, tg_nbytes(x));

@@ -1,4 +1,4 @@
-/* dot.c — a recorded tape as Graphviz DOT text (conventions in tg_dot.h). No Graphviz needed.
+/* dot.c — a recorded tape as Graphviz DOT text (conventions in tapegrad_dot.h). No Graphviz needed.
  *
  * Two passes over the tape, both plain loops:
  *   1. number the leaves in order of first use (a pointer→id hash map only answers lookups, so
@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "internal.h"
-#include "tg_dot.h"
+#include "tapegrad_dot.h"
 
 /* ------------------------------------------------------------ hash map */
 

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "tg_config.h"
-#include "tg_dot.h"
+#include "tapegrad_dot.h"
 
 #if TG_HAVE_GRAPHVIZ
 #include <graphviz/cgraph.h>

@@ -1,4 +1,4 @@
-/* safetensors.c — a validating safetensors reader and an atomic writer (see tg_safetensors.h).
+/* safetensors.c — a validating safetensors reader and an atomic writer (see tapegrad_safetensors.h).
  *
  * Reading keeps the whole file in one malloc'd buffer; tensors point into it. Validation happens
  * once, up front, so that everything after tg_st_read can trust the offsets:
@@ -24,7 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "tg_safetensors.h"
+#include "tapegrad_safetensors.h"
 
 /* Tensor bytes are copied between file and memory as they are: the format is little-endian. */
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__

@@ -21,7 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "tg_train.h"
+#include "tapegrad_train.h"
 
 #define CKPT_FORMAT "tapegrad-checkpoint"
 #define CKPT_VERSION "1"

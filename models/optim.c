@@ -1,7 +1,7 @@
 /*
  * optim.c — SGD, Adagrad, Adam, RMSprop and gradient clipping, as PyTorch 1.13 computes them.
  *
- * The update equations are in tg_optim.h. What this file adds is the order of operations:
+ * The update equations are in tapegrad_optim.h. What this file adds is the order of operations:
  * each kernel below performs the same roundings, in the same order, as the chain of tensor ops
  * in torch/optim/<name>.py (_single_tensor_<name>). The PyTorch ops used there compute, per
  * element,
@@ -29,7 +29,7 @@
  * double would be more accurate and no longer PyTorch's). <tgmath.h> makes sqrt pick sqrtf
  * for float.
  */
-#include "tg_optim.h"
+#include "tapegrad_optim.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -589,7 +589,7 @@ double tg_clip_grad_norm(struct tg_tensor *const *params, int n, double max_norm
         total_sq += norm * norm;
     }
     double total = sqrt(total_sq);
-    if (!isfinite(total)) return total; /* the caller decides; see tg_optim.h */
+    if (!isfinite(total)) return total; /* the caller decides; see tapegrad_optim.h */
     double coef = max_norm / (total + 1e-6);
     if (coef >= 1) return total;
     for (int i = 0; i < n; i++) {

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tg_tasks.h"
+#include "tapegrad_tasks.h"
 
 struct tg_task {
     enum tg_task_kind kind;

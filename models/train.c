@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "tg_train.h"
+#include "tapegrad_train.h"
 
 #define EVAL_BATCH 128                    /* held-out sequences per forward pass */
 #define EVAL_SEED 0x5eedf00dcafe1234ULL   /* the held-out set's own stream, apart from training */

@@ -14,7 +14,7 @@
 #include <cmocka.h>
 
 #include "tapegrad_models.h"
-#include "tg_manual.h"
+#include "tapegrad_manual.h"
 
 struct seq_case {
     struct tg_model *m;

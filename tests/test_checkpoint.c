@@ -30,7 +30,7 @@
 #include "test_util.h"
 
 #include "tg_config.h"
-#include "tg_train.h"
+#include "tapegrad_train.h"
 
 #if TG_HAVE_OPENMP
 #include <omp.h>

@@ -22,7 +22,7 @@
 #include <cmocka.h>
 
 #include "tapegrad_models.h"
-#include "tg_safetensors.h"
+#include "tapegrad_safetensors.h"
 #include "test_util.h"
 
 #define TAPEGRAD TG_BUILD_DIR "/tools/tapegrad"

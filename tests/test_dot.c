@@ -28,7 +28,7 @@
 
 #include "tapegrad_models.h"
 #include "tg_config.h"
-#include "tg_dot.h"
+#include "tapegrad_dot.h"
 #include "test_util.h"
 
 #if TG_HAVE_GRAPHVIZ

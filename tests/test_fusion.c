@@ -24,7 +24,7 @@
 
 #include "tapegrad_models.h"
 #include "tg_config.h"
-#include "tg_dot.h"
+#include "tapegrad_dot.h"
 #if TG_HAVE_OPENMP
 #include <omp.h>
 #endif

@@ -16,7 +16,7 @@
 #include <cmocka.h>
 
 #include "tapegrad.h"
-#include "tg_manual.h"
+#include "tapegrad_manual.h"
 
 #define MAXP 32  /* parameter tensors: L·4 + 2 with L ≤ 7 */
 

@@ -23,7 +23,7 @@
 #include <cmocka.h>
 
 #include "tapegrad.h"
-#include "tg_optim.h"
+#include "tapegrad_optim.h"
 
 #include "fixtures/optim_cases.h"
 

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "tapegrad.h"
-#include "tg_safetensors.h"
+#include "tapegrad_safetensors.h"
 
 /* ------------------------------------------------------------------ helpers */
 

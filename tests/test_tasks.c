@@ -12,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "tg_tasks.h"
+#include "tapegrad_tasks.h"
 
 /* ------------------------------------------------------------------ helpers */
 

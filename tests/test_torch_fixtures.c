@@ -16,7 +16,7 @@
 #include <cmocka.h>
 
 #include "tapegrad_models.h"
-#include "tg_safetensors.h"
+#include "tapegrad_safetensors.h"
 
 #define FIXTURES TG_SOURCE_DIR "/tests/fixtures/torch"
 #define TAPEGRAD TG_BUILD_DIR "/tools/tapegrad"

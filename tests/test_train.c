@@ -19,7 +19,7 @@
 #include <cmocka.h>
 
 #include "tg_config.h"
-#include "tg_train.h"
+#include "tapegrad_train.h"
 
 #if TG_HAVE_OPENMP
 #include <omp.h>

@@ -51,8 +51,8 @@ static int omp_get_max_threads(void) { return 1; }
 #include "cli.h"
 #include "tapegrad.h"
 #include "tapegrad_models.h"
-#include "tg_manual.h"
-#include "tg_optim.h"
+#include "tapegrad_manual.h"
+#include "tapegrad_optim.h"
 
 /* OpenBLAS's own controls (also in its cblas.h; declared here so the intent is visible). */
 void openblas_set_num_threads(int num_threads);

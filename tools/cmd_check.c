@@ -33,7 +33,7 @@
 
 #include "cli.h"
 #include "tapegrad_models.h"
-#include "tg_manual.h"
+#include "tapegrad_manual.h"
 
 #define MANUAL_TOL 1e-10
 #define FD_TOL 1e-6

@@ -13,7 +13,7 @@
 
 #include "cli.h"
 #include "tapegrad_models.h"
-#include "tg_dot.h"
+#include "tapegrad_dot.h"
 
 static const char *const CMD = "dot";
 static const char *const USAGE =

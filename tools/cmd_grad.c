@@ -26,7 +26,7 @@
 
 #include "cli.h"
 #include "tapegrad_models.h"
-#include "tg_safetensors.h"
+#include "tapegrad_safetensors.h"
 
 static const char CMD[] = "grad";
 static const char USAGE[] =

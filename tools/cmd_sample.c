@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "tg_train.h"
+#include "tapegrad_train.h"
 
 int cmd_sample(int argc, char **argv)
 {

@@ -14,7 +14,7 @@
 
 #include "cli.h"
 #include "tg_config.h"
-#include "tg_train.h"
+#include "tapegrad_train.h"
 
 #if TG_HAVE_OPENMP
 #include <omp.h>

@@ -1,6 +1,6 @@
 /*
  * manual_impl.h — internal interface between the driver (common.c) and the four cells of the
- * hand-derived oracles. Not installed; users include tg_manual.h.
+ * hand-derived oracles. Not installed; users include tapegrad_manual.h.
  *
  * The driver owns the sequence model (layers, output layer, loss) and carves the workspace;
  * each cell implements one layer's forward over all T steps and its backward through time.
@@ -10,13 +10,13 @@
 #ifndef TG_MANUAL_IMPL_H
 #define TG_MANUAL_IMPL_H
 
-#include "tg_manual.h"
+#include "tapegrad_manual.h"
 
 /* One layer's view of parameters, input and workspace. Row blocks are B rows of one step. */
 struct tg_manual_layer {
     int T, B, in, H;
     const void *X;          /* T·B × in: x (layer 0) or h_t of the layer below */
-    const void *const *p;   /* this layer's parameters, in tg_manual.h's order */
+    const void *const *p;   /* this layer's parameters, in tapegrad_manual.h's order */
     const void *h0, *c0;    /* B × H initial states, NULL for zeros */
     void *Hs;               /* (T+1)·B × H: block 0 is h0, block t+1 is h_t (so blocks 0..T-1
                                stacked are the h_{t-1} every step read: one GEMM for dW_hh) */

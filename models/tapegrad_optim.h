@@ -1,5 +1,5 @@
 /*
- * tg_optim.h — optimizers (SGD, Adagrad, Adam, RMSprop) and gradient clipping.
+ * tapegrad_optim.h — optimizers (SGD, Adagrad, Adam, RMSprop) and gradient clipping.
  *
  * The update rules, their order of operations and their defaults are PyTorch's (torch.optim
  * 1.13, single-tensor code path), so a run here can be compared number for number with one
@@ -27,8 +27,8 @@
  * serves all (tg_optim_steps). It matters for Adam's bias correction, Adagrad's lr_decay and
  * SGD's first momentum step; a checkpoint saves it with the state tensors.
  */
-#ifndef TG_OPTIM_H
-#define TG_OPTIM_H
+#ifndef TAPEGRAD_OPTIM_H
+#define TAPEGRAD_OPTIM_H
 
 #include "tapegrad.h"
 

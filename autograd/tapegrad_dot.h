@@ -1,5 +1,5 @@
 /*
- * tg_dot.h — draw a recorded tape as a Graphviz DOT graph, and render it to SVG or PNG.
+ * tapegrad_dot.h — draw a recorded tape as a Graphviz DOT graph, and render it to SVG or PNG.
  *
  *   struct tg_dot_opts o = {0};             // all-zero options: plain forward graph
  *   o.loss = res.loss;  o.backward = 1;      // after tg_backward(t, res.loss)
@@ -52,8 +52,8 @@
  *   of nodes plus edges, no recursion (10,000 rnn_tanh steps, 50,000 nodes: about 0.2 s, and
  *   0.5 s with backward and values, on a busy 2-core machine).
  */
-#ifndef TG_DOT_H
-#define TG_DOT_H
+#ifndef TAPEGRAD_DOT_H
+#define TAPEGRAD_DOT_H
 
 #include <stdio.h>
 

@@ -1,5 +1,5 @@
 /*
- * tg_manual.h — hand-derived BPTT for rnn_tanh, lstm, gru and gru_cho: forward and backward
+ * tapegrad_manual.h — hand-derived BPTT for rnn_tanh, lstm, gru and gru_cho: forward and backward
  * written out by hand over plain arrays, no tape. These are the oracles the autodiff engine is
  * tested against, and the "expert hand-written" speed reference of the benchmarks.
  *
@@ -32,8 +32,8 @@
  *   The cell equations and their derivatives are in the header comment of each
  *   models/manual/<cell>_bptt.c.
  */
-#ifndef TG_MANUAL_H
-#define TG_MANUAL_H
+#ifndef TAPEGRAD_MANUAL_H
+#define TAPEGRAD_MANUAL_H
 
 #include <stddef.h>
 #include <stdint.h>

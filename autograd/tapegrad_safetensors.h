@@ -1,5 +1,5 @@
 /*
- * tg_safetensors.h — reading and writing safetensors files (parameters, gradients, checkpoints).
+ * tapegrad_safetensors.h — reading and writing safetensors files (parameters, gradients, checkpoints).
  *
  * The format (https://github.com/huggingface/safetensors):
  *
@@ -37,8 +37,8 @@
  *   if (tg_st_get_tensor(f, "rnn.weight_ih_l0", W, 2, shape) != TG_OK) ...
  *   tg_st_close(f);
  */
-#ifndef TG_SAFETENSORS_H
-#define TG_SAFETENSORS_H
+#ifndef TAPEGRAD_SAFETENSORS_H
+#define TAPEGRAD_SAFETENSORS_H
 
 #include <stddef.h>
 #include <stdint.h>

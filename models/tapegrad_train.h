@@ -1,5 +1,5 @@
 /*
- * tg_train.h — training end to end: a task, a sequence model, an optimizer, a loop with
+ * tapegrad_train.h — training end to end: a task, a sequence model, an optimizer, a loop with
  * held-out evaluation, progress callbacks, a CSV log, and atomic, bit-exact checkpoints.
  *
  *   struct tg_train_config cfg = {0};              // zeros/NULLs mean "the default"
@@ -34,8 +34,8 @@
  * unset (0/NULL) field of the configuration is taken from the checkpoint, and a set field that
  * disagrees with it (another cell, size, dtype, optimizer, …) is an error.
  */
-#ifndef TG_TRAIN_H
-#define TG_TRAIN_H
+#ifndef TAPEGRAD_TRAIN_H
+#define TAPEGRAD_TRAIN_H
 
 #include <signal.h>
 #include <stdint.h>
@@ -43,9 +43,9 @@
 
 #include "tapegrad.h"
 #include "tapegrad_models.h"
-#include "tg_optim.h"
-#include "tg_safetensors.h"
-#include "tg_tasks.h"
+#include "tapegrad_optim.h"
+#include "tapegrad_safetensors.h"
+#include "tapegrad_tasks.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,5 +1,5 @@
 /*
- * tg_tasks.h — the built-in training tasks, generated in code (no data files), and their metrics.
+ * tapegrad_tasks.h — the built-in training tasks, generated in code (no data files), and their metrics.
  *
  *   reber   embedded Reber grammar (Hochreiter & Schmidhuber 1997), next-symbol prediction
  *   adding  adding problem: sum of the two marked values among T, MSE at the last step
@@ -36,8 +36,8 @@
  * Determinism: all randomness comes from the tg_rng passed in, so the same rng state (and, for
  * sequential text, the same cursor) gives the same batch bit for bit.
  */
-#ifndef TG_TASKS_H
-#define TG_TASKS_H
+#ifndef TAPEGRAD_TASKS_H
+#define TAPEGRAD_TASKS_H
 
 #include <stdint.h>
 

@@ -77,6 +77,21 @@ struct tg_tensor *tg_tanh(struct tg_tape *t, struct tg_tensor *x);
 struct tg_tensor *tg_sigmoid(struct tg_tape *t, struct tg_tensor *x);
 struct tg_tensor *tg_relu(struct tg_tape *t, struct tg_tensor *x);
 
+/* Elementwise a / b, broadcasting like add. */
+struct tg_tensor *tg_div(struct tg_tape *t, struct tg_tensor *a, struct tg_tensor *b);
+
+/* Elementwise functions: e^x, ln x, √x, |x|, softplus(x) = ln(1 + e^x) (stable for large |x|).
+ * Out-of-domain inputs (log or sqrt of a negative) give NaN, as C's libm does. */
+struct tg_tensor *tg_exp(struct tg_tape *t, struct tg_tensor *x);
+struct tg_tensor *tg_log(struct tg_tape *t, struct tg_tensor *x);
+struct tg_tensor *tg_sqrt(struct tg_tape *t, struct tg_tensor *x);
+struct tg_tensor *tg_abs(struct tg_tape *t, struct tg_tensor *x);
+struct tg_tensor *tg_softplus(struct tg_tape *t, struct tg_tensor *x);
+
+/* Per-row reductions: B×n → B×1 (the sum or mean of each row's n elements). */
+struct tg_tensor *tg_row_sum(struct tg_tape *t, struct tg_tensor *x);
+struct tg_tensor *tg_row_mean(struct tg_tape *t, struct tg_tensor *x);
+
 /* Concatenate n ≥ 1 tensors along axis 1 (columns: [a, b]) or axis 0 (rows). */
 struct tg_tensor *tg_concat(struct tg_tape *t, int axis, int n, struct tg_tensor *const *xs);
 static inline struct tg_tensor *tg_concat2(struct tg_tape *t, int axis, struct tg_tensor *a,

@@ -132,6 +132,7 @@ enum tg_status tg_checkpoint_save(const char *path, const struct tg_train_config
     meta_int(w, "layers", cfg->layers);
     meta_int(w, "embed", cfg->embed);
     meta_int(w, "seq", cfg->seq);
+    meta_int(w, "micro_batches", cfg->micro_batches > 0 ? cfg->micro_batches : 1);
     tg_st_writer_meta(w, "dtype", m->cfg.dtype == TG_F64 ? "f64" : "f32");
     tg_st_writer_meta(w, "optimizer", cfg->optimizer);
     meta_dbl(w, "lr", cfg->lr);
@@ -252,6 +253,9 @@ static enum tg_status parse(struct tg_checkpoint *c)
     TRY(get_int(c, "layers", 1, BIG, &cfg->layers));
     TRY(get_int(c, "embed", 0, BIG, &cfg->embed));
     TRY(get_int(c, "seq", 0, BIG, &cfg->seq));
+    /* data parallelism (issue 16); older checkpoints ran the batch as one block */
+    cfg->micro_batches = 1;
+    if (tg_st_meta(c->f, "micro_batches")) TRY(get_int(c, "micro_batches", 1, BIG, &cfg->micro_batches));
     TRY(get_str(c, "dtype", &cfg->dtype));
     if (strcmp(cfg->dtype, "f32") != 0 && strcmp(cfg->dtype, "f64") != 0) return bad(c, "dtype");
     TRY(get_str(c, "optimizer", &cfg->optimizer));

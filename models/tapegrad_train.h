@@ -28,6 +28,20 @@
  * batches); the held-out set comes from a second generator re-seeded for every evaluation, so
  * evaluating never changes the training stream. Same configuration ⇒ same parameter bytes.
  *
+ * Micro-batches (micro_batches = K > 1). Each batch is cut into K fixed blocks of B/K sequences
+ * (K must divide B). Each block is recorded and backpropagated on its own, its gradient copied
+ * into slot k of one flat buffer, and the step's gradient is the sum of the K slots in the order
+ * 0, 1, …, K−1, whichever process computed them. With cfg.dist spanning N ranks (K ≥ N), rank r
+ * computes only its share of blocks, one MPI_Allgatherv per step fills every rank's buffer, and
+ * every rank sums the same bytes in the same order: the parameters after any step are the same
+ * bytes at every N, and in a single process given the same K. A slot also carries its block's
+ * loss, metric sums and a stop/failure flag, so that is the step's only exchange. Losses are
+ * weighted for the whole batch (mean: divided by the batch's count of labelled positions,
+ * whichever block holds them; adding: each block's MSE divided by K). The carried TBPTT state
+ * of a block's rows lives on the rank owning the block; rank 0 gathers it only to checkpoint.
+ * Rank 0 alone writes the log and checkpoints and calls cfg.progress; every rank evaluates the
+ * held-out set (the same bytes: every rank then takes the same decision to stop).
+ *
  * Resuming. A checkpoint holds everything the next step depends on: parameters, optimizer state
  * and step count, the rng's four words, the task cursor, the carried TBPTT state and the run's
  * configuration; N steps + resume + N steps is bit-identical to 2N steps. When resuming, every
@@ -52,6 +66,7 @@ extern "C" {
 #endif
 
 struct tg_train_progress;
+struct tg_dist;
 
 /* Every field's 0 / NULL means the default in brackets (or, when resuming, the checkpoint's). */
 struct tg_train_config {
@@ -88,6 +103,10 @@ struct tg_train_config {
     const char *resume;           /* continue from this checkpoint */
     int overwrite;                /* allow replacing an existing checkpoint when not resuming it */
     const char *log_path;         /* CSV: one row per step (appended when resuming) */
+    /* ---- data parallelism (see "Micro-batches" above) */
+    int micro_batches;            /* K fixed blocks of batch/K sequences each [1; resuming: the
+                                     checkpoint's]; free to change when resuming (last bits) */
+    struct tg_dist *dist;         /* the MPI job (tapegrad_dist.h), or NULL: one process */
     volatile sig_atomic_t *stop;  /* set (e.g. by a SIGINT handler) to stop after this step */
     void (*progress)(const struct tg_train_progress *p, void *ctx); /* called after every step */
     void *progress_ctx;
@@ -136,7 +155,8 @@ void tg_trainer_free(struct tg_trainer *tr);
 enum tg_status tg_trainer_step(struct tg_trainer *tr);
 /* Evaluate on the held-out set (the same sequences every call; state zero; no gradients). */
 enum tg_status tg_trainer_eval(struct tg_trainer *tr, struct tg_metrics *out);
-/* Write a checkpoint of the current state (atomically). */
+/* Write a checkpoint of the current state (atomically). Across ranks every rank calls it: rank 0
+ * gathers the carried state and alone writes. */
 enum tg_status tg_trainer_save(struct tg_trainer *tr, const char *path);
 /* The loop: steps until cfg.steps (or solved, or stop), evaluations, checkpoints, log rows,
  * progress calls. A checkpoint is written at the end (also when stopped) if cfg.checkpoint is
@@ -149,6 +169,11 @@ struct tg_optim *tg_trainer_optim(const struct tg_trainer *tr);
 struct tg_task *tg_trainer_task(const struct tg_trainer *tr);
 long tg_trainer_steps(const struct tg_trainer *tr);
 double tg_trainer_last_loss(const struct tg_trainer *tr);
+/* Across ranks, where the last error came from: 0 — every rank returned it at the same step;
+ * 1 — this rank alone failed (rank 0's checkpoint or log) and the others carry on, so the job
+ * has to be stopped (tg_dist_abort); 2 — this rank's micro-batch failed, the others learnt of it
+ * in the step's exchange and stopped too, and this rank's message is the one saying why. */
+int tg_trainer_failed_alone(const struct tg_trainer *tr);
 
 /* new + run + free. */
 enum tg_status tg_train(const struct tg_train_config *cfg, struct tg_train_result *res);

@@ -396,6 +396,28 @@ enum tg_status tg_batch_alloc(const struct tg_task *task, int B, struct tg_batch
     return TG_OK;
 }
 
+/* Rows [r0, r0 + dst->B) of every time step of src, time-major like any batch. */
+static void copy_rows(void *dst, const void *src, size_t row, int T, int Bd, int Bs, int r0)
+{
+    for (int t = 0; t < T; t++)
+        memcpy((char *)dst + (size_t)t * Bd * row, (const char *)src + ((size_t)t * Bs + r0) * row,
+               (size_t)Bd * row);
+}
+
+void tg_batch_rows(const struct tg_batch *src, int r0, struct tg_batch *dst)
+{
+    int Bd = dst->B, Bs = src->B, T = src->T;
+    TG_ASSERT(r0 >= 0 && r0 + Bd <= Bs && dst->max_T >= T && dst->in_dim == src->in_dim);
+    dst->T = T;
+    if (src->x) copy_rows(dst->x, src->x, (size_t)src->in_dim * sizeof *src->x, T, Bd, Bs, r0);
+    if (src->tokens) copy_rows(dst->tokens, src->tokens, sizeof *src->tokens, T, Bd, Bs, r0);
+    if (src->labels) copy_rows(dst->labels, src->labels, sizeof *src->labels, T, Bd, Bs, r0);
+    if (src->allowed) copy_rows(dst->allowed, src->allowed, sizeof *src->allowed, T, Bd, Bs, r0);
+    if (src->target) copy_rows(dst->target, src->target, (size_t)src->out_dim * sizeof *src->target, 1, Bd, Bs, r0);
+    copy_rows(dst->reset, src->reset, sizeof *src->reset, 1, Bd, Bs, r0);
+    copy_rows(dst->lengths, src->lengths, sizeof *src->lengths, 1, Bd, Bs, r0);
+}
+
 /* Put symbol s at step t of sequence b: token, one-hot row of x. s < 0 writes padding. */
 static void put_symbol(struct tg_batch *bt, int t, int b, int32_t s)
 {

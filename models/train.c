@@ -12,11 +12,13 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "tapegrad_dist.h"
 #include "tapegrad_train.h"
 
 #define EVAL_BATCH 128                    /* held-out sequences per forward pass */
 #define EVAL_SEED 0x5eedf00dcafe1234ULL   /* the held-out set's own stream, apart from training */
 #define SMOOTH 0.95                       /* moving average of the displayed loss (~20 steps) */
+#define SLOT_HEAD 128                     /* bytes before a micro-batch slot's gradients */
 
 struct tg_trainer {
     struct tg_train_config cfg;   /* resolved; strings are static names or owned below */
@@ -36,6 +38,14 @@ struct tg_trainer {
     int have_eval;
     long eval_step;               /* the step eval_m was measured at (−1: never) */
     FILE *log;
+    /* micro-batches and ranks (see tapegrad_train.h) */
+    int rank, nranks, lead;       /* lead: rank 0, which alone logs and checkpoints */
+    int k0, kn;                   /* this rank's micro-batches [k0, k0 + kn) */
+    struct tg_batch sub;          /* the micro-batch being computed (K > 1) */
+    unsigned char *slots;         /* K slots of slot_bytes: header, then every gradient */
+    size_t slot_bytes;
+    int stop_seen;                /* some rank's stop flag was set during the last step */
+    int failed_alone;             /* the last error was this rank's own (checkpoint, log) */
 };
 
 static double now_s(void)
@@ -128,6 +138,7 @@ static void fill_defaults(struct tg_train_config *c)
     if (!c->loss) c->loss = "mean";
     if (!c->init) c->init = "pytorch";
     if (!c->lr && strcmp(c->optimizer, "adam") == 0) c->lr = 1e-2;
+    if (!c->micro_batches) c->micro_batches = 1;
 }
 
 /* The list's own copy of s (static storage), or NULL. */
@@ -174,6 +185,22 @@ static enum tg_status validate(const struct tg_train_config *c)
         return tg_error(TG_ERR_VALUE, "sizes must be positive (batch %d, hidden %d, layers %d, "
                         "embed %d, seq %d, length %d, steps %ld)", c->batch, c->hidden, c->layers,
                         c->embed, c->seq, c->length, c->steps);
+    if (c->micro_batches < 1 || c->batch % c->micro_batches != 0)
+        return tg_error(TG_ERR_VALUE, "--batch %d does not split into %d micro-batches of equal "
+                        "size (--micro-batches must divide --batch)", c->batch, c->micro_batches);
+    int N = tg_dist_size(c->dist);
+    if (N > c->micro_batches) {
+        int k = N;
+        while (k <= c->batch && c->batch % k) k++;
+        if (k > c->batch)
+            return tg_error(TG_ERR_VALUE, "mpirun started %d ranks, more than the %d sequences of "
+                            "a batch: use fewer ranks or a larger --batch", N, c->batch);
+        return tg_error(TG_ERR_VALUE, "mpirun started %d ranks but a batch is %d micro-batch%s: "
+                        "every rank needs at least one. Pass --micro-batches K with K >= %d dividing "
+                        "--batch %d (e.g. %d); the result is then the same at any number of ranks "
+                        "and without mpirun", N, c->micro_batches, c->micro_batches > 1 ? "es" : "",
+                        N, c->batch, k);
+    }
     if (c->lr < 0 || c->momentum < 0 || c->clip_value < 0 || c->clip_norm < 0 ||
         !isfinite(c->lr + c->momentum + c->clip_value + c->clip_norm + c->forget_bias))
         return tg_error(TG_ERR_VALUE, "lr, momentum and clipping thresholds must be finite and >= 0");
@@ -188,6 +215,8 @@ void tg_trainer_free(struct tg_trainer *tr)
     if (tr->log) fclose(tr->log);
     tg_batch_free(&tr->batch);
     tg_batch_free(&tr->eval_batch);
+    tg_batch_free(&tr->sub);
+    free(tr->slots);
     free(tr->probs);
     free(tr->eval_probs);
     tg_tape_free(tr->tape);
@@ -222,6 +251,23 @@ static enum tg_status open_log(struct tg_trainer *tr, int append)
     fprintf(tr->log, ",tokens,seconds\n");
     return fflush(tr->log) == 0 ? TG_OK
                                 : tg_error(TG_ERR_IO, "cannot write log '%s'", c->log_path);
+}
+
+/* K > 1: the micro-batch buffer and the slots; this rank's share. */
+static enum tg_status build_micro_batches(struct tg_trainer *tr)
+{
+    int K = tr->cfg.micro_batches;
+    tg_dist_share(K, tr->nranks, tr->rank, &tr->k0, &tr->kn);
+    if (K == 1) return TG_OK;
+    TRY(tg_batch_alloc(tr->task, tr->cfg.batch / K, &tr->sub));
+    size_t g = 0;
+    for (int i = 0; i < tr->model->n_params; i++) g += tg_nbytes(tr->model->params[i]);
+    tr->slot_bytes = (SLOT_HEAD + g + 63) / 64 * 64;
+    tr->slots = calloc((size_t)K, tr->slot_bytes);
+    if (!tr->slots)
+        return tg_error(TG_ERR_NOMEM, "trainer: out of memory for %d micro-batch gradients of %zu "
+                        "bytes", K, g);
+    return TG_OK;
 }
 
 static enum tg_status build(struct tg_trainer *tr)
@@ -295,7 +341,8 @@ static enum tg_status build(struct tg_trainer *tr)
     }
     tg_metrics_reset(tr->task, &tr->train_m);
     tg_metrics_reset(tr->task, &tr->eval_m);
-    if (c->log_path) TRY(open_log(tr, tr->ck != NULL));
+    TRY(build_micro_batches(tr));
+    if (c->log_path && tr->lead) TRY(open_log(tr, tr->ck != NULL));
     return TG_OK;
 }
 
@@ -307,6 +354,9 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
     if (!tr) return tg_error(TG_ERR_NOMEM, "tg_trainer_new: out of memory");
     struct tg_train_config *c = &tr->cfg;
     *c = *cfg;
+    tr->rank = tg_dist_rank(cfg->dist);
+    tr->nranks = tg_dist_size(cfg->dist);
+    tr->lead = tr->rank == 0;
     enum tg_status st = TG_OK;
     if (cfg->resume) {
         st = tg_checkpoint_open(cfg->resume, &tr->ck);
@@ -325,6 +375,8 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
             r.resume = cfg->resume;
             r.overwrite = cfg->overwrite;
             r.log_path = cfg->log_path;
+            if (cfg->micro_batches) r.micro_batches = cfg->micro_batches;
+            r.dist = cfg->dist;
             r.stop = cfg->stop;
             r.progress = cfg->progress;
             r.progress_ctx = cfg->progress_ctx;
@@ -345,7 +397,7 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
         if (!tr->owned_data) st = tg_error(TG_ERR_NOMEM, "tg_trainer_new: out of memory");
         c->data = tr->owned_data;
     }
-    if (st == TG_OK && c->checkpoint && !c->overwrite &&
+    if (st == TG_OK && tr->lead && c->checkpoint && !c->overwrite &&
         !(c->resume && same_file(c->resume, c->checkpoint))) {
         struct stat sb;
         if (stat(c->checkpoint, &sb) == 0)
@@ -359,7 +411,7 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
         tg_trainer_free(tr);
         return st;
     }
-    if (c->checkpoint) tg_checkpoint_clean_temps(c->checkpoint);
+    if (c->checkpoint && tr->lead) tg_checkpoint_clean_temps(c->checkpoint);
     *out = tr;
     return TG_OK;
 }
@@ -370,6 +422,7 @@ struct tg_optim *tg_trainer_optim(const struct tg_trainer *tr) { return tr->opti
 struct tg_task *tg_trainer_task(const struct tg_trainer *tr) { return tr->task; }
 long tg_trainer_steps(const struct tg_trainer *tr) { return tr->step; }
 double tg_trainer_last_loss(const struct tg_trainer *tr) { return tr->loss; }
+int tg_trainer_failed_alone(const struct tg_trainer *tr) { return tr->failed_alone; }
 
 /* ------------------------------------------------------------------ one step */
 
@@ -406,32 +459,75 @@ static enum tg_status tape_failure(struct tg_tape *t, const char *what)
     return tg_error(TG_ERR_STATE, "%s failed", what);
 }
 
-enum tg_status tg_trainer_step(struct tg_trainer *tr)
+/* The loss weight that makes the blocks' gradients add up to the batch's: mean cross-entropy
+ * divides by the labelled positions of the whole batch, whichever block holds them; adding
+ * averages K equal blocks' MSEs. */
+static double loss_scale(const struct tg_trainer *tr, const struct tg_batch *b)
+{
+    if (tr->regression) return 1.0 / tr->cfg.micro_batches;
+    if (!tr->mean_loss) return 1.0;
+    long n = 0;
+    for (long i = 0; i < (long)b->T * b->B; i++) n += b->labels[i] >= 0;
+    return n ? 1.0 / (double)n : 0.0;
+}
+
+/* The carried state of rows [r0, r0 + B) as the chunk's initial state (NULL: zero). The whole
+ * batch reads the model's state as is; a micro-batch reads a copy of its rows. */
+static enum tg_status state_in(struct tg_trainer *tr, struct tg_tape *t, int r0, int B, int carry,
+                               struct tg_tensor ***init)
 {
     struct tg_model *m = tr->model;
-    struct tg_batch *b = &tr->batch;
+    *init = NULL;
+    if (!carry || m->state_batch != tr->cfg.batch) return TG_OK;
+    if (B == m->state_batch) {
+        *init = m->state;
+        return TG_OK;
+    }
+    int n = m->cfg.layers * m->cfg.cell->n_state;
+    size_t row = (size_t)m->cfg.hidden * tg_dtype_size(m->cfg.dtype);
+    struct tg_tensor **s = tg_tape_alloc(t, (size_t)n * sizeof *s);
+    if (!s) return tape_failure(t, "carried state");
+    for (int i = 0; i < n; i++) {
+        s[i] = tg_tensor_new(t, B, m->cfg.hidden, m->cfg.dtype);
+        if (!s[i]) return tape_failure(t, "carried state");
+        memcpy(s[i]->data, (const char *)m->state[i]->data + (size_t)r0 * row, (size_t)B * row);
+    }
+    *init = s;
+    return TG_OK;
+}
+
+/* Keep the chunk's final state as rows [r0, r0 + B) of the model's carried state. */
+static enum tg_status state_out(struct tg_trainer *tr, const struct tg_seq_result *res, int r0, int B)
+{
+    struct tg_model *m = tr->model;
+    int Bg = tr->cfg.batch;
+    if (B == Bg) return tg_model_keep_state(m, res, B);
+    int n = m->cfg.layers * m->cfg.cell->n_state;
+    size_t row = (size_t)m->cfg.hidden * tg_dtype_size(m->cfg.dtype);
+    if (m->state_batch != Bg) {
+        for (int i = 0; i < n; i++) {
+            tg_tensor_free(m->state[i]);
+            m->state[i] = tg_tensor_new_heap(Bg, m->cfg.hidden, m->cfg.dtype);
+            if (!m->state[i]) return TG_ERR_NOMEM;
+        }
+        m->state_batch = Bg;
+    }
+    for (int i = 0; i < n; i++)
+        memcpy((char *)m->state[i]->data + (size_t)r0 * row, res->final[i]->data, (size_t)B * row);
+    return TG_OK;
+}
+
+/* Record and backpropagate one block of sequences (the whole batch, or micro-batch rows
+ * [r0, r0 + b->B)) into the parameters' gradients: its weighted loss and its metric sums. */
+static enum tg_status run_block(struct tg_trainer *tr, const struct tg_batch *b, int r0,
+                                double scale, double *loss, struct tg_metrics *mt)
+{
+    struct tg_model *m = tr->model;
     struct tg_tape *t = tr->tape;
-    TRY(tg_task_next_batch(tr->task, &tr->rng, b));
     int T = b->T, B = b->B, in = b->in_dim;
     int chunk = !tr->text && tr->cfg.seq > 0 && tr->cfg.seq < T ? tr->cfg.seq : T;
     int nchunks = (T + chunk - 1) / chunk;
-    double scale = 1.0;
-    if (!tr->regression && tr->mean_loss) {
-        long n = 0;
-        for (long i = 0; i < (long)T * B; i++) n += b->labels[i] >= 0;
-        scale = n ? 1.0 / (double)n : 0.0;
-    }
-    /* A text stream that starts over (end of its segment) starts from a zero state. */
-    if (tr->text && m->state_batch == B) {
-        int ns = m->cfg.layers * m->cfg.cell->n_state;
-        for (int r = 0; r < B; r++)
-            if (b->reset[r])
-                for (int i = 0; i < ns; i++)
-                    memset((char *)m->state[i]->data + (size_t)r * m->cfg.hidden * tg_dtype_size(m->cfg.dtype),
-                           0, (size_t)m->cfg.hidden * tg_dtype_size(m->cfg.dtype));
-    }
-    tg_model_zero_grad(m);
-    double loss = 0;
+    *loss = 0;
     for (int c = 0; c < nchunks; c++) {
         int t0 = c * chunk, Tc = T - t0 < chunk ? T - t0 : chunk, last = c == nchunks - 1;
         struct tg_seq_batch sb = {
@@ -446,21 +542,132 @@ enum tg_status tg_trainer_step(struct tg_trainer *tr)
         tg_tape_reset(t);
         tg_tape_set_no_grad(t, nograd);
         struct tg_seq_result res;
-        enum tg_status st = tg_model_forward(m, t, &sb, tr->text || c > 0, &res);
+        struct tg_tensor **init;
+        enum tg_status st = state_in(tr, t, r0, B, tr->text || c > 0, &init);
+        if (st == TG_OK) st = tg_model_forward_from(m, t, &sb, init, &res);
         struct tg_tensor *L = res.loss;
         if (st == TG_OK && !nograd) {
             if (scale != 1.0) L = tg_affine(t, L, scale, 0.0);
             st = L ? tg_backward(t, L) : tape_failure(t, "loss scaling");
-            if (st == TG_OK) loss += tg_get(L, 0, 0);
+            if (st == TG_OK) *loss += tg_get(L, 0, 0);
         }
         if (st == TG_OK && (!tr->regression || last)) outputs(tr, &res, tr->probs, t0, B);
         /* The state is copied out only after backward: the chunk's first step read it. */
-        if (st == TG_OK && (tr->text || !last)) st = tg_model_keep_state(m, &res, B);
+        if (st == TG_OK && (tr->text || !last)) st = state_out(tr, &res, r0, B);
         tg_tape_set_no_grad(t, 0);
         if (st != TG_OK) return st;
     }
-    tg_metrics_reset(tr->task, &tr->train_m);
-    tg_task_metrics(tr->task, b, tr->probs, &tr->train_m);
+    tg_metrics_reset(tr->task, mt);
+    tg_task_metrics(tr->task, b, tr->probs, mt);
+    return TG_OK;
+}
+
+/* Slot layout: a header of doubles, then every parameter's gradient in order. */
+enum { H_LOSS, H_FAILED, H_STOP, H_NUM, H_DEN = H_NUM + TG_METRICS_MAX, H_END = H_DEN + TG_METRICS_MAX };
+_Static_assert(H_END * sizeof(double) <= SLOT_HEAD, "the slot header holds its fields");
+
+static double *slot(const struct tg_trainer *tr, int k)
+{
+    return (double *)(tr->slots + (size_t)k * tr->slot_bytes);
+}
+
+/* K > 1: this rank's blocks into their slots, one exchange, then every rank sums all K slots
+ * in block order into the gradients — the same bytes whatever the number of ranks. */
+static enum tg_status run_blocks(struct tg_trainer *tr, double scale, double *loss)
+{
+    struct tg_model *m = tr->model;
+    int K = tr->cfg.micro_batches, mb = tr->cfg.batch / K;
+    enum tg_status st = TG_OK;
+    for (int k = tr->k0; k < tr->k0 + tr->kn; k++) {
+        double *h = slot(tr, k);
+        memset(h, 0, SLOT_HEAD);
+        struct tg_metrics mt;
+        if (st == TG_OK) {
+            tg_batch_rows(&tr->batch, k * mb, &tr->sub);
+            tg_model_zero_grad(m);
+            st = run_block(tr, &tr->sub, k * mb, scale, &h[H_LOSS], &mt);
+        }
+        if (st != TG_OK) {
+            h[H_FAILED] = 1; /* still exchanged, so that every rank stops at this step */
+            continue;
+        }
+        for (int i = 0; i < mt.n; i++) h[H_NUM + i] = mt.num[i], h[H_DEN + i] = mt.den[i];
+        unsigned char *g = (unsigned char *)h + SLOT_HEAD;
+        for (int i = 0; i < m->n_params; i++) {
+            memcpy(g, m->params[i]->grad, tg_nbytes(m->params[i]));
+            g += tg_nbytes(m->params[i]);
+        }
+    }
+    if (tr->kn > 0) slot(tr, tr->k0)[H_STOP] = tr->cfg.stop && *tr->cfg.stop;
+    TRY(tg_dist_allgather(tr->cfg.dist, tr->slots, tr->slot_bytes, K));
+
+    struct tg_metrics *mt = &tr->train_m;
+    tg_metrics_reset(tr->task, mt);
+    int failed = -1;
+    tr->stop_seen = 0;
+    *loss = 0;
+    for (int k = 0; k < K; k++) {
+        const double *h = slot(tr, k);
+        if (h[H_FAILED] && failed < 0) failed = k;
+        tr->stop_seen |= h[H_STOP] != 0;
+        *loss += h[H_LOSS];
+        for (int i = 0; i < mt->n; i++) mt->num[i] += h[H_NUM + i], mt->den[i] += h[H_DEN + i];
+    }
+    if (st != TG_OK) {
+        tr->failed_alone = tr->nranks > 1 ? 2 : 0;
+        return st;
+    }
+    if (failed >= 0)
+        return tg_error(TG_ERR_STATE, "step %ld failed on the rank computing micro-batch %d (its "
+                        "message says why)", tr->step + 1, failed);
+    for (int i = 0; i < mt->n; i++) mt->values[i] = mt->den[i] > 0 ? mt->num[i] / mt->den[i] : NAN;
+    size_t off = SLOT_HEAD;
+    for (int i = 0; i < m->n_params; i++) {
+        struct tg_tensor *p = m->params[i];
+        long n = (long)tg_numel(p);
+        for (int k = 0; k < K; k++) {
+            const unsigned char *g = (const unsigned char *)slot(tr, k) + off;
+            /* Each element's sum runs over k in order, whatever the thread count. */
+            if (p->dtype == TG_F64) {
+                double *d = p->grad;
+                const double *s = (const double *)g;
+#pragma omp parallel for if (n > 65536)
+                for (long j = 0; j < n; j++) d[j] = k ? d[j] + s[j] : s[j];
+            } else {
+                float *d = p->grad;
+                const float *s = (const float *)g;
+#pragma omp parallel for if (n > 65536)
+                for (long j = 0; j < n; j++) d[j] = k ? d[j] + s[j] : s[j];
+            }
+        }
+        off += tg_nbytes(p);
+    }
+    return TG_OK;
+}
+
+enum tg_status tg_trainer_step(struct tg_trainer *tr)
+{
+    struct tg_model *m = tr->model;
+    struct tg_batch *b = &tr->batch;
+    TRY(tg_task_next_batch(tr->task, &tr->rng, b));
+    int B = b->B;
+    double scale = loss_scale(tr, b);
+    /* A text stream that starts over (end of its segment) starts from a zero state. */
+    if (tr->text && m->state_batch == B) {
+        int ns = m->cfg.layers * m->cfg.cell->n_state;
+        for (int r = 0; r < B; r++)
+            if (b->reset[r])
+                for (int i = 0; i < ns; i++)
+                    memset((char *)m->state[i]->data + (size_t)r * m->cfg.hidden * tg_dtype_size(m->cfg.dtype),
+                           0, (size_t)m->cfg.hidden * tg_dtype_size(m->cfg.dtype));
+    }
+    double loss = 0;
+    if (tr->cfg.micro_batches > 1) {
+        TRY(run_blocks(tr, scale, &loss));
+    } else {
+        tg_model_zero_grad(m);
+        TRY(run_block(tr, b, 0, scale, &loss, &tr->train_m));
+    }
 
     struct tg_tensor **P = m->params;
     if (tr->cfg.clip_value > 0) TRY(tg_clip_grad_value(P, m->n_params, tr->cfg.clip_value));
@@ -512,6 +719,15 @@ enum tg_status tg_trainer_eval(struct tg_trainer *tr, struct tg_metrics *out)
 
 enum tg_status tg_trainer_save(struct tg_trainer *tr, const char *path)
 {
+    /* Across ranks: rank 0 collects every block's rows of the carried state, then writes. */
+    struct tg_model *m = tr->model;
+    if (tr->nranks > 1 && m->state_batch == tr->cfg.batch) {
+        int K = tr->cfg.micro_batches;
+        size_t rows = (size_t)(tr->cfg.batch / K) * m->cfg.hidden * tg_dtype_size(m->cfg.dtype);
+        for (int i = 0; i < m->cfg.layers * m->cfg.cell->n_state; i++)
+            TRY(tg_dist_gather0(tr->cfg.dist, m->state[i]->data, rows, K));
+    }
+    if (!tr->lead) return TG_OK;
     struct tg_checkpoint_state s = {
         .step = tr->step, .optim_steps = tg_optim_steps(tr->optim),
         .cursor = tg_task_cursor(tr->task), .rng = tr->rng, .smooth_loss = tr->smooth_loss,
@@ -563,24 +779,29 @@ enum tg_status tg_trainer_run(struct tg_trainer *tr, struct tg_train_result *res
             }
             if (c->until_solved && res->solved) done = 1;
         }
-        int stop = c->stop && *c->stop;
+        /* Across ranks, a stop is seen through the step's exchange, so all stop together. */
+        int stop = tr->nranks > 1 ? tr->stop_seen : c->stop && *c->stop;
         if (stop) res->interrupted = done = 1;
         int ckpt = c->checkpoint && ((c->checkpoint_every && tr->step % c->checkpoint_every == 0) ||
                                      done || tr->step == c->steps);
         if (ckpt) {
             st = tg_trainer_save(tr, c->checkpoint);
-            if (st != TG_OK) break;
+            if (st != TG_OK) {
+                tr->failed_alone = tr->nranks > 1;
+                break;
+            }
             res->checkpoint_written = 1;
         }
         double secs = now_s() - t0;
         if (tr->log) {
             log_row(tr, evaluated, secs);
             if (ferror(tr->log)) {
+                tr->failed_alone = tr->nranks > 1;
                 st = tg_error(TG_ERR_IO, "cannot write log '%s'", c->log_path);
                 break;
             }
         }
-        if (c->progress) {
+        if (c->progress && tr->lead) {
             struct tg_train_progress p = {
                 .cell = c->cell, .task = c->task, .step = tr->step, .total = c->steps,
                 .start_step = start, .until_solved = c->until_solved, .loss = tr->loss,

@@ -6,10 +6,11 @@ set -euo pipefail
 TG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Build: compiler, meson, ninja. Libraries: cmocka (tests), OpenBLAS with its OpenMP flavour
-# (see meson.build for why), jansson (safetensors headers), Graphviz (rendering DOT).
+# (see meson.build for why), jansson (safetensors headers), Graphviz (rendering DOT), Open MPI
+# (data-parallel training: `mpirun -np N tapegrad train`, and its tests).
 TG_PACKAGES=(gcc libc6-dev pkg-config meson ninja-build python3
              libcmocka-dev libopenblas-dev libopenblas0-openmp libjansson-dev
-             graphviz libgraphviz-dev)
+             graphviz libgraphviz-dev openmpi-bin libopenmpi-dev)
 
 tg_missing_packages() {
     local p missing=()

@@ -34,5 +34,14 @@ int cmd_dot(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+/* train_mpi.c: `train` joins an MPI job around cmd_train (see there). */
+int cmd_train_mpi(int argc, char **argv);
+struct tg_dist *train_dist(void);              /* the job, or NULL */
+/* After building the trainer: collective; the lowest failing rank prints msg; nonzero if any
+ * rank failed. */
+int train_dist_settle(int failed, const char *msg);
+/* A failed run (where: tg_trainer_failed_alone): print msg where it belongs, stop the job if
+ * only this rank failed; returns the exit status 1. */
+int train_dist_fail(int where, const char *msg);
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "tg_config.h"
+#include "tapegrad_dist.h"
 #include "tapegrad_train.h"
 
 #if TG_HAVE_OPENMP
@@ -140,7 +141,7 @@ int cmd_train(int argc, char **argv)
     const char *resume = NULL, *log = NULL, *compare = NULL, *dtype = NULL, *init = NULL;
     const char *loss = NULL;
     int length = 0, batch = 0, hidden = 0, layers = 0, seq = 0, threads = 0, embed = 0;
-    int until_solved = 0, overwrite = 0, eval_size = 0;
+    int until_solved = 0, overwrite = 0, eval_size = 0, micro_batches = 0;
     long steps = 0, max_steps = 20000, checkpoint_every = 0, seed = 1, eval_every = 0;
     long print_every = 100;
     double lr = 0, clip_value = 0, clip_norm = 0, forget_bias = 0, momentum = 0;
@@ -176,6 +177,8 @@ int cmd_train(int argc, char **argv)
         {"eval-every", CLI_LONG, &eval_every, "held-out evaluation every N steps [50]", 1, 1e12},
         {"eval-size", CLI_INT, &eval_size, "held-out sequences [512]", 1, 1 << 20},
         {"print-every", CLI_LONG, &print_every, "non-terminal: a progress line every N steps [100]", 1, 1e12},
+        {"micro-batches", CLI_INT, &micro_batches, "split each batch into K fixed blocks, summed in "
+         "order: the same result with or without mpirun -np N (N <= K) [1]", 1, 1 << 20},
         {"compare", CLI_STR, &compare, "train each listed cell (rnn_tanh,lstm,gru) and print a table", 0, -1},
     };
     int nflags = (int)(sizeof flags / sizeof flags[0]);
@@ -197,6 +200,7 @@ int cmd_train(int argc, char **argv)
         .eval_every = eval_every, .eval_size = eval_size, .checkpoint = checkpoint,
         .checkpoint_every = checkpoint_every, .resume = resume, .overwrite = overwrite,
         .log_path = log, .stop = &interrupted, .progress = progress,
+        .micro_batches = micro_batches, .dist = train_dist(), /* issue 16: train_mpi.c */
     };
     /* Without --steps a task with a solved criterion runs until solved (capped); text runs 1000.
      * A resumed run's task is the checkpoint's (an unreadable file is reported below). */
@@ -261,7 +265,11 @@ int cmd_train(int argc, char **argv)
     }
 
     struct tg_trainer *tr;
-    if (tg_trainer_new(&cfg, &tr) != TG_OK) return cli_fail("train", "%s", tg_last_error());
+    int failed = tg_trainer_new(&cfg, &tr) != TG_OK;
+    if (train_dist_settle(failed, tg_last_error())) { /* every rank learns if one failed */
+        if (!failed) tg_trainer_free(tr);
+        return 1;
+    }
     const struct tg_train_config *rc = tg_trainer_config(tr);
     struct tg_model *m = tg_trainer_model(tr);
     fprintf(stderr, "%s %s on %s: H=%d, L=%d, batch %d, %zu weights, %s lr %g, %s, seed %llu%s\n",
@@ -270,13 +278,24 @@ int cmd_train(int argc, char **argv)
             rc->until_solved ? ", until solved" : "");
     if (rc->seq) fprintf(stderr, "truncated BPTT: chunks of %d steps\n", rc->seq);
     if (tg_trainer_steps(tr)) fprintf(stderr, "from step %ld of %s\n", tg_trainer_steps(tr), rc->resume);
+    if (tg_dist_size(rc->dist) > 1 || rc->micro_batches > 1)
+        fprintf(stderr, "data-parallel: %d micro-batches of %d sequences on %d rank%s\n",
+                rc->micro_batches, rc->batch / rc->micro_batches, tg_dist_size(rc->dist),
+                tg_dist_size(rc->dist) > 1 ? "s" : "");
     struct tg_train_result res;
     enum tg_status st = tg_trainer_run(tr, &res);
     if (d.tty) fputc('\n', stderr);
     if (st != TG_OK) {
+        int where = tg_trainer_failed_alone(tr);
         tg_trainer_free(tr);
-        return cli_fail("train", "%s", tg_last_error());
+        return train_dist_fail(where, tg_last_error());
     }
+    struct tg_dist_stats ds;
+    tg_dist_stats(rc->dist, &ds);
+    if (ds.calls)
+        fprintf(stderr, "exchange: %.2f MiB received per step by rank 0, %.1f%% of %.1f s in "
+                "MPI_Allgatherv\n", ds.bytes_received / ds.calls / 1048576.0,
+                100.0 * ds.seconds / (res.seconds > 0 ? res.seconds : 1), res.seconds);
     char what[512];
     describe(what, sizeof what, &res.eval);
     /* text has no held-out data: its evaluation is random windows of the file from a zero state */

@@ -13,7 +13,7 @@ struct subcommand {
 };
 
 static const struct subcommand commands[] = {
-    {"train", cmd_train, "train a recurrent network on a built-in task or a text file"},
+    {"train", cmd_train_mpi, "train a recurrent network on a built-in task or a text file"},
     {"sample", cmd_sample, "sample text from a checkpoint of a text model"},
     {"check", cmd_check, "compare autodiff, hand-derived BPTT and finite differences for a cell"},
     {"grad", cmd_grad, "loss, final state and gradients of a PyTorch-layout model (safetensors)"},

@@ -13,7 +13,8 @@
  * errors      no --micro-batches under -np 2, a batch that does not split, more ranks than
  *             sequences, and a build without MPI started as 2 copies: exit 1, one message
  *
- * The mpirun tests need Open MPI's mpirun and a build with MPI (skipped otherwise). As root (CI)
+ * The mpirun tests need Open MPI's mpirun and a build with MPI, and run in the optimised build
+ * only (skipped otherwise, and in the ASan+UBSan build: see have_mpirun). As root (CI)
  * they set Open MPI's allow-run-as-root variables; --oversubscribe lets 4 ranks share 2 cores. */
 #include <math.h>
 #include <setjmp.h>
@@ -137,9 +138,15 @@ static struct run *sh(const char *fmt, ...)
 #define LSTM "--cell lstm --task reber --hidden 8 --batch 8 --micro-batches 4 --dtype f64 --steps 10 --eval-every 5 --eval-size 64"
 #define GRU "--cell gru --task text --data " TEXT " --hidden 8 --batch 4 --micro-batches 4 --seq 5 --steps 8 --eval-size 16"
 
+/* Not in the sanitizer build: Open MPI's plugins leak at exit, and once unloaded they leave
+ * stacks that no suppression can name. The library half of these tests runs there. */
 static int have_mpirun(void)
 {
+#ifdef __SANITIZE_ADDRESS__
+    return 0;
+#else
     return TG_HAVE_MPI && system("command -v mpirun >/dev/null 2>&1") == 0;
+#endif
 }
 
 static int setup(void **state)

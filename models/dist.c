@@ -16,6 +16,10 @@ struct tg_dist {
     int initialised;        /* we called MPI_Init (and so call MPI_Finalize) */
     int *counts, *displs;   /* per rank, in slots: the share of the last K seen */
     int shares_for;         /* that K (0: none yet) */
+#if TG_HAVE_MPI
+    MPI_Datatype slot;      /* slot_bytes contiguous bytes, committed once (no allocation per step) */
+#endif
+    size_t slot_bytes;      /* 0: no slot type yet */
     struct tg_dist_stats stats;
 };
 
@@ -85,6 +89,7 @@ void tg_dist_free(struct tg_dist *d)
 {
     if (!d) return;
 #if TG_HAVE_MPI
+    if (d->slot_bytes) MPI_Type_free(&d->slot);
     if (d->initialised) MPI_Finalize();
 #endif
     free(d->counts);
@@ -111,13 +116,20 @@ static void set_shares(struct tg_dist *d, int K)
 
 #if TG_HAVE_MPI
 /* One slot as one MPI element, so that counts stay small ints whatever the model size. */
-static enum tg_status slot_type(size_t slot_bytes, MPI_Datatype *t)
+static enum tg_status slot_type(struct tg_dist *d, size_t slot_bytes, MPI_Datatype *t)
 {
     if (slot_bytes > (size_t)1 << 30)
         return tg_error(TG_ERR_VALUE, "tg_dist: a micro-batch slot of %zu bytes is over 1 GiB",
                         slot_bytes);
-    if (MPI_Type_contiguous((int)slot_bytes, MPI_BYTE, t) != MPI_SUCCESS || MPI_Type_commit(t) != MPI_SUCCESS)
-        return tg_error(TG_ERR_STATE, "tg_dist: MPI_Type_contiguous failed");
+    if (d->slot_bytes != slot_bytes) {
+        if (d->slot_bytes) MPI_Type_free(&d->slot);
+        d->slot_bytes = 0;
+        if (MPI_Type_contiguous((int)slot_bytes, MPI_BYTE, &d->slot) != MPI_SUCCESS ||
+            MPI_Type_commit(&d->slot) != MPI_SUCCESS)
+            return tg_error(TG_ERR_STATE, "tg_dist: MPI_Type_contiguous failed");
+        d->slot_bytes = slot_bytes;
+    }
+    *t = d->slot;
     return TG_OK;
 }
 #endif
@@ -127,13 +139,12 @@ enum tg_status tg_dist_allgather(struct tg_dist *d, void *buf, size_t slot_bytes
     if (!d || d->size == 1) return TG_OK;
 #if TG_HAVE_MPI
     set_shares(d, K);
-    MPI_Datatype t;
-    enum tg_status st = slot_type(slot_bytes, &t);
+    MPI_Datatype t = MPI_DATATYPE_NULL;
+    enum tg_status st = slot_type(d, slot_bytes, &t);
     if (st != TG_OK) return st;
     double t0 = MPI_Wtime();
     int rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, d->counts, d->displs, t,
                             MPI_COMM_WORLD);
-    MPI_Type_free(&t);
     d->stats.calls++;
     d->stats.seconds += MPI_Wtime() - t0;
     d->stats.bytes_received += (double)(K - d->counts[d->rank]) * (double)slot_bytes;
@@ -149,8 +160,8 @@ enum tg_status tg_dist_gather0(struct tg_dist *d, void *buf, size_t slot_bytes, 
     if (!d || d->size == 1) return TG_OK;
 #if TG_HAVE_MPI
     set_shares(d, K);
-    MPI_Datatype t;
-    enum tg_status st = slot_type(slot_bytes, &t);
+    MPI_Datatype t = MPI_DATATYPE_NULL;
+    enum tg_status st = slot_type(d, slot_bytes, &t);
     if (st != TG_OK) return st;
     int rc;
     if (d->rank == 0)
@@ -159,7 +170,6 @@ enum tg_status tg_dist_gather0(struct tg_dist *d, void *buf, size_t slot_bytes, 
     else
         rc = MPI_Gatherv((char *)buf + (size_t)d->displs[d->rank] * slot_bytes, d->counts[d->rank],
                          t, NULL, NULL, NULL, t, 0, MPI_COMM_WORLD);
-    MPI_Type_free(&t);
     return rc == MPI_SUCCESS ? TG_OK : tg_error(TG_ERR_STATE, "MPI_Gatherv failed");
 #else
     (void)buf, (void)slot_bytes, (void)K;

@@ -255,6 +255,8 @@ int cmd_train(int argc, char **argv)
     sa.sa_flags = SA_RESETHAND; /* a second Ctrl-C kills at once (the checkpoint stays atomic) */
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
+    /* mpirun turns a Ctrl-C into SIGTERM for every rank (then SIGKILL): stop the same way */
+    if (tg_dist_size(train_dist()) > 1) sigaction(SIGTERM, &sa, NULL);
 
     if (compare) {
         if (cell) return cli_fail("train", "--compare takes the cells; drop --cell");

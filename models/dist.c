@@ -107,6 +107,7 @@ void tg_dist_share(int K, int N, int r, int *first, int *count)
     *count = (int)(b - a);
 }
 
+#if TG_HAVE_MPI
 static void set_shares(struct tg_dist *d, int K)
 {
     if (d->shares_for == K) return;
@@ -114,7 +115,6 @@ static void set_shares(struct tg_dist *d, int K)
     d->shares_for = K;
 }
 
-#if TG_HAVE_MPI
 /* One slot as one MPI element, so that counts stay small ints whatever the model size. */
 static enum tg_status slot_type(struct tg_dist *d, size_t slot_bytes, MPI_Datatype *t)
 {

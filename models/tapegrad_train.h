@@ -203,7 +203,7 @@ enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int voca
  *              train.rng (I64 [4], the xoshiro words' bits), train.smooth_loss (F64 [1]); the
  *              carried TBPTT state, state.<h|c>_l<k> (B×H), when there is one
  *   metadata   format "tapegrad-checkpoint", version, and the resolved configuration: cell,
- *              task, data, length, batch, hidden, layers, embed, seq, dtype, loss, init,
+ *              task, data, length, batch, hidden, layers, embed, seq, micro_batches, dtype, loss, init,
  *              forget_bias, seed, clip_value, clip_norm, every optimizer field (optim.*), and
  *              for text the vocabulary as hex bytes (vocab_hex), so sampling needs no data file
  * Numbers in the metadata are printed with 17 significant digits, so they read back exactly. */

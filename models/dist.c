@@ -134,7 +134,8 @@ static enum tg_status slot_type(struct tg_dist *d, size_t slot_bytes, MPI_Dataty
 }
 #endif
 
-enum tg_status tg_dist_allgather(struct tg_dist *d, void *buf, size_t slot_bytes, int K)
+/* Slots of every rank's share to every rank (all) or to rank 0 only, in place. */
+static enum tg_status exchange(struct tg_dist *d, void *buf, size_t slot_bytes, int K, int all)
 {
     if (!d || d->size == 1) return TG_OK;
 #if TG_HAVE_MPI
@@ -143,38 +144,34 @@ enum tg_status tg_dist_allgather(struct tg_dist *d, void *buf, size_t slot_bytes
     enum tg_status st = slot_type(d, slot_bytes, &t);
     if (st != TG_OK) return st;
     double t0 = MPI_Wtime();
-    int rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, d->counts, d->displs, t,
-                            MPI_COMM_WORLD);
-    d->stats.calls++;
-    d->stats.seconds += MPI_Wtime() - t0;
-    d->stats.bytes_received += (double)(K - d->counts[d->rank]) * (double)slot_bytes;
-    return rc == MPI_SUCCESS ? TG_OK : tg_error(TG_ERR_STATE, "MPI_Allgatherv failed");
+    int rc, *n = d->counts, *at = d->displs, me = d->rank;
+    if (all)
+        rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, at, t, MPI_COMM_WORLD);
+    else if (me == 0)
+        rc = MPI_Gatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, at, t, 0, MPI_COMM_WORLD);
+    else
+        rc = MPI_Gatherv((char *)buf + (size_t)at[me] * slot_bytes, n[me], t, NULL, NULL, NULL, t,
+                         0, MPI_COMM_WORLD);
+    if (all) {
+        d->stats.calls++;
+        d->stats.seconds += MPI_Wtime() - t0;
+        d->stats.bytes_received += (double)(K - n[me]) * (double)slot_bytes;
+    }
+    return rc == MPI_SUCCESS ? TG_OK : tg_error(TG_ERR_STATE, "%s failed", all ? "MPI_Allgatherv" : "MPI_Gatherv");
 #else
-    (void)buf, (void)slot_bytes, (void)K;
+    (void)buf, (void)slot_bytes, (void)K, (void)all;
     return TG_OK;
 #endif
 }
 
+enum tg_status tg_dist_allgather(struct tg_dist *d, void *buf, size_t slot_bytes, int K)
+{
+    return exchange(d, buf, slot_bytes, K, 1);
+}
+
 enum tg_status tg_dist_gather0(struct tg_dist *d, void *buf, size_t slot_bytes, int K)
 {
-    if (!d || d->size == 1) return TG_OK;
-#if TG_HAVE_MPI
-    set_shares(d, K);
-    MPI_Datatype t = MPI_DATATYPE_NULL;
-    enum tg_status st = slot_type(d, slot_bytes, &t);
-    if (st != TG_OK) return st;
-    int rc;
-    if (d->rank == 0)
-        rc = MPI_Gatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, d->counts, d->displs, t, 0,
-                         MPI_COMM_WORLD);
-    else
-        rc = MPI_Gatherv((char *)buf + (size_t)d->displs[d->rank] * slot_bytes, d->counts[d->rank],
-                         t, NULL, NULL, NULL, t, 0, MPI_COMM_WORLD);
-    return rc == MPI_SUCCESS ? TG_OK : tg_error(TG_ERR_STATE, "MPI_Gatherv failed");
-#else
-    (void)buf, (void)slot_bytes, (void)K;
-    return TG_OK;
-#endif
+    return exchange(d, buf, slot_bytes, K, 0);
 }
 
 int tg_dist_first_failure(struct tg_dist *d, int failed)

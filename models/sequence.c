@@ -280,17 +280,23 @@ enum tg_status tg_model_forward(struct tg_model *m, struct tg_tape *t,
     return tg_model_forward_from(m, t, b, init, res);
 }
 
+enum tg_status tg_model_state_alloc(struct tg_model *m, int B)
+{
+    if (m->state_batch == B) return TG_OK;
+    for (int i = 0; i < m->cfg.layers * m->cfg.cell->n_state; i++) {
+        tg_tensor_free(m->state[i]);
+        m->state[i] = tg_tensor_new_heap(B, m->cfg.hidden, m->cfg.dtype);
+        if (!m->state[i]) return TG_ERR_NOMEM;
+    }
+    m->state_batch = B;
+    return TG_OK;
+}
+
 enum tg_status tg_model_keep_state(struct tg_model *m, const struct tg_seq_result *res, int B)
 {
     int n = m->cfg.layers * m->cfg.cell->n_state;
-    if (m->state_batch != B) {
-        for (int i = 0; i < n; i++) {
-            tg_tensor_free(m->state[i]);
-            m->state[i] = tg_tensor_new_heap(B, m->cfg.hidden, m->cfg.dtype);
-            if (!m->state[i]) return TG_ERR_NOMEM;
-        }
-        m->state_batch = B;
-    }
+    enum tg_status st = tg_model_state_alloc(m, B);
+    if (st != TG_OK) return st;
     /* A copy, not a reference: the next chunk sees the values as leaves, with no history
      * (this is tg_detach across a tape reset). */
     for (int i = 0; i < n; i++) {

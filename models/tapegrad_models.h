@@ -148,6 +148,8 @@ enum tg_status tg_model_forward(struct tg_model *m, struct tg_tape *t,
 enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
                                      const struct tg_seq_batch *b,
                                      struct tg_tensor *const *init, struct tg_seq_result *res);
+/* Size the carried state for B rows (zeros when newly allocated; kept when already B). */
+enum tg_status tg_model_state_alloc(struct tg_model *m, int B);
 /* Copy res->final into the model's carried state (allocated on first use). */
 enum tg_status tg_model_keep_state(struct tg_model *m, const struct tg_seq_result *res, int B);
 void tg_model_reset_state(struct tg_model *m);

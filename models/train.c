@@ -504,14 +504,7 @@ static enum tg_status state_out(struct tg_trainer *tr, const struct tg_seq_resul
     if (B == Bg) return tg_model_keep_state(m, res, B);
     int n = m->cfg.layers * m->cfg.cell->n_state;
     size_t row = (size_t)m->cfg.hidden * tg_dtype_size(m->cfg.dtype);
-    if (m->state_batch != Bg) {
-        for (int i = 0; i < n; i++) {
-            tg_tensor_free(m->state[i]);
-            m->state[i] = tg_tensor_new_heap(Bg, m->cfg.hidden, m->cfg.dtype);
-            if (!m->state[i]) return TG_ERR_NOMEM;
-        }
-        m->state_batch = Bg;
-    }
+    TRY(tg_model_state_alloc(m, Bg));
     for (int i = 0; i < n; i++)
         memcpy((char *)m->state[i]->data + (size_t)r0 * row, res->final[i]->data, (size_t)B * row);
     return TG_OK;

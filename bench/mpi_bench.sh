@@ -17,7 +17,9 @@ OUT=${1:-$ROOT/bench/results/$(date -u +%Y%m%d-%H%M%S)-mpi}
 mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIRUN="mpirun --oversubscribe --bind-to none -np 2"
-DATA=$ROOT/README.md
+cp "$ROOT/README.md" "$OUT/data.txt" # a snapshot: the same vocabulary in every run
+DATA=$OUT/data.txt
+{ date -u; git -C "$ROOT" rev-parse HEAD; nproc; cat /proc/loadavg; } >"$OUT/meta.txt"
 CONFIGS=${CONFIGS:-"T50B32H128:40 T50B32H256:20 T35B20H1024:8 T100B64H512:5 T35B20H2048:3"}
 REPEATS=${REPEATS:-3}
 

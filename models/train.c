@@ -45,7 +45,7 @@ struct tg_trainer {
     unsigned char *slots;         /* K slots of slot_bytes: header, then every gradient */
     size_t slot_bytes;
     int stop_seen;                /* some rank's stop flag was set during the last step */
-    int failed_alone;             /* the last error was this rank's own (checkpoint, log) */
+    int failed_alone;             /* where the last error came from (tg_trainer_failed_alone) */
 };
 
 static double now_s(void)

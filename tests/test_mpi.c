@@ -12,6 +12,7 @@
  *             10 steps straight
  * output      rank 0 alone prints, writes --log (the rows a single process writes, but for the
  *             seconds) and checkpoints
+ * Ctrl-C     on mpirun: every rank stops after the same step, rank 0's checkpoint resumes
  * errors      no --micro-batches under -np 2, a batch that does not split, more ranks than
  *             sequences, and a build without MPI started as 2 copies: exit 1, one message
  *
@@ -278,6 +279,30 @@ static void test_rank0_alone_prints_logs_and_saves(void **state)
     assert_int_equal(count(r->out, ".tmp"), 0);
 }
 
+/* Ctrl-C on mpirun: it sends every rank SIGTERM; the stop flag travels in the step's exchange,
+ * so all ranks stop after the same step and rank 0 writes a checkpoint that resumes. */
+static void test_ctrl_c_stops_every_rank_at_one_step(void **state)
+{
+    (void)state;
+    if (!have_mpirun()) skip();
+    struct run *r = sh(MPIRUN " 2 " TRAIN LSTM " --steps 1000000 --eval-every 1000000 --checkpoint "
+                       "stop.st --log stop.csv & p=$!; "
+                       "for i in $(seq 1200); do [ -f stop.csv ] && [ $(wc -l <stop.csv) -ge 3 ] && break; "
+                       "sleep 0.1; done; kill -INT $p; wait $p; echo \"mpirun exit $?\"");
+    long step = -1;
+    const char *at = strstr(r->out, "interrupted at step ");
+    if (!at) fail_msg("no interruption reported: %s %s", r->out, r->err);
+    step = strtol(at + strlen("interrupted at step "), NULL, 10);
+    assert_true(step >= 2);
+    assert_non_null(strstr(r->out, "checkpoint written: stop.st"));
+    assert_int_equal(count(r->out, "interrupted at step"), 1);
+    char want[64];
+    snprintf(want, sizeof want, "from step %ld of stop.st", step);
+    r = sh(TRAIN "--resume stop.st --steps %ld", step + 1);
+    assert_int_equal(r->status, 0);
+    assert_non_null(strstr(r->err, want));
+}
+
 /* Exit 1 and our message once (mpirun adds its own lines about the exit status). */
 static void expect_error(struct run *r, const char *frag)
 {
@@ -314,6 +339,7 @@ int main(void)
         cmocka_unit_test(test_same_bytes_gru_text),
         cmocka_unit_test(test_resume_across_ranks),
         cmocka_unit_test(test_rank0_alone_prints_logs_and_saves),
+        cmocka_unit_test(test_ctrl_c_stops_every_rank_at_one_step),
         cmocka_unit_test(test_bad_mpi_use),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -3,7 +3,7 @@
  * state words reproduce a run bit for bit. */
 #include <math.h>
 
-#include "tapegrad.h"
+#include "internal.h"
 
 static uint64_t splitmix64(uint64_t *x)
 {

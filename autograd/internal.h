@@ -3,6 +3,7 @@
 #define TG_INTERNAL_H
 
 #include "tapegrad.h"
+#include "tapegrad_blas.h"
 #include "tg_config.h"
 #include "parallel.h"
 
@@ -270,10 +271,6 @@ void *tg_stage_slot(const struct tg_tensor *x);
  * dC rows and its A rows go for the deferred dW (the product's backward copies them there);
  * else 0. */
 int tg_stage_rows(const struct tg_node *nd, void **dc, void **a);
-
-/* Row-major GEMM through CBLAS in either dtype: c = op(a)·op(b) + β·c (blas.c). */
-void tg_gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
-             const void *b, int ldb, double beta, void *c, int ldc);
 
 /* Gradient buffer of an arena tensor, allocated (zeroed) on first use during backward. */
 void *tg_grad_buffer(struct tg_tape *t, struct tg_tensor *x);

@@ -172,6 +172,8 @@ EW_UNARY(log, LOG)
 EW_UNARY(sqrt, SQRT)
 EW_UNARY(abs, ABS)
 EW_UNARY(softplus, SOFTPLUS)
+EW_UNARY(sign, SIGN)
+EW_UNARY(step, STEP)
 
 struct tg_tensor *tg_affine(struct tg_tape *t, struct tg_tensor *x, double a, double b)
 {

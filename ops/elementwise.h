@@ -18,7 +18,9 @@
  * backward passes read: textbook notation in x (or a, b), y and dy.
  *
  * Domains follow C: log and sqrt of a negative give NaN, log 0 gives −inf.
- * abs′(0) = 0 and relu′(0) = 0 (PyTorch's choices). softplus(x) = ln(1 + eˣ) is computed as
+ * abs′(0) = 0 and relu′(0) = 0 (PyTorch's choices). sign and step (the Heaviside step, 0 at 0)
+ * are there so that every derivative's printable form is itself made of ops: relu′ is step,
+ * abs′ is sign; their own derivative is 0 (almost everywhere). softplus(x) = ln(1 + eˣ) is computed as
  * max(x, 0) + ln(1 + e^{−|x|}), which neither overflows nor loses the small tail. */
 #ifndef TG_ELEMENTWISE_H
 #define TG_ELEMENTWISE_H
@@ -48,7 +50,7 @@
       "y = sigmoid(x)", "dx += dy * y * (1 - y)", "")                                          \
     X(relu, RELU, 1, TG_EW_DA_A,                                                               \
       a > 0 ? a : 0, a > 0 ? g : 0, 0,                                                         \
-      "y = relu(x)", "dx += dy * (x > 0)", "")                                                 \
+      "y = relu(x)", "dx += dy * step(x)", "")                                                 \
     X(exp, EXP, 1, TG_EW_DA_Y | TG_EW_SAVE_Y,                                                  \
       EW_EXP(a), g * y, 0,                                                                     \
       "y = exp(x)", "dx += dy * y", "")                                                        \
@@ -63,7 +65,13 @@
       "y = abs(x)", "dx += dy * sign(x)", "")                                                  \
     X(softplus, SOFTPLUS, 1, TG_EW_DA_A,                                                       \
       EW_SOFTPLUS(a), g * EW_SIGMOID(a), 0,                                                    \
-      "y = softplus(x)", "dx += dy * sigmoid(x)", "")
+      "y = softplus(x)", "dx += dy * sigmoid(x)", "")                                          \
+    X(sign, SIGN, 1, 0,                                                                        \
+      (a > 0) - (a < 0), 0, 0,                                                                 \
+      "y = sign(x)", "dx += 0", "")                                                            \
+    X(step, STEP, 1, 0,                                                                        \
+      a > 0 ? 1 : 0, 0, 0,                                                                     \
+      "y = step(x)", "dx += 0", "")
 /* clang-format on */
 
 /* Per-dtype math for the expressions above, picked by the argument's type. float32: the fast,

@@ -37,7 +37,7 @@ TG_SIMD_CLONES static void KN(fused_eval, S)(const struct tg_fuse_prog *p, FT *c
     {                                                                                          \
         if (acc) FUSED_LOOP(FUSED_VARS dst[j] += (expr)) else FUSED_LOOP(FUSED_VARS dst[j] = (expr)) \
     }
-#define FUSED_VARS FT a = pa_[j], b = pb_[j], y = py_[j], g = gd[j]; (void)a, (void)b, (void)y;
+#define FUSED_VARS FT a = pa_[j], b = pb_[j], y = py_[j], g = gd[j]; (void)a, (void)b, (void)y, (void)g;
 #define FUSED_GB_1(DB)
 #define FUSED_GB_2(DB) if (gb) FUSED_ACC(q->acc_b, gb, (DB));
 /* One case per op of elementwise.h: its `da` into source a, its `db` into source b. */

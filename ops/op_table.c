@@ -85,7 +85,7 @@ const struct tg_op_info tg_op_table[TG_OP_COUNT] = {
           .label = tg_fused_label),
 };
 
-_Static_assert(TG_OP_COUNT == 25, "a new op needs an entry in tg_op_table");
+_Static_assert(TG_OP_COUNT == 27, "a new op needs an entry in tg_op_table");
 
 const char *tg_op_name(enum tg_op op)
 {

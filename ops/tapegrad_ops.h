@@ -36,6 +36,8 @@ enum tg_op {
     TG_OP_SQRT,
     TG_OP_ABS,
     TG_OP_SOFTPLUS,
+    TG_OP_SIGN,
+    TG_OP_STEP,
     /* structure and reductions */
     TG_OP_CONCAT,
     TG_OP_SLICE,
@@ -104,6 +106,9 @@ struct tg_tensor *tg_log(struct tg_tape *t, struct tg_tensor *x);
 struct tg_tensor *tg_sqrt(struct tg_tape *t, struct tg_tensor *x);
 struct tg_tensor *tg_abs(struct tg_tape *t, struct tg_tensor *x);
 struct tg_tensor *tg_softplus(struct tg_tape *t, struct tg_tensor *x);
+/* sign(x) ∈ {−1, 0, 1} and the step [x > 0]: relu′ and abs′, gradient 0. */
+struct tg_tensor *tg_sign(struct tg_tape *t, struct tg_tensor *x);
+struct tg_tensor *tg_step(struct tg_tape *t, struct tg_tensor *x);
 
 /* Per-row reductions: B×n → B×1 (the sum or mean of each row's n elements). */
 struct tg_tensor *tg_row_sum(struct tg_tape *t, struct tg_tensor *x);

@@ -31,7 +31,17 @@ struct op_case {
     int nlabels;
     int skip_kinks;
     double step;  /* finite-difference step; 0: gradcheck's default 1e-3 */
+    int fused;    /* run the op inside a fusion region (see apply_in_region): FUSED_* */
+    double min_abs[MAXIN]; /* push input i's values to |v| ≥ min_abs (away from a kink or a pole) */
 };
+
+/* How a case runs its op in a fusion region (apply_in_region): not at all, with fusion on
+ * keeping only a consumer of the op's result, lean (everything not kept is recomputed in
+ * backward), or on keeping the op's result too (read back from memory, with a gradient from
+ * inside and outside the region). */
+enum { FUSED_NO = 0, FUSED_ON, FUSED_LEAN, FUSED_KEEP, FUSED_MODES };
+static const char *const fused_names[FUSED_MODES] = {"", ", fused", ", fused lean",
+                                                     ", fused, result kept"};
 
 struct ctx {
     const struct op_case *c;
@@ -76,9 +86,11 @@ static struct tg_tensor *apply_fused(struct tg_tape *t, int v, struct tg_tensor 
     return tg_add(t, tg_sum(t, d), tg_sum(t, e));
 }
 
-static struct tg_tensor *apply(struct tg_tape *t, const struct op_case *c, struct tg_tensor **x)
+static struct tg_tensor *apply_op(struct tg_tape *t, const struct op_case *c, struct tg_tensor **x)
 {
     int v = c->variant;
+    if (c->op != TG_OP_AFFINE && tg_op_is_elementwise((enum tg_op)c->op) && !(c->op == TG_OP_MUL && v == 9))
+        return tg_ew_apply(t, (enum tg_op)c->op, x[0], tg_op_arity((enum tg_op)c->op) == 2 ? x[1] : NULL);
     switch (c->op) {
     case TG_OP_MATMUL: return tg_matmul(t, x[0], x[1], v & 1, (v >> 1) & 1);
     case TG_OP_ADD: return tg_add(t, x[0], x[1]);
@@ -95,6 +107,8 @@ static struct tg_tensor *apply(struct tg_tape *t, const struct op_case *c, struc
     case TG_OP_MSE: return tg_mse(t, x[0], x[1], (enum tg_reduction)v);
     case TG_OP_SUM: return tg_sum(t, x[0]);
     case TG_OP_MEAN: return tg_mean(t, x[0]);
+    case TG_OP_ROW_SUM: return tg_row_sum(t, x[0]);
+    case TG_OP_ROW_MEAN: return tg_row_mean(t, x[0]);
     case TG_OP_EMBEDDING: return tg_embedding(t, x[0], c->labels, c->nlabels);
     case TG_OP_ADDMM: return tg_addmm(t, x[0], x[1], x[2], v & 1, (v >> 1) & 1);
     case -2: { /* overlapping row views of one tensor, each through its own consumer: their
@@ -111,6 +125,57 @@ static struct tg_tensor *apply(struct tg_tape *t, const struct op_case *c, struc
     }
     }
     return NULL;
+}
+
+/* The number of TG_OP_FUSED nodes on the tape. */
+static int count_fused(const struct tg_tape *t)
+{
+    int n = 0;
+    for (size_t i = 0; i < tg_tape_num_nodes(t); i++)
+        n += tg_node_op(tg_tape_node(t, i)) == TG_OP_FUSED;
+    return n;
+}
+
+/* The op inside a fusion region. An elementwise op y = op(x…) is followed in the region by
+ * z = 0.5·y + 0.1 (whose derivative reads nothing, so what op's own derivative reads — x, y or
+ * b — must be recomputed, saved or read back, per mode); the region keeps z (and y with
+ * FUSED_KEEP, whose gradient then also comes from tanh(y) outside). A row reduction cannot
+ * join a region: it computes the region's tanh(x) first, and its B×1 result is then read as a
+ * broadcast column by the next region: (tanh(x) − r) ⊙ r. With gradients on, the tape must
+ * show fused nodes (finite differences run with no-grad, hence unfused: the reference). */
+static struct tg_tensor *apply_in_region(struct tg_tape *t, const struct op_case *c,
+                                         struct tg_tensor **x)
+{
+    int before = count_fused(t);
+    tg_tape_set_fusion(t, c->fused == FUSED_LEAN ? TG_FUSION_LEAN : TG_FUSION_ON);
+    tg_tape_fuse_begin(t);
+    struct tg_tensor *out, *keep[2];
+    int nk = 1;
+    if (tg_op_is_elementwise((enum tg_op)c->op)) {
+        struct tg_tensor *y = apply_op(t, c, x);
+        struct tg_tensor *z = tg_affine(t, y, 0.5, 0.1);
+        keep[0] = z;
+        if (c->fused == FUSED_KEEP) keep[nk++] = y;
+        if (tg_tape_fuse_end(t, keep, nk) != TG_OK) return NULL;
+        out = c->fused == FUSED_KEEP ? tg_add(t, z, tg_tanh(t, y)) : z;
+    } else {
+        struct tg_tensor *a = tg_tanh(t, x[0]);
+        struct tg_tensor *r = c->op == TG_OP_ROW_SUM ? tg_row_sum(t, a) : tg_row_mean(t, a);
+        keep[0] = tg_mul(t, tg_sub(t, a, r), r);
+        if (c->fused == FUSED_KEEP) keep[nk++] = a;
+        if (tg_tape_fuse_end(t, keep, nk) != TG_OK) return NULL;
+        out = c->fused == FUSED_KEEP ? tg_add(t, keep[0], tg_sigmoid(t, a)) : keep[0];
+    }
+    if (out && !tg_tape_no_grad(t) && count_fused(t) == before)
+        fail_msg("%s%s: no fused node on the tape", c->label, fused_names[c->fused]);
+    return out;
+}
+
+static struct tg_tensor *apply(struct tg_tape *t, const struct op_case *c, struct tg_tensor **x)
+{
+    if (c->fused) return apply_in_region(t, c, x);
+    tg_tape_set_fusion(t, TG_FUSION_ON);
+    return apply_op(t, c, x);
 }
 
 static struct tg_tensor *loss_fn(struct tg_tape *t, void *vctx)
@@ -142,6 +207,14 @@ static void make_ctx(struct ctx *k, const struct op_case *c, enum tg_dtype dt, u
             if (fabs(v) < 0.05) tg_set(k->in[0], 0, (int)j, v < 0 ? v - 0.05 : v + 0.05);
         }
     }
+    for (int i = 0; i < c->nin; i++) { /* |v| ≥ min_abs: abs off its kink, a divisor off 0 */
+        if (c->min_abs[i] <= 0) continue;
+        for (int r = 0; r < k->in[i]->rows; r++)
+            for (int q = 0; q < k->in[i]->cols; q++) {
+                double v = tg_get(k->in[i], r, q);
+                if (fabs(v) < c->min_abs[i]) tg_set(k->in[i], r, q, v < 0 ? v - c->min_abs[i] : v + c->min_abs[i]);
+            }
+    }
     struct tg_tape *t = tg_tape_new(0);
     struct tg_tensor *out = apply(t, c, k->in);
     if (!out) fail_msg("%s: op failed: %s", c->label, tg_last_error());
@@ -165,10 +238,10 @@ static void copy_ctx(struct ctx *dst, const struct ctx *src)
     if (src->R) tg_tensor_copy(dst->R, src->R);
 }
 
-#define N_CASES 64
+#define N_CASES 400
 static struct op_case cases[N_CASES];
 static int n_cases;
-static double worst_rel_seen;
+static double worst_rel_seen, worst_per_op[TG_OP_COUNT];
 
 static struct op_case *add_case(const char *label, int op, int variant, int nin, double lo,
                                 double hi)
@@ -189,6 +262,107 @@ static void shape(struct op_case *c, int i, int r, int cols)
 {
     c->shapes[i][0] = r;
     c->shapes[i][1] = cols;
+}
+
+/* Value ranges of the one-input elementwise ops: inside the domain (log, sqrt of positives)
+ * and a margin off kinks (abs at 0; relu's margin is applied in make_ctx). An op not listed
+ * takes [−2, 2]. */
+static const struct { enum tg_op op; double lo, hi, min_abs; } ew_domain[] = {
+    {TG_OP_AFFINE, -2, 2, 0},   {TG_OP_TANH, -3, 3, 0}, {TG_OP_SIGMOID, -6, 6, 0},
+    {TG_OP_RELU, -2, 2, 0},     {TG_OP_EXP, -3, 3, 0},  {TG_OP_LOG, 0.2, 4, 0},
+    {TG_OP_SQRT, 0.2, 4, 0},    {TG_OP_ABS, -2, 2, 0.05}, {TG_OP_SOFTPLUS, -6, 6, 0},
+};
+
+/* Shapes of a binary op's inputs (broadcast kinds), as (rows, cols) of a and b from m×n. */
+enum { BC_SAME, BC_B_ROW, BC_A_ROW, BC_B_COL, BC_A_COL, BC_B_SCALAR, BC_A_SCALAR, BC_OUTER,
+       BC_OUTER_REV, BC_ONE, BC_KINDS };
+static const char *const bc_names[BC_KINDS] = {
+    "m×n ∘ m×n", "m×n ∘ 1×n row", "1×n row ∘ m×n", "m×n ∘ m×1 column", "m×1 column ∘ m×n",
+    "m×n ∘ 1×1 scalar", "1×1 scalar ∘ m×n", "m×1 column ∘ 1×n row", "1×n row ∘ m×1 column",
+    "1×1 ∘ 1×1"};
+
+static char label_buf[N_CASES][96];
+
+/* Every elementwise op (drawn from the op table, so a new one gets cases without an edit
+ * here) standalone and in a fusion region in each mode, on random shapes and on 1×1; the
+ * binary ones in every broadcast (row, column, scalar, on either side, and column against
+ * row); row_sum and row_mean likewise, including 1×n, m×1 and 1×1 inputs. */
+static void build_ew_cases(void)
+{
+    struct tg_rng r;
+    tg_rng_seed(&r, 20261203);
+#define RND(n) (1 + (int)tg_rng_below(&r, n))
+    for (int op = 0; op < TG_OP_COUNT; op++) {
+        if (!tg_op_is_elementwise((enum tg_op)op)) continue;
+        const char *name = tg_op_name((enum tg_op)op);
+        if (tg_op_arity((enum tg_op)op) == 2) {
+            for (int bc = 0; bc < BC_KINDS; bc++)
+                for (int f = 0; f < FUSED_MODES; f++) {
+                    int m = 1 + RND(4), n = 1 + RND(5);
+                    snprintf(label_buf[n_cases], sizeof label_buf[0], "%s %s%s", name,
+                             bc_names[bc], fused_names[f]);
+                    struct op_case *c = add_case(label_buf[n_cases], op, bc, 2, -2, 2);
+                    c->fused = f;
+                    if (op == TG_OP_DIV) c->min_abs[1] = 0.5; /* |b| ≥ 0.5: y and dy/db tame */
+                    int ar = m, ac = n, br = m, bcl = n;
+                    switch (bc) {
+                    case BC_B_ROW: br = 1; break;
+                    case BC_A_ROW: ar = 1; break;
+                    case BC_B_COL: bcl = 1; break;
+                    case BC_A_COL: ac = 1; break;
+                    case BC_B_SCALAR: br = bcl = 1; break;
+                    case BC_A_SCALAR: ar = ac = 1; break;
+                    case BC_OUTER: ac = 1, br = 1; break;
+                    case BC_OUTER_REV: ar = 1, bcl = 1; break;
+                    case BC_ONE: ar = ac = br = bcl = 1; break;
+                    }
+                    shape(c, 0, ar, ac);
+                    shape(c, 1, br, bcl);
+                }
+            /* rows of 600: a fused region works in chunks of 256 (the last one partial), and
+             * a column's or scalar's gradient sums over every chunk of its row */
+            const int wide_bc[3] = {BC_B_COL, BC_A_SCALAR, BC_OUTER};
+            for (int w = 0; w < 3; w++) {
+                snprintf(label_buf[n_cases], sizeof label_buf[0], "%s %s, fused, 600 columns",
+                         name, bc_names[wide_bc[w]]);
+                struct op_case *c = add_case(label_buf[n_cases], op, wide_bc[w], 2, -2, 2);
+                c->fused = FUSED_ON;
+                if (op == TG_OP_DIV) c->min_abs[1] = 0.5;
+                shape(c, 0, wide_bc[w] == BC_A_SCALAR ? 1 : 2, wide_bc[w] == BC_B_COL ? 600 : 1);
+                shape(c, 1, wide_bc[w] == BC_OUTER ? 1 : 2, wide_bc[w] == BC_B_COL ? 1 : 600);
+            }
+            continue;
+        }
+        double lo = -2, hi = 2, min_abs = 0;
+        for (size_t d = 0; d < sizeof ew_domain / sizeof ew_domain[0]; d++)
+            if ((int)ew_domain[d].op == op)
+                lo = ew_domain[d].lo, hi = ew_domain[d].hi, min_abs = ew_domain[d].min_abs;
+        for (int f = 0; f < FUSED_MODES; f++)
+            for (int one = 0; one < 2; one++) {
+                snprintf(label_buf[n_cases], sizeof label_buf[0], "%s%s%s", name,
+                         one ? " 1×1" : "", fused_names[f]);
+                struct op_case *c = add_case(label_buf[n_cases], op, 0, 1, lo, hi);
+                c->fused = f;
+                c->min_abs[0] = min_abs;
+                if (one) shape(c, 0, 1, 1);
+                else shape(c, 0, RND(5), RND(7));
+            }
+    }
+    /* softplus over a wide range: both branches of its stable form, far into the tails */
+    struct op_case *c = add_case("softplus wide", TG_OP_SOFTPLUS, 0, 1, -30, 30);
+    shape(c, 0, 4, 6);
+    int rops[2] = {TG_OP_ROW_SUM, TG_OP_ROW_MEAN};
+    for (int o = 0; o < 2; o++)
+        for (int f = 0; f < FUSED_MODES; f++)
+            for (int s = 0; s < 4; s++) { /* m×n, 1×n, m×1, 1×1 */
+                static const char *sh[4] = {"", " 1×n", " m×1", " 1×1"};
+                snprintf(label_buf[n_cases], sizeof label_buf[0], "%s%s%s",
+                         tg_op_name((enum tg_op)rops[o]), sh[s], fused_names[f]);
+                c = add_case(label_buf[n_cases], rops[o], 0, 1, -2, 2);
+                c->fused = f;
+                shape(c, 0, s & 1 ? 1 : 1 + RND(5), s & 2 ? 1 : 1 + RND(6));
+            }
+#undef RND
 }
 
 /* Sizes come from a recorded seed so failures reproduce; 1×1 and broadcast cases are explicit. */
@@ -301,6 +475,7 @@ static void build_cases(void)
     c->step = 3e-4;
     shape(c, 0, 2, 3);
     shape(c, 1, 2, 3);
+    build_ew_cases();
 #undef RND
 }
 
@@ -315,6 +490,7 @@ static void test_every_op_vs_finite_differences(void **state)
         struct tg_gradcheck_report rep;
         assert_int_equal(tg_gradcheck(loss_fn, &k, k.in, cases[i].nin, &o, &rep), TG_OK);
         if (rep.max_rel > worst_rel_seen) worst_rel_seen = rep.max_rel;
+        if (cases[i].op >= 0 && rep.max_rel > worst_per_op[cases[i].op]) worst_per_op[cases[i].op] = rep.max_rel;
         if (getenv("TG_VERBOSE")) printf("#   %-32s %.3g\n", cases[i].label, rep.max_rel);
         if (!rep.passed || rep.checked == 0)
             fail_msg("%s (case %d, seed %d): rel %.3g abs %.3g at input %d (%d,%d): analytic %.17g "
@@ -324,6 +500,8 @@ static void test_every_op_vs_finite_differences(void **state)
         free_ctx(&k);
     }
     printf("# %d op cases gradient-checked; worst relative error %.3g\n", n_cases, worst_rel_seen);
+    for (int op = 0; op < TG_OP_COUNT; op++)
+        printf("#   %-14s worst relative error %.3g\n", tg_op_name((enum tg_op)op), worst_per_op[op]);
 }
 
 /* float32 forward and backward agree with float64 on the same values to float32 precision. */
@@ -450,6 +628,126 @@ static void test_softmax_xent_extreme_logits(void **state)
     }
 }
 
+/* y = op(x) on a 1×n row of given values, loss Σ y, standalone (mode 0) or in a fusion region
+ * (1: fusion on, 2: lean) that keeps only z = 1·y + 0 — so backward recomputes or re-reads y
+ * itself. Fills y[] and dx[]. */
+static void run_values(enum tg_op op, enum tg_dtype dt, int mode, const double *x, int n,
+                       double *y, double *dx)
+{
+    struct tg_tensor *in = tg_tensor_new_heap(1, n, dt);
+    assert_int_equal(tg_tensor_set_requires_grad(in), TG_OK);
+    for (int j = 0; j < n; j++) tg_set(in, 0, j, x[j]);
+    struct tg_tape *t = tg_tape_new(0);
+    tg_tape_set_fusion(t, mode == 2 ? TG_FUSION_LEAN : TG_FUSION_ON);
+    struct tg_tensor *out;
+    if (mode) {
+        tg_tape_fuse_begin(t);
+        struct tg_tensor *z = tg_affine(t, tg_ew_apply(t, op, in, NULL), 1.0, 0.0);
+        assert_int_equal(tg_tape_fuse_end(t, &z, 1), TG_OK);
+        assert_int_equal(count_fused(t), 1);
+        out = z;
+    } else {
+        out = tg_ew_apply(t, op, in, NULL);
+    }
+    assert_non_null(out);
+    struct tg_tensor *loss = tg_sum(t, out);
+    assert_non_null(loss);
+    assert_int_equal(tg_backward(t, loss), TG_OK);
+    for (int j = 0; j < n; j++) {
+        y[j] = tg_get(out, 0, j);
+        dx[j] = tg_grad_get(in, 0, j);
+    }
+    tg_tape_free(t);
+    tg_tensor_free(in);
+}
+
+static const char *const mode_names[3] = {"standalone", "fused", "fused lean"};
+
+/* softplus(x) = ln(1 + eˣ) is finite and right for large |x| (no overflow of eˣ, no loss of
+ * the tail e^x for x ≪ 0), and so is its derivative σ(x); in both dtypes, standalone and fused. */
+static void test_softplus_large_inputs(void **state)
+{
+    (void)state;
+    const double x[] = {-1000, -100, -30, -1, 0, 1, 30, 100, 1000};
+    enum { N = sizeof x / sizeof x[0] };
+    for (int d = 0; d < 2; d++)
+        for (int mode = 0; mode < 3; mode++) {
+            double y[N], dx[N];
+            run_values(TG_OP_SOFTPLUS, d ? TG_F64 : TG_F32, mode, x, N, y, dx);
+            for (int j = 0; j < N; j++) {
+                double want = x[j] > 0 ? x[j] + log1p(exp(-x[j])) : log1p(exp(x[j]));
+                double dwant = 1 / (1 + exp(-x[j]));
+                /* float32 flushes what is below its normal range (e^−100) to 0 */
+                double tol = d ? 1e-15 : 2e-7, floor = d ? 1e-300 : 1.2e-38;
+                if (!isfinite(y[j]) || fabs(y[j] - want) > tol * fabs(want) + floor ||
+                    !isfinite(dx[j]) || fabs(dx[j] - dwant) > tol * fabs(dwant) + floor)
+                    fail_msg("softplus %s %s at x = %g: y = %.17g (want %.17g), dy/dx = %.17g "
+                             "(want %.17g)", tg_dtype_name(d ? TG_F64 : TG_F32), mode_names[mode],
+                             x[j], y[j], want, dx[j], dwant);
+            }
+        }
+}
+
+/* exp overflows to +∞ like C's exp (and its gradient with it), underflows to 0; in both dtypes,
+ * standalone and fused. No crash, no undefined behaviour (the sanitizer build runs this). */
+static void test_exp_overflow(void **state)
+{
+    (void)state;
+    const double x64[] = {-1000, -700, 0, 700, 709, 710, 1000};
+    const double x32[] = {-1000, -100, 0, 80, 88, 89, 1000};
+    enum { N = 7 };
+    for (int d = 0; d < 2; d++)
+        for (int mode = 0; mode < 3; mode++) {
+            const double *x = d ? x64 : x32;
+            double y[N], dx[N];
+            run_values(TG_OP_EXP, d ? TG_F64 : TG_F32, mode, x, N, y, dx);
+            for (int j = 0; j < N; j++) {
+                double want = d ? exp(x[j]) : (double)expf((float)x[j]);
+                if (!d && x[j] < -87.33) want = 0; /* float32 flushes subnormals */
+                int ok = isinf(want) ? isinf(y[j]) && y[j] > 0 && isinf(dx[j]) && dx[j] > 0
+                                     : fabs(y[j] - want) <= (d ? 1e-15 : 3e-7) * want &&
+                                           fabs(dx[j] - want) <= (d ? 1e-15 : 3e-7) * want;
+                if (!ok)
+                    fail_msg("exp %s %s at x = %g: y = %.9g, dy/dx = %.9g, want %.9g",
+                             tg_dtype_name(d ? TG_F64 : TG_F32), mode_names[mode], x[j], y[j],
+                             dx[j], want);
+            }
+        }
+}
+
+/* log and sqrt out of their domain give what C gives: NaN for a negative (sqrt's gradient,
+ * dy/(2y), NaN too; log's, dy/x, stays 1/x as in PyTorch), log 0 = −∞, sqrt 0 = 0 with an infinite slope; standalone and fused, both dtypes. */
+static void test_log_sqrt_out_of_domain(void **state)
+{
+    (void)state;
+    const double x[] = {-2, -1e-3, 0, 4};
+    enum { N = 4 };
+    for (int d = 0; d < 2; d++)
+        for (int mode = 0; mode < 3; mode++) {
+            double y[N], dx[N];
+            const char *dn = tg_dtype_name(d ? TG_F64 : TG_F32);
+            run_values(TG_OP_LOG, d ? TG_F64 : TG_F32, mode, x, N, y, dx);
+            /* the derivative is dy/x from x (elementwise.h), PyTorch's choice: finite */
+            if (!isnan(y[0]) || !isnan(y[1]) || fabs(dx[0] + 0.5) > 1e-6 || fabs(dx[1] + 1e3) > 1e-3)
+                fail_msg("log %s %s of a negative: y = %g, %g (want NaN); dy/dx = %g, %g (want "
+                         "1/x)", dn, mode_names[mode], y[0], y[1], dx[0], dx[1]);
+            if (!(isinf(y[2]) && y[2] < 0) || !(isinf(dx[2]) && dx[2] > 0))
+                fail_msg("log %s %s of 0: y = %g, dy/dx = %g (want -inf, +inf)", dn,
+                         mode_names[mode], y[2], dx[2]);
+            if (fabs(y[3] - log(4.0)) > 1e-6 || fabs(dx[3] - 0.25) > 1e-6)
+                fail_msg("log %s %s of 4: y = %g, dy/dx = %g", dn, mode_names[mode], y[3], dx[3]);
+            run_values(TG_OP_SQRT, d ? TG_F64 : TG_F32, mode, x, N, y, dx);
+            if (!isnan(y[0]) || !isnan(y[1]) || !isnan(dx[0]) || !isnan(dx[1]))
+                fail_msg("sqrt %s %s of a negative: y = %g, %g; dy/dx = %g, %g (want NaN)", dn,
+                         mode_names[mode], y[0], y[1], dx[0], dx[1]);
+            if (y[2] != 0 || !(isinf(dx[2]) && dx[2] > 0))
+                fail_msg("sqrt %s %s of 0: y = %g, dy/dx = %g (want 0, +inf)", dn,
+                         mode_names[mode], y[2], dx[2]);
+            if (fabs(y[3] - 2) > 1e-6 || fabs(dx[3] - 0.25) > 1e-6)
+                fail_msg("sqrt %s %s of 4: y = %g, dy/dx = %g", dn, mode_names[mode], y[3], dx[3]);
+        }
+}
+
 int main(void)
 {
     build_cases();
@@ -459,6 +757,9 @@ int main(void)
         cmocka_unit_test(test_every_op_vs_finite_differences),
         cmocka_unit_test(test_float32_matches_float64),
         cmocka_unit_test(test_softmax_xent_extreme_logits),
+        cmocka_unit_test(test_softplus_large_inputs),
+        cmocka_unit_test(test_exp_overflow),
+        cmocka_unit_test(test_log_sqrt_out_of_domain),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

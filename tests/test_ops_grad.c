@@ -628,7 +628,7 @@ static void test_softmax_xent_extreme_logits(void **state)
     }
 }
 
-/* y = op(x) on a 1×n row of given values, loss Σ y, standalone (mode 0) or in a fusion region
+/* y = op(x) (affine: 2x + 1) on a 1×n row of given values, loss Σ y, standalone (mode 0) or in a fusion region
  * (1: fusion on, 2: lean) that keeps only z = 1·y + 0 — so backward recomputes or re-reads y
  * itself. Fills y[] and dx[]. */
 static void run_values(enum tg_op op, enum tg_dtype dt, int mode, const double *x, int n,
@@ -642,12 +642,13 @@ static void run_values(enum tg_op op, enum tg_dtype dt, int mode, const double *
     struct tg_tensor *out;
     if (mode) {
         tg_tape_fuse_begin(t);
-        struct tg_tensor *z = tg_affine(t, tg_ew_apply(t, op, in, NULL), 1.0, 0.0);
+        struct tg_tensor *y0 = op == TG_OP_AFFINE ? tg_affine(t, in, 2.0, 1.0) : tg_ew_apply(t, op, in, NULL);
+        struct tg_tensor *z = tg_affine(t, y0, 1.0, 0.0);
         assert_int_equal(tg_tape_fuse_end(t, &z, 1), TG_OK);
         assert_int_equal(count_fused(t), 1);
         out = z;
     } else {
-        out = tg_ew_apply(t, op, in, NULL);
+        out = op == TG_OP_AFFINE ? tg_affine(t, in, 2.0, 1.0) : tg_ew_apply(t, op, in, NULL);
     }
     assert_non_null(out);
     struct tg_tensor *loss = tg_sum(t, out);
@@ -748,6 +749,57 @@ static void test_log_sqrt_out_of_domain(void **state)
         }
 }
 
+/* What C (and PyTorch) give for op(x) (affine: 2x + 1), in double; NaN in gives NaN out. */
+static double reference(enum tg_op op, double x)
+{
+    switch (op) {
+    case TG_OP_AFFINE: return 2 * x + 1;
+    case TG_OP_TANH: return tanh(x);
+    case TG_OP_SIGMOID: return 1 / (1 + exp(-x));
+    case TG_OP_RELU: return isnan(x) ? x : x > 0 ? x : 0; /* torch.relu(nan) = nan (since 0.4.1) */
+    case TG_OP_EXP: return exp(x);
+    case TG_OP_LOG: return log(x);
+    case TG_OP_SQRT: return sqrt(x);
+    case TG_OP_ABS: return fabs(x);
+    case TG_OP_SOFTPLUS: return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x));
+    default: fail_msg("no reference value for op %s: add one here", tg_op_name(op));
+    }
+    return 0;
+}
+
+/* Every one-input elementwise op of the table on NaN, ±∞, 0 and a negative, standalone and
+ * fused, in both dtypes: the value C gives (NaN stays NaN: a NaN made upstream must reach the
+ * loss, where it can be found, not vanish), and backward runs through them without a crash or
+ * undefined behaviour (the sanitizer build runs this). */
+static void test_special_values(void **state)
+{
+    (void)state;
+    const double x[] = {NAN, INFINITY, -INFINITY, 0.0, -0.5, 2.0};
+    enum { N = sizeof x / sizeof x[0] };
+    int bad = 0;
+    for (int op = 0; op < TG_OP_COUNT; op++) {
+        if (!tg_op_is_elementwise((enum tg_op)op) || tg_op_arity((enum tg_op)op) != 1) continue;
+        for (int d = 0; d < 2; d++)
+            for (int mode = 0; mode < 3; mode++) {
+                double y[N], dx[N];
+                run_values((enum tg_op)op, d ? TG_F64 : TG_F32, mode, x, N, y, dx);
+                for (int j = 0; j < N; j++) {
+                    double want = reference((enum tg_op)op, x[j]);
+                    if (!d && isfinite(want)) want = (float)want;
+                    int ok = isnan(want) ? isnan(y[j])
+                             : isinf(want) ? y[j] == want
+                                           : fabs(y[j] - want) <= (d ? 1e-15 : 2.4e-7) * fmax(1, fabs(want));
+                    if (!ok) {
+                        printf("# %s %s %s(%g) = %.9g, want %.9g\n", tg_dtype_name(d ? TG_F64 : TG_F32),
+                               mode_names[mode], tg_op_name((enum tg_op)op), x[j], y[j], want);
+                        bad++;
+                    }
+                }
+            }
+    }
+    if (bad) fail_msg("%d special values differ from C's (listed above)", bad);
+}
+
 int main(void)
 {
     build_cases();
@@ -760,6 +812,7 @@ int main(void)
         cmocka_unit_test(test_softplus_large_inputs),
         cmocka_unit_test(test_exp_overflow),
         cmocka_unit_test(test_log_sqrt_out_of_domain),
+        cmocka_unit_test(test_special_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 
 #include "tapegrad_models.h"
 #include "tapegrad_optim.h"
@@ -28,7 +29,15 @@ struct side {
     struct tg_seq_batch b;
     double loss;
     size_t nodes, fused;
+    long faults; /* minor page faults during the timed steps */
 };
+
+static long minor_faults(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_minflt;
+}
 
 static double now(void)
 {
@@ -116,17 +125,21 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++)
         for (int k0 = 0; k0 < 2; k0++) {
             int k = (i + k0) % 2; /* alternate which goes first */
+            long f0 = minor_faults();
             double t0 = now();
             if (step(&s[k])) return fprintf(stderr, "%s: %s\n", s[k].name, tg_last_error()), 1;
             ms[k][i] = (now() - t0) * 1e3;
+            s[k].faults += minor_faults() - f0;
         }
     double med[2];
     for (int k = 0; k < 2; k++) {
         qsort(ms[k], (size_t)n, sizeof(double), cmp);
         med[k] = n % 2 ? ms[k][n / 2] : 0.5 * (ms[k][n / 2 - 1] + ms[k][n / 2]);
         printf("%-8s T%d B%d H%d float32, %d thread(s), fusion %s: step median %.2f ms (min %.2f, "
-               "max %.2f) over %d; %zu nodes, %zu fused; loss %.4f\n", s[k].name, T, B, H, threads,
-               fa, med[k], ms[k][0], ms[k][n - 1], n, s[k].nodes, s[k].fused, s[k].loss);
+               "max %.2f) over %d; %zu nodes, %zu fused; arena %.1f MiB; %.0f page faults a step; "
+               "loss %.4f\n", s[k].name, T, B, H, threads, fa, med[k], ms[k][0], ms[k][n - 1], n,
+               s[k].nodes, s[k].fused, tg_tape_arena_capacity(s[k].t) / 1048576.0,
+               (double)s[k].faults / n, s[k].loss);
     }
     printf("ratio ln_lstm / lstm: %.2f\n", med[1] / med[0]);
     for (int k = 0; k < 2; k++) {

@@ -136,7 +136,9 @@ static int count_fused(const struct tg_tape *t)
     return n;
 }
 
-/* The op inside a fusion region. An elementwise op y = op(x…) is followed in the region by
+/* The op inside a fusion region. Any op that is neither elementwise nor a row reduction reads
+ * the region's pending x′ = 1·x + 0 (computing the region first) and its result feeds a second
+ * region z = 0.5·y + 0.1. An elementwise op y = op(x…) is followed in the region by
  * z = 0.5·y + 0.1 (whose derivative reads nothing, so what op's own derivative reads — x, y or
  * b — must be recomputed, saved or read back, per mode); the region keeps z (and y with
  * FUSED_KEEP, whose gradient then also comes from tanh(y) outside). A row reduction cannot
@@ -158,6 +160,16 @@ static struct tg_tensor *apply_in_region(struct tg_tape *t, const struct op_case
         if (c->fused == FUSED_KEEP) keep[nk++] = y;
         if (tg_tape_fuse_end(t, keep, nk) != TG_OK) return NULL;
         out = c->fused == FUSED_KEEP ? tg_add(t, z, tg_tanh(t, y)) : z;
+    } else if (c->op != TG_OP_ROW_SUM && c->op != TG_OP_ROW_MEAN) {
+        /* any other op reads pending results of the region (x′ = 1·x + 0), which it computes
+         * first, and its own result is read by the next region */
+        struct tg_tensor *xp[MAXIN];
+        for (int i = 0; i < c->nin; i++) xp[i] = tg_affine(t, x[i], 1.0, 0.0);
+        struct tg_tensor *y = apply_op(t, c, xp);
+        keep[0] = tg_affine(t, y, 0.5, 0.1);
+        if (c->fused == FUSED_KEEP) keep[nk++] = y;
+        if (tg_tape_fuse_end(t, keep, nk) != TG_OK) return NULL;
+        out = c->fused == FUSED_KEEP ? tg_add(t, keep[0], tg_tanh(t, y)) : keep[0];
     } else {
         struct tg_tensor *a = tg_tanh(t, x[0]);
         struct tg_tensor *r = c->op == TG_OP_ROW_SUM ? tg_row_sum(t, a) : tg_row_mean(t, a);
@@ -238,7 +250,7 @@ static void copy_ctx(struct ctx *dst, const struct ctx *src)
     if (src->R) tg_tensor_copy(dst->R, src->R);
 }
 
-#define N_CASES 400
+#define N_CASES 512
 static struct op_case cases[N_CASES];
 static int n_cases;
 static double worst_rel_seen, worst_per_op[TG_OP_COUNT];
@@ -475,6 +487,18 @@ static void build_cases(void)
     c->step = 3e-4;
     shape(c, 0, 2, 3);
     shape(c, 1, 2, 3);
+    /* every other op between fusion regions (apply_in_region), on the same shapes */
+    for (int i = 0, n0 = n_cases; i < n0; i++) {
+        if (cases[i].op < 0 || cases[i].op == TG_OP_FUSED) continue;
+        for (int f = FUSED_ON; f <= FUSED_LEAN; f++) {
+            c = &cases[n_cases];
+            *c = cases[i];
+            snprintf(label_buf[n_cases], sizeof label_buf[0], "%s%s", cases[i].label, fused_names[f]);
+            c->label = label_buf[n_cases++];
+            assert_true(n_cases <= N_CASES);
+            c->fused = f;
+        }
+    }
     build_ew_cases();
 #undef RND
 }

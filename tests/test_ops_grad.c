@@ -773,6 +773,93 @@ static void test_log_sqrt_out_of_domain(void **state)
         }
 }
 
+/* Broadcast binary ops and row reductions on shapes large enough to go parallel (200×300 >
+ * TG_OMP_MIN elements), standalone and fused: loss Σ y ⊙ R and the input gradients agree between
+ * 1 and 2 threads and between fused and unfused, to 1e-12 of the largest gradient. */
+static double bcast_run(enum tg_op op, int fused, struct tg_tensor *a, struct tg_tensor *b,
+                        struct tg_tensor *R)
+{
+    tg_tensor_zero_grad(a);
+    tg_tensor_zero_grad(b);
+    struct tg_tape *t = tg_tape_new(0);
+    tg_tape_set_fusion(t, fused ? TG_FUSION_ON : TG_FUSION_OFF);
+    tg_tape_fuse_begin(t);
+    struct tg_tensor *y;
+    if (op == TG_OP_ROW_SUM || op == TG_OP_ROW_MEAN) { /* (tanh(a) − r) ⊙ r, r = row op */
+        struct tg_tensor *ta = tg_tanh(t, a);
+        struct tg_tensor *r = op == TG_OP_ROW_SUM ? tg_row_sum(t, ta) : tg_row_mean(t, ta);
+        y = tg_mul(t, tg_sub(t, ta, r), r);
+    } else {
+        y = tg_ew_apply(t, op, a, b);
+    }
+    assert_int_equal(tg_tape_fuse_end(t, &y, 1), TG_OK);
+    struct tg_tensor *loss = tg_sum(t, tg_mul(t, y, R));
+    assert_non_null(loss);
+    assert_int_equal(tg_backward(t, loss), TG_OK);
+    double l = tg_get(loss, 0, 0);
+    tg_tape_free(t);
+    return l;
+}
+
+static void test_broadcast_parallel(void **state)
+{
+    (void)state;
+    enum { M = 200, N = 300 };
+    const int kinds[5] = {BC_B_ROW, BC_B_COL, BC_A_COL, BC_B_SCALAR, BC_OUTER};
+    const enum tg_op ops[6] = {TG_OP_ADD, TG_OP_SUB, TG_OP_MUL, TG_OP_DIV, TG_OP_ROW_SUM, TG_OP_ROW_MEAN};
+    struct tg_rng r;
+    tg_rng_seed(&r, 99);
+    struct tg_tensor *R = tg_tensor_new_heap(M, N, TG_F64);
+    tg_tensor_uniform(R, &r, -1, 1);
+    double worst = 0;
+    for (int o = 0; o < 6; o++)
+        for (int k = 0; k < (o < 4 ? 5 : 1); k++) {
+            int bc = kinds[k];
+            int ar = M, ac = bc == BC_A_COL || bc == BC_OUTER ? 1 : N;
+            int br = bc == BC_B_ROW || bc == BC_B_SCALAR || bc == BC_OUTER ? 1 : M;
+            int bcl = bc == BC_B_COL || bc == BC_B_SCALAR ? 1 : N;
+            struct tg_tensor *a = tg_tensor_new_heap(ar, ac, TG_F64), *b = tg_tensor_new_heap(br, bcl, TG_F64);
+            tg_tensor_uniform(a, &r, -2, 2);
+            tg_tensor_uniform(b, &r, 0.5, 2); /* positive: a divisor off 0 */
+            assert_int_equal(tg_tensor_set_requires_grad(a), TG_OK);
+            assert_int_equal(tg_tensor_set_requires_grad(b), TG_OK);
+            size_t na = tg_numel(a), nb = tg_numel(b);
+            double *g0 = malloc((na + nb) * sizeof *g0), l0 = 0, scale = 0;
+            for (int run = 0; run < 4; run++) { /* (threads, fused): (1,0) (2,0) (1,1) (2,1) */
+                int threads = 1 + (run & 1), fused = run >> 1;
+#if TG_HAVE_OPENMP
+                int saved = omp_get_max_threads();
+                omp_set_num_threads(threads);
+#endif
+                double l = bcast_run(ops[o], fused, a, b, R);
+#if TG_HAVE_OPENMP
+                omp_set_num_threads(saved);
+#endif
+                double d = 0;
+                for (size_t j = 0; j < na + nb; j++) {
+                    double g = j < na ? tg_grad_get(a, (int)(j / ac), (int)(j % ac))
+                                      : tg_grad_get(b, (int)((j - na) / bcl), (int)((j - na) % bcl));
+                    if (run == 0) g0[j] = g, scale = fmax(scale, fabs(g));
+                    else d = fmax(d, fabs(g - g0[j]));
+                }
+                if (run == 0) l0 = l;
+                else {
+                    d = fmax(d / scale, fabs(l - l0) / fmax(1, fabs(l0)));
+                    worst = fmax(worst, d);
+                    if (!(d <= 1e-12))
+                        fail_msg("%s %s, %d thread(s)%s: relative difference %.3g from 1 thread unfused",
+                                 tg_op_name(ops[o]), o < 4 ? bc_names[bc] : "", threads,
+                                 fused ? ", fused" : "", d);
+                }
+            }
+            free(g0);
+            tg_tensor_free(a);
+            tg_tensor_free(b);
+        }
+    printf("# broadcasts and row reductions at 200x300: worst difference across threads and fusion %.3g\n", worst);
+    tg_tensor_free(R);
+}
+
 /* What C (and PyTorch) give for op(x) (affine: 2x + 1), in double; NaN in gives NaN out. */
 static double reference(enum tg_op op, double x)
 {
@@ -836,6 +923,7 @@ int main(void)
         cmocka_unit_test(test_softplus_large_inputs),
         cmocka_unit_test(test_exp_overflow),
         cmocka_unit_test(test_log_sqrt_out_of_domain),
+        cmocka_unit_test(test_broadcast_parallel),
         cmocka_unit_test(test_special_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -612,7 +612,8 @@ static void test_gemm_split(void **state)
 #endif
 }
 
-/* Every op in the table has a forward, a backward, and at least one case above. */
+/* Every op in the table has a forward, a backward, and at least one case above standalone and
+ * one in a fusion region. */
 static void test_op_table_complete(void **state)
 {
     (void)state;
@@ -620,9 +621,13 @@ static void test_op_table_complete(void **state)
         assert_non_null(tg_op_table[op].name);
         if (!tg_op_table[op].forward || !tg_op_table[op].backward)
             fail_msg("op %s lacks a forward or backward", tg_op_name(op));
-        int covered = 0;
-        for (int i = 0; i < n_cases; i++) covered |= cases[i].op == op;
+        int covered = 0, fused = op == TG_OP_FUSED; /* a region is fused by definition */
+        for (int i = 0; i < n_cases; i++) {
+            covered |= cases[i].op == op && !cases[i].fused;
+            fused |= cases[i].op == op && cases[i].fused;
+        }
         if (!covered) fail_msg("op %s has no gradient test", tg_op_name(op));
+        if (!fused) fail_msg("op %s has no gradient test in a fusion region", tg_op_name(op));
     }
 }
 

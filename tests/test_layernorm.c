@@ -8,7 +8,8 @@
  *     gradient match fusion off to 1e-12 relative (float64; several sizes, with 2 threads
  *     where OpenMP is available);
  *  4. after warm-up a training step allocates nothing (the tape's counter and, outside ASan,
- *     the real heap). */
+ *     the real heap);
+ *  5. the DOT export names the new ops, unfused and inside fused nodes' labels. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,6 +21,7 @@
 
 #include "tapegrad_models.h"
 #include "ln_lstm_cell.h"
+#include "tapegrad_dot.h"
 #include "tg_config.h"
 #if TG_HAVE_OPENMP
 #include <omp.h>
@@ -298,6 +300,34 @@ static void test_no_heap_after_warmup(void **state)
     }
 }
 
+/* ------------------------------------------------------------------ 5. DOT */
+
+static void test_dot_names_new_ops(void **state)
+{
+    (void)state;
+    for (int fused = 0; fused < 2; fused++) {
+        struct seq_case c;
+        make_case(&c, 2, 2, 3, 3, 1, 3, TG_F64, 5, 0);
+        struct tg_tape *t = tg_tape_new(0);
+        tg_tape_set_fusion(t, fused ? TG_FUSION_ON : TG_FUSION_OFF);
+        struct tg_seq_result res;
+        assert_int_equal(tg_model_forward(c.m, t, &c.b, 0, &res), TG_OK);
+        assert_int_equal(tg_backward(t, res.loss), TG_OK);
+        struct tg_dot_opts o = {.backward = 1, .values = 1, .cell = "ln_lstm"};
+        char *dot = NULL;
+        size_t len = 0;
+        assert_int_equal(tg_dot_to_string(t, &o, &dot, &len, NULL), TG_OK);
+        const char *names[] = {"row_mean", "div", "sqrt", "affine", "sigmoid", "tanh"}; /* ("sub" would match "subgraph") */
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if (!strstr(dot, names[i]))
+                fail_msg("DOT (fusion %s) does not name %s", fused ? "on" : "off", names[i]);
+        assert_true(!fused || strstr(dot, "fused"));
+        free(dot);
+        tg_tape_free(t);
+        free_case(&c);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -307,6 +337,7 @@ int main(void)
         cmocka_unit_test(test_fused_matches_unfused_one_thread),
         cmocka_unit_test(test_fused_matches_unfused_two_threads),
         cmocka_unit_test(test_no_heap_after_warmup),
+        cmocka_unit_test(test_dot_names_new_ops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -631,6 +631,50 @@ static void test_op_table_complete(void **state)
     }
 }
 
+/* The public lookups agree with the table: names round-trip, arity and the printable forms fit
+ * each elementwise op (y = …; the first input's adjoint dx/da +=; the second's db iff it has
+ * two inputs), tg_ew_apply refuses what it cannot apply, and out-of-range ids are harmless. */
+static void test_op_lookups(void **state)
+{
+    (void)state;
+    for (int op = 0; op < TG_OP_COUNT; op++) {
+        const char *name = tg_op_name((enum tg_op)op);
+        assert_int_equal(tg_op_lookup(name), op);
+        if (!tg_op_is_elementwise((enum tg_op)op)) {
+            for (int part = 0; part < 3; part++) assert_string_equal(tg_op_printable((enum tg_op)op, part), "");
+            continue;
+        }
+        int ar = tg_op_arity((enum tg_op)op);
+        const char *y = tg_op_printable((enum tg_op)op, 0), *d1 = tg_op_printable((enum tg_op)op, 1),
+                   *d2 = tg_op_printable((enum tg_op)op, 2);
+        if (strncmp(y, "y = ", 4) != 0 || !(ar == 1 || ar == 2) ||
+            strncmp(d1, ar == 2 ? "da " : "dx ", 3) != 0 || !strstr(d1, "dy") ||
+            (ar == 2) != (d2[0] != 0) || (ar == 2 && (strncmp(d2, "db ", 3) != 0 || !strstr(d2, "dy"))))
+            fail_msg("op %s (arity %d): printable forms '%s' | '%s' | '%s'", name, ar, y, d1, d2);
+        assert_string_equal(tg_op_printable((enum tg_op)op, 3), "");
+        assert_string_equal(tg_op_printable((enum tg_op)op, -1), "");
+    }
+    assert_int_equal(tg_op_lookup("no_such_op"), TG_OP_COUNT);
+    assert_int_equal(tg_op_lookup(NULL), TG_OP_COUNT);
+    assert_int_equal(tg_op_arity(TG_OP_COUNT), 0);
+    assert_int_equal(tg_op_arity((enum tg_op)-1), 0);
+    assert_false(tg_op_is_elementwise(TG_OP_COUNT));
+    assert_string_equal(tg_op_name(TG_OP_COUNT), "?");
+    assert_string_equal(tg_op_printable(TG_OP_COUNT, 0), "");
+    struct tg_tensor *x = tg_tensor_new_heap(2, 3, TG_F64);
+    struct tg_tape *t = tg_tape_new(0);
+    const struct { enum tg_op op; int two; } bad[] = {
+        {TG_OP_AFFINE, 0}, {TG_OP_ADD, 0}, {TG_OP_TANH, 1}, {TG_OP_MATMUL, 1}, {TG_OP_FUSED, 1},
+        {TG_OP_COUNT, 1}, {(enum tg_op)-1, 0}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        tg_error_clear();
+        assert_null(tg_ew_apply(t, bad[i].op, x, bad[i].two ? x : NULL));
+        assert_non_null(strstr(tg_last_error(), "tg_ew_apply"));
+    }
+    tg_tape_free(t);
+    tg_tensor_free(x);
+}
+
 /* Logits of ±1000 give a finite loss and finite gradients (the max-subtraction at work). */
 static void test_softmax_xent_extreme_logits(void **state)
 {
@@ -922,6 +966,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_split),
         cmocka_unit_test(test_op_table_complete),
+        cmocka_unit_test(test_op_lookups),
         cmocka_unit_test(test_every_op_vs_finite_differences),
         cmocka_unit_test(test_float32_matches_float64),
         cmocka_unit_test(test_softmax_xent_extreme_logits),

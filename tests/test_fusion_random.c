@@ -49,7 +49,7 @@ struct world {
 static enum tg_op ew_ops[TG_OP_COUNT];
 static int n_ew_ops;
 /* What the programs exercised (printed): ops drawn, reads of the column and the scalar. */
-static long n_drawn[TG_OP_COUNT], n_col_reads, n_scalar_reads;
+static long n_drawn[TG_OP_COUNT], n_col_reads, n_scalar_reads, n_exp_of_block;
 
 static void collect_ew_ops(void)
 {
@@ -59,12 +59,15 @@ static void collect_ew_ops(void)
 }
 
 /* op(a[, b]) with its argument kept in its domain: log and sqrt read softplus(a) + 0.1 (> 0),
- * div divides by softplus(b) + 0.1 (≥ 0.1, no pole), and exp reads tanh(a) (a chain of exps
- * would overflow to ∞, and ∞ − ∞ compares as NaN); affine takes its constants. The transforms
- * are elementwise ops too, so they join the region. Any other op takes its inputs as they are. */
+ * div divides by softplus(b) + 0.1 (≥ 0.1, no pole), and exp reads tanh(a) unless a is one of
+ * the region's inputs (|a| ≤ 6: then exp's saved result may take over a gate block's storage,
+ * like σ's; a chain of exps would overflow to ∞, and ∞ − ∞ compares as NaN); affine takes its
+ * constants. The transforms are elementwise ops too, so they join the region. Any other op
+ * takes its inputs as they are. */
 static struct tg_tensor *apply_ew(struct tg_tape *t, enum tg_op op, struct tg_tensor *a,
-                                  struct tg_tensor *b)
+                                  struct tg_tensor *b, int a_is_input)
 {
+    if (op == TG_OP_EXP && a_is_input) return tg_exp(t, a);
     switch (op) {
     case TG_OP_AFFINE: return tg_affine(t, a, 0.7, -0.2);
     case TG_OP_LOG:
@@ -91,12 +94,14 @@ static struct tg_tensor *record(struct tg_tape *t, const struct world *w, const 
     if (p->overlap) v[nv++] = tg_slice(t, X, 1, H / 2, H / 2 + H);
     int first = nv;
     for (int k = 0; k < p->n; k++) {
-        struct tg_tensor *a = v[p->a[k] < 0 ? nv - 1 : p->a[k] % nv], *b = v[p->b[k] % nv];
+        int ia = p->a[k] < 0 ? nv - 1 : p->a[k] % nv;
+        struct tg_tensor *a = v[ia], *b = v[p->b[k] % nv];
         n_drawn[p->op[k]]++;
         int two = tg_op_arity((enum tg_op)p->op[k]) == 2;
         n_col_reads += (a == w->col) + (two && b == w->col);
         n_scalar_reads += (a == w->scal) + (two && b == w->scal);
-        struct tg_tensor *r = apply_ew(t, (enum tg_op)p->op[k], a, b);
+        n_exp_of_block += p->op[k] == TG_OP_EXP && ia < G;
+        struct tg_tensor *r = apply_ew(t, (enum tg_op)p->op[k], a, b, ia < first);
         /* a 1×n, B×1 or 1×1 result (bias op bias, f(column), …): widen; in the region this
          * changes its shape, so what is pending is computed first and the region goes on */
         if (r && (r->rows != B || r->cols != H)) r = tg_add(t, r, w->Y);
@@ -225,7 +230,8 @@ static void random_programs(int threads)
         printf(" %s %ld", tg_op_name(ew_ops[i]), n_drawn[ew_ops[i]]);
         if (n_drawn[ew_ops[i]] == 0) fail_msg("no program drew %s", tg_op_name(ew_ops[i]));
     }
-    printf("; column read %ld times, scalar %ld\n", n_col_reads, n_scalar_reads);
+    printf("; column read %ld times, scalar %ld; exp of an in-region product block %ld\n",
+           n_col_reads, n_scalar_reads, n_exp_of_block);
     assert_true(n_col_reads > 0 && n_scalar_reads > 0);
     for (int m = 0; m < 3; m++) free(g[m]);
     tg_tensor_free(w.A);

@@ -4,7 +4,8 @@
  * the same data for both. Steps alternate between the two models so that drift of the machine
  * hits both; the medians are reported, and their ratio.
  *
- *   build/bench/ln_lstm_bench [T B H [steps [threads [fusion: on|lean|off]]]]   (50 32 128 30 1 on) */
+ *   build/bench/ln_lstm_bench [T B H [steps [threads [fusion: on|lean|off [only: lstm|ln_lstm]]]]]
+ *   (defaults 50 32 128 30 1 on; `only` times one model, e.g. under perf record) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,9 +99,10 @@ int main(int argc, char **argv)
     int H = argc > 3 ? atoi(argv[3]) : 128, n = argc > 4 ? atoi(argv[4]) : 30;
     int threads = argc > 5 ? atoi(argv[5]) : 1;
     const char *fa = argc > 6 ? argv[6] : "on";
+    int only = argc > 7 ? (strcmp(argv[7], "lstm") == 0 ? 0 : 1) : -1;
     int fusion = strcmp(fa, "off") == 0 ? TG_FUSION_OFF : strcmp(fa, "lean") == 0 ? TG_FUSION_LEAN : TG_FUSION_ON;
     if (T < 1 || B < 1 || H < 2 || n < 1 || threads < 1) {
-        fprintf(stderr, "usage: %s [T B H [steps [threads [on|lean|off]]]]\n", argv[0]);
+        fprintf(stderr, "usage: %s [T B H [steps [threads [on|lean|off [lstm|ln_lstm]]]]]\n", argv[0]);
         return 2;
     }
 #if TG_HAVE_OPENMP
@@ -121,10 +123,11 @@ int main(int argc, char **argv)
     double *ms[2] = {malloc(sizeof(double) * n), malloc(sizeof(double) * n)};
     for (int w = 0; w < 3; w++) /* warm-up: arenas, scratch, caches */
         for (int k = 0; k < 2; k++)
-            if (step(&s[k])) return fprintf(stderr, "%s: %s\n", s[k].name, tg_last_error()), 1;
+            if ((only < 0 || only == k) && step(&s[k])) return fprintf(stderr, "%s: %s\n", s[k].name, tg_last_error()), 1;
     for (int i = 0; i < n; i++)
         for (int k0 = 0; k0 < 2; k0++) {
             int k = (i + k0) % 2; /* alternate which goes first */
+            if (only >= 0 && k != only) continue;
             long f0 = minor_faults();
             double t0 = now();
             if (step(&s[k])) return fprintf(stderr, "%s: %s\n", s[k].name, tg_last_error()), 1;
@@ -133,6 +136,7 @@ int main(int argc, char **argv)
         }
     double med[2];
     for (int k = 0; k < 2; k++) {
+        if (only >= 0 && k != only) continue;
         qsort(ms[k], (size_t)n, sizeof(double), cmp);
         med[k] = n % 2 ? ms[k][n / 2] : 0.5 * (ms[k][n / 2 - 1] + ms[k][n / 2]);
         printf("%-8s T%d B%d H%d float32, %d thread(s), fusion %s: step median %.2f ms (min %.2f, "
@@ -141,7 +145,7 @@ int main(int argc, char **argv)
                s[k].nodes, s[k].fused, tg_tape_arena_capacity(s[k].t) / 1048576.0,
                (double)s[k].faults / n, s[k].loss);
     }
-    printf("ratio ln_lstm / lstm: %.2f\n", med[1] / med[0]);
+    if (only < 0) printf("ratio ln_lstm / lstm: %.2f\n", med[1] / med[0]);
     for (int k = 0; k < 2; k++) {
         tg_optim_free(s[k].opt);
         tg_tape_free(s[k].t);

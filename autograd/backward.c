@@ -15,28 +15,41 @@
  * parameters, listed in *out, or −1 if memory ran out. */
 static void unstage(struct tg_tensor **list, int n)
 {
-    for (int j = 0; j < n; j++) list[j]->stage = NULL;
+    for (int j = 0; j < n; j++) TG_PRIV(list[j])->stage = NULL;
 }
 
-/* The weight a matmul/addmm node may stage: a parameter used as the transposed right operand
- * (x·Wᵀ), the only form whose gradient dW += dCᵀ·A stacks over uses. */
-static struct tg_tensor *staged_weight(const struct tg_node *nd)
+/* The weight a node may stage, by its op's hook (a product x·Wᵀ with W a parameter, the only
+ * form whose gradient dW += dCᵀ·A stacks over uses); *addend: the index of its addend C. */
+static struct tg_tensor *staged_weight(const struct tg_node *nd, int *addend)
 {
-    struct tg_tensor *w = nd->op == TG_OP_MATMUL ? nd->src[1]
-                          : nd->op == TG_OP_ADDMM ? nd->src[2] : NULL;
-    if (!w || !(w->flags & TG_PARAM) || !nd->args.matmul.trans_b || nd->args.matmul.trans_a)
-        return NULL;
-    return w;
+    *addend = -1;
+    return nd->op->stage_weight ? nd->op->stage_weight(nd, addend) : NULL;
 }
+
+static struct tg_grad_stage *stage_of(const struct tg_tensor *w) { return TG_PRIV(w)->stage; }
 
 void *tg_stage_slot(const struct tg_tensor *x)
 {
     const struct tg_node *nd = x->node;
+    int ad;
     if (!nd || nd->out != x) return NULL;
-    struct tg_tensor *w = staged_weight(nd);
-    if (!w || !w->stage) return NULL;
-    return (char *)w->stage->dc +
-           (size_t)nd->args.matmul.stage_row * x->cols * tg_dtype_size(x->dtype);
+    struct tg_tensor *w = staged_weight(nd, &ad);
+    if (!w || !stage_of(w)) return NULL;
+    return (char *)stage_of(w)->dc + (size_t)nd->stage_row * x->cols * tg_dtype_size(x->dtype);
+}
+
+int tg_stage_rows(const struct tg_node *nd, void **dc, void **a)
+{
+    int ad;
+    struct tg_tensor *w = staged_weight(nd, &ad);
+    struct tg_grad_stage *st = w ? stage_of(w) : NULL;
+    if (!st) return 0;
+    const struct tg_tensor *A = nd->src[nd->nsrc - 2], *C = nd->out;
+    size_t es = tg_dtype_size(C->dtype);
+    TG_ASSERT(nd->stage_row + C->rows <= st->rows_cap);
+    *dc = (char *)st->dc + (size_t)nd->stage_row * C->cols * es;
+    *a = (char *)st->a + (size_t)nd->stage_row * A->cols * es;
+    return 1;
 }
 
 /* The addend P of a staged weight's uses, if its gradient can be the stage's dC itself: every
@@ -48,26 +61,28 @@ void *tg_stage_slot(const struct tg_tensor *x)
  * and no pass of its own. Returns P, or NULL when the pattern does not hold. */
 static struct tg_tensor *addend_of(struct tg_tape *t, size_t top, struct tg_tensor *w)
 {
-    struct tg_grad_stage *st = w->stage;
+    struct tg_grad_stage *st = stage_of(w);
     struct tg_tensor *P = NULL;
     size_t es = tg_dtype_size(w->dtype);
     for (size_t i = 0; i <= top; i++) {
         struct tg_node *nd = t->nodes[i];
-        if (staged_weight(nd) != w) continue;
-        struct tg_tensor *C = nd->src[0];
-        if (nd->op != TG_OP_ADDMM || !(C->flags & TG_VIEW) || !C->node ||
-            C->node->op != TG_OP_SLICE || C->grad || C->rows != nd->out->rows ||
+        int ad;
+        if (staged_weight(nd, &ad) != w) continue;
+        if (ad < 0) return NULL; /* a use with no addend */
+        struct tg_tensor *C = nd->src[ad];
+        if (!(C->flags & TG_VIEW) || !C->node || C->node->nsrc != 1 || C->grad ||
+            C->rows != nd->out->rows ||
             C->cols != nd->out->cols || (P && C->node->src[0] != P))
             return NULL;
         P = C->node->src[0];
         size_t row = (size_t)((char *)C->data - (char *)P->data) / ((size_t)P->cols * es);
-        if (row != (size_t)nd->args.matmul.stage_row) return NULL;
+        if (row != (size_t)nd->stage_row) return NULL;
     }
     /* A fused node's backward adds the in-region uses of its kept outputs into their
      * gradients itself: P's gradient would then not be dD alone. */
     if (!P || P->grad || !tg_requires_grad(P) || P->cols != w->rows || P->rows != st->rows_cap ||
         (P->flags & (TG_VIEW | TG_PARAM | TG_HEAP | TG_PENDING)) ||
-        (P->node && P->node->op == TG_OP_FUSED))
+        (P->node && (P->node->op->flags & TG_OPF_COMPOUND)))
         return NULL;
     return P;
 }
@@ -77,21 +92,22 @@ static void alias_addend(struct tg_tape *t, size_t top, struct tg_tensor *w)
     struct tg_tensor *P = addend_of(t, top, w);
     if (!P) return;
     /* mark the row views, then look for any reader other than the slices and the uses */
+    int ad;
     for (size_t i = 0; i <= top; i++)
-        if (staged_weight(t->nodes[i]) == w) t->nodes[i]->src[0]->flags |= TG_MARK;
+        if (staged_weight(t->nodes[i], &ad) == w) t->nodes[i]->src[ad]->flags |= TG_MARK;
     int ok = 1;
     for (size_t i = 0; i <= top && ok; i++) {
         struct tg_node *nd = t->nodes[i];
-        int use = staged_weight(nd) == w;
+        int use = staged_weight(nd, &ad) == w;
         for (int s = 0; s < nd->nsrc && ok; s++) {
             const struct tg_tensor *x = nd->src[s];
-            if (x == P) ok = nd->op == TG_OP_SLICE && (nd->out->flags & TG_MARK);
-            else if (x->flags & TG_MARK) ok = use && s == 0;
+            if (x == P) ok = (nd->out->flags & (TG_VIEW | TG_MARK)) == (TG_VIEW | TG_MARK);
+            else if (x->flags & TG_MARK) ok = use && s == ad;
         }
     }
     for (size_t i = 0; i <= top; i++)
-        if (staged_weight(t->nodes[i]) == w) t->nodes[i]->src[0]->flags &= ~(unsigned)TG_MARK;
-    if (ok) P->grad = w->stage->dc;
+        if (staged_weight(t->nodes[i], &ad) == w) t->nodes[i]->src[ad]->flags &= ~(unsigned)TG_MARK;
+    if (ok) P->grad = stage_of(w)->dc;
 }
 
 static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
@@ -102,9 +118,10 @@ static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
     *out = NULL;
     for (size_t i = 0; i <= top; i++) {
         struct tg_node *nd = t->nodes[i];
-        struct tg_tensor *w = staged_weight(nd);
+        int ad;
+        struct tg_tensor *w = staged_weight(nd, &ad);
         if (!w) continue;
-        if (!w->stage) {
+        if (!stage_of(w)) {
             if ((size_t)n == cap) {
                 size_t ncap = cap ? 2 * cap : 16;
                 struct tg_tensor **nl = tg_tape_alloc(t, ncap * sizeof *nl);
@@ -116,18 +133,18 @@ static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
             struct tg_grad_stage *st = tg_tape_alloc(t, sizeof *st);
             if (!st) goto fail;
             memset(st, 0, sizeof *st);
-            w->stage = st;
+            TG_PRIV(w)->stage = st;
             list[n++] = w;
         }
-        w->stage->rows_cap += nd->out->rows;
-        w->stage->rows++; /* counts uses until the buffers exist */
+        stage_of(w)->rows_cap += nd->out->rows;
+        stage_of(w)->rows++; /* counts uses until the buffers exist */
     }
     int kept = 0;
     for (int j = 0; j < n; j++) {
         struct tg_tensor *w = list[j];
-        struct tg_grad_stage *st = w->stage;
+        struct tg_grad_stage *st = stage_of(w);
         if (st->rows < 2) { /* one use: nothing to batch */
-            w->stage = NULL;
+            TG_PRIV(w)->stage = NULL;
             continue;
         }
         size_t es = tg_dtype_size(w->dtype);
@@ -149,10 +166,11 @@ static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
      * (tg_stage_slot), so dC is never copied. */
     for (size_t i = 0; i <= top; i++) {
         struct tg_node *nd = t->nodes[i];
-        struct tg_tensor *w = staged_weight(nd);
-        if (w && w->stage) {
-            nd->args.matmul.stage_row = w->stage->rows;
-            w->stage->rows += nd->out->rows;
+        int ad;
+        struct tg_tensor *w = staged_weight(nd, &ad);
+        if (w && stage_of(w)) {
+            nd->stage_row = stage_of(w)->rows;
+            stage_of(w)->rows += nd->out->rows;
         }
     }
     for (int j = 0; j < kept; j++) alias_addend(t, top, list[j]);
@@ -162,22 +180,6 @@ fail:
     /* no stage may outlive this call: it points into the arena, which the next step reuses */
     unstage(list, n);
     return -1;
-}
-
-/* Rows concatenation c = [x₁; x₂; …] (the output layer's stacked h_t): dxₖ is a block of dc
- * row for row. An input whose gradient does not exist yet (the concatenation is its last
- * consumer in tape order, so backward meets it first) gets that block as its gradient buffer:
- * no buffer of its own, no zeroing, no copy; its other consumers then add into the block,
- * which nothing reads any more (dc is final once its node runs). concat.c skips such inputs. */
-static void alias_row_blocks(struct tg_node *n)
-{
-    char *g = n->out->grad;
-    for (int k = 0; k < n->nsrc; k++) {
-        struct tg_tensor *x = n->src[k];
-        if (tg_requires_grad(x) && !x->grad && !(x->flags & (TG_VIEW | TG_PARAM | TG_HEAP)))
-            x->grad = g;
-        g += tg_nbytes(x);
-    }
 }
 
 enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
@@ -224,8 +226,8 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
         /* Skip what no gradient reached (nothing downstream of it leads to the loss) and what
          * cannot lead to a tensor that wants a gradient. */
         if (!tg_requires_grad(n->out)) continue;
-        if (n->op == TG_OP_FUSED ? !tg_fused_reached(n) : !n->out->grad) continue;
-        if (n->op == TG_OP_CONCAT && n->args.concat.axis == 0) alias_row_blocks(n);
+        if (!tg_node_reached(n)) continue;
+        if (n->op->before_backward) n->op->before_backward(n);
         for (int s = 0; s < n->nsrc; s++) {
             struct tg_tensor *x = n->src[s];
             if (tg_requires_grad(x) && !tg_grad_buffer(t, x)) {
@@ -233,13 +235,13 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
                 return tg_error(TG_ERR_NOMEM, "tg_backward: out of memory for gradients");
             }
         }
-        tg_op_table[n->op].backward(n);
+        n->op->backward(n);
     }
 
     /* The deferred weight gradients: one GEMM per staged weight over all its uses' rows. */
     for (int j = 0; j < n_staged; j++) {
         struct tg_tensor *w = staged[j];
-        struct tg_grad_stage *st = w->stage;
+        struct tg_grad_stage *st = stage_of(w);
         if (st->rows > 0 && w->grad)
             tg_gemm(w->dtype, 1, 0, w->rows, w->cols, st->rows, st->dc, w->rows, st->a, w->cols,
                     1.0, w->grad, w->cols);

@@ -207,7 +207,7 @@ static enum tg_status collect_leaves(struct dot *d)
         for (int s = 0; s < nd->nsrc; s++) {
             const struct tg_tensor *x = nd->src[s];
             if (!x) return tg_error(TG_ERR_VALUE, "tg_dot_write: node %zu (%s) has a NULL input %d",
-                                    i, tg_op_name(nd->op), s);
+                                    i, nd->op->name, s);
             if (on_tape(d, x) || map_get(&d->leafmap, (uint64_t)(uintptr_t)x) != UINT32_MAX) continue;
             if (d->nleaves == d->cap_leaves) {
                 size_t cap = d->cap_leaves ? 2 * d->cap_leaves : 64;
@@ -397,7 +397,7 @@ static enum tg_status build_edges(struct dot *d)
         const struct tg_node *nd = tg_tape_node(d->t, i);
         uint32_t c = d->vert[i];
         int reached = d->o.backward &&
-                      (nd->op == TG_OP_FUSED ? tg_fused_reached(nd) : nd->out->grad != NULL);
+                      tg_node_reached(nd);
         for (int s = 0; s < nd->nsrc; s++) {
             const struct tg_tensor *x = nd->src[s];
             uint32_t u = vertex_of(d, x);
@@ -477,32 +477,16 @@ static void put_values(const struct dot *d, const struct tg_tensor *x)
     if (d->o.backward && x->grad && tg_requires_grad(x)) put_stat(d->f, "g", x->grad, x);
 }
 
+/* The op's name and what its label hook adds (transposes, slice bounds, a fused node's
+ * instructions, …): the op table says it, not this file. */
 static void put_op(FILE *f, const struct tg_node *nd)
 {
-    const union tg_op_args *a = &nd->args;
-    const char *red = NULL;
-    fputs(tg_op_name(nd->op), f);
-    switch (nd->op) {
-    case TG_OP_MATMUL:
-        fprintf(f, " A%s B%s", a->matmul.trans_a ? "^T" : "", a->matmul.trans_b ? "^T" : "");
-        break;
-    case TG_OP_SLICE:
-        fprintf(f, " %s %d:%d", a->slice.axis ? "cols" : "rows", a->slice.start, a->slice.end);
-        break;
-    case TG_OP_CONCAT: fprintf(f, " %s (%d)", a->concat.axis ? "cols" : "rows", nd->nsrc); break;
-    case TG_OP_AFFINE: fprintf(f, " %g*x%+g", a->affine.a, a->affine.b); break;
-    case TG_OP_SOFTMAX_XENT: red = a->xent.reduction == TG_REDUCE_MEAN ? "mean" : "sum"; break;
-    case TG_OP_MSE: red = a->mse.reduction == TG_REDUCE_MEAN ? "mean" : "sum"; break;
-    case TG_OP_FUSED: { /* its instructions in order, and how many results it keeps */
-        const struct tg_fuse_prog *p = a->fused.prog;
-        for (int k = 0; k < p->n_ins; k++)
-            fprintf(f, "%s%s", k % 6 ? " " : "\\n", tg_op_name(p->ins[k].op));
-        fprintf(f, "\\n%d kept", p->n_out);
-        break;
+    fputs(nd->op->name, f);
+    if (nd->op->label) {
+        char buf[512];
+        nd->op->label(nd, buf, sizeof buf);
+        fputs(buf, f);
     }
-    default: break;
-    }
-    if (red) fprintf(f, " %s", red);
 }
 
 static void write_leaf(struct dot *d, size_t l, const char *ind)

@@ -1,5 +1,5 @@
 /* fuse.c — fusion regions: elementwise ops recorded without being computed, then compiled into
- * one TG_OP_FUSED node (ops/fused.c runs it).
+ * one fused node (ops/fused.c runs it).
  *
  * Why: an LSTM step written as primitive ops makes about ten passes over B×H tensors forward
  * and as many backward, each with its own output and a zeroed gradient buffer, and every one
@@ -19,7 +19,6 @@
 #include <string.h>
 
 #include "internal.h"
-#include "op_util.h"
 
 int tg_tape_set_fusion(struct tg_tape *t, int mode)
 {
@@ -56,18 +55,12 @@ void tg_fuse_reset(struct tg_tape *t)
     t->fuse.gen++;
 }
 
-int tg_fuse_accepts(const struct tg_tape *t, int op, const union tg_op_args *args)
+int tg_fuse_accepts(const struct tg_tape *t, const struct tg_op_info *op,
+                    const union tg_node_args *args)
 {
     if (!t->fuse.open || t->no_grad) return 0;
-    switch (op) {
-    case TG_OP_ADD: case TG_OP_SUB: case TG_OP_MUL: case TG_OP_AFFINE:
-    case TG_OP_TANH: case TG_OP_SIGMOID: case TG_OP_RELU:
-        return 1;
-    case TG_OP_SLICE:
-        return args && args->slice.axis == 1;
-    default:
-        return 0;
-    }
+    if (op->flags & TG_OPF_EW) return op->fused != NULL;
+    return (op->flags & TG_OPF_COL_VIEW) && args && op->col_view(args);
 }
 
 int tg_fuse_check_alive(struct tg_tape *t, const char *opname, int i, const struct tg_tensor *x)
@@ -81,7 +74,9 @@ int tg_fuse_check_alive(struct tg_tape *t, const char *opname, int i, const stru
     if (!(x->flags & TG_PENDING)) return 1;
     /* a pending column slice outlives a switch of fusion to off (it can still be copied out);
      * an instruction result never does (turning fusion off computes them all) */
-    if (x->fuse_gen == t->fuse.gen && (t->fuse.open || x->fuse_idx < 0)) return 1;
+    const struct tg_tensor_priv *px = TG_PRIV(x);
+    if (px->fuse_tape == t && px->fuse_gen == t->fuse.gen && (t->fuse.open || px->fuse_idx < 0))
+        return 1;
     tg_op_fail(t, TG_ERR_STATE, "%s: input %d (%dx%d) is an intermediate of a fused region that "
                "has ended; only the tensors passed to tg_tape_fuse_end are kept", opname, i,
                x->rows, x->cols);
@@ -94,20 +89,27 @@ static struct tg_tensor *pending_tensor(struct tg_tape *t, int rows, int cols, e
     struct tg_tensor *x = tg_tensor_header(t, rows, cols, dt);
     if (!x) return NULL;
     x->flags = TG_PENDING | (req ? TG_REQUIRES_GRAD : 0);
-    x->fuse_gen = t->fuse.gen;
+    TG_PRIV(x)->fuse_gen = t->fuse.gen;
+    TG_PRIV(x)->fuse_tape = t;
     return x;
 }
 
 /* ------------------------------------------------------------------ compile */
 
-static int is_instr(const struct tg_tensor *x) { return (x->flags & TG_PENDING) && x->fuse_idx >= 0; }
+static int is_instr(const struct tg_tensor *x)
+{
+    return (x->flags & TG_PENDING) && TG_PRIV(x)->fuse_idx >= 0;
+}
+static int instr_of(const struct tg_tensor *x) { return TG_PRIV(x)->fuse_idx; }
 
 /* Input register of x (a computed tensor or a pending column slice), added if new. */
-static int input_reg(struct tg_fuse_input *in, int *n_in, const struct tg_tensor *x, int rows)
+static int input_reg(struct tg_fuse_input *in, int *n_in, const struct tg_tensor *x, int rows,
+                     int cols)
 {
-    struct tg_tensor *base = (x->flags & TG_PENDING) ? x->fuse_base : (struct tg_tensor *)x;
-    int off = (x->flags & TG_PENDING) ? x->fuse_off : 0;
-    int bcast = x->rows != rows;
+    int pend = (x->flags & TG_PENDING) != 0;
+    struct tg_tensor *base = pend ? TG_PRIV(x)->fuse_base : (struct tg_tensor *)x;
+    int off = pend ? TG_PRIV(x)->fuse_off : 0;
+    int bcast = (x->rows != rows ? TG_BC_ROW : 0) | (x->cols != cols ? TG_BC_COL : 0);
     for (int i = 0; i < *n_in; i++)
         if (in[i].x == base && in[i].off == off && in[i].bcast == bcast) return i;
     TG_ASSERT(*n_in < TG_FUSE_MAX_IN);
@@ -123,7 +125,7 @@ static int overwritable(const struct tg_tape *t, const struct tg_tensor *X,
                         struct tg_tensor *const *keep, int nkeep)
 {
     const struct tg_node *nd = X->node;
-    if (nkeep < 0 || !nd || nd->out != X || (nd->op != TG_OP_MATMUL && nd->op != TG_OP_ADDMM) ||
+    if (nkeep < 0 || !nd || nd->out != X || !(nd->op->flags & TG_OPF_OUT_UNREAD) ||
         (X->flags & (TG_VIEW | TG_PARAM | TG_HEAP | TG_INPUT | TG_PENDING | TG_ALIASED)) ||
         nd->index < t->fuse.first_node || nd->index >= t->n_nodes || t->nodes[nd->index] != nd)
         return 0;
@@ -154,9 +156,9 @@ static int compile(struct tg_tape *t, struct tg_tensor *const *outs, int no,
 
 /* Record a node whatever the no-grad mode is now: the pending ops were recorded with
  * gradients, and their results must keep their history. */
-static struct tg_tensor *emit_recorded(struct tg_tape *t, enum tg_op op,
+static struct tg_tensor *emit_recorded(struct tg_tape *t, const struct tg_op_info *op,
                                        struct tg_tensor *const *src, int nsrc,
-                                       const union tg_op_args *args, struct tg_tensor *out)
+                                       const union tg_node_args *args, struct tg_tensor *out)
 {
     int ng = t->no_grad;
     t->no_grad = 0;
@@ -189,11 +191,11 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
     if (n == 0 || no == 0) return 1;
 
     unsigned char live[TG_FUSE_MAX_INSTR] = {0};
-    for (int j = 0; j < no; j++) live[outs[j]->fuse_idx] = 1;
+    for (int j = 0; j < no; j++) live[instr_of(outs[j])] = 1;
     for (int k = n; k-- > 0;)
         if (live[k])
             for (int s = 0; s < R->p[k].nsrc; s++)
-                if (is_instr(R->p[k].src[s])) live[R->p[k].src[s]->fuse_idx] = 1;
+                if (is_instr(R->p[k].src[s])) live[instr_of(R->p[k].src[s])] = 1;
 
     struct tg_fuse_input in[TG_FUSE_MAX_IN];
     int n_in = 0, n_ins = 0;
@@ -202,7 +204,7 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
         if (!live[k]) continue;
         for (int s = 0; s < R->p[k].nsrc; s++) {
             const struct tg_tensor *x = R->p[k].src[s];
-            src_reg[k][s] = is_instr(x) ? -1 - x->fuse_idx : input_reg(in, &n_in, x, rows);
+            src_reg[k][s] = is_instr(x) ? -1 - instr_of(x) : input_reg(in, &n_in, x, rows, cols);
         }
         n_ins++;
     }
@@ -244,7 +246,8 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
     for (int i = 0; i < n_reg; i++) p->reg_out[i] = -1;
     for (int i = 0; i < n_in; i++) {
         rg[i] = tg_requires_grad(in[i].x);
-        if (rg[i] && in[i].bcast) p->serial = 1; /* column sums into one row */
+        /* a row's or a scalar's gradient sums over rows: one thread (a column's does not) */
+        if (rg[i] && (in[i].bcast == TG_BC_ROW || in[i].bcast == TG_BC_SCALAR)) p->serial = 1;
     }
     /* Row views of one tensor at different rows (x[1:] − x[:-1]): row i of one and row i of the
      * other are different rows of the same gradient, which two threads could update at once. */
@@ -262,45 +265,49 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
         int reg[2] = {-1, -1};
         for (int s = 0; s < q->nsrc; s++)
             reg[s] = src_reg[k][s] >= 0 ? src_reg[k][s] : reg_of[-1 - src_reg[k][s]];
-        ins->op = q->op;
+        ins->op = q->op->id;
+        ins->flags = q->op->flags;
         ins->a = reg[0];
         ins->b = reg[1];
-        ins->alpha = q->op == TG_OP_AFFINE ? q->args.affine.a : 0;
-        ins->beta = q->op == TG_OP_AFFINE ? q->args.affine.b : 0;
+        ins->alpha = q->args.raw[0]; /* an elementwise op's constants are its first two words */
+        ins->beta = q->args.raw[1];
         rg[reg_of[k]] = rg[reg[0]] || (reg[1] >= 0 && rg[reg[1]]);
     }
     for (int o = 0; o < no; o++) {
         pout[o] = outs[o];
-        p->out_reg[o] = reg_of[outs[o]->fuse_idx];
+        p->out_reg[o] = reg_of[instr_of(outs[o])];
         p->reg_out[p->out_reg[o]] = o;
         outs[o]->data = tg_tape_alloc(t, tg_nbytes(outs[o]));
         if (!outs[o]->data) return 0;
     }
-    /* Values the backward sweep reads: a product's other factor, σ's and tanh's own output,
-     * relu's input. Everything not read, directly or to recompute something read, is not
-     * recomputed in backward. */
+    /* Values the backward sweep reads, from each op's TG_EW_* facts: a product's other factor,
+     * σ's and tanh's own output, relu's input, … Everything not read, directly or to recompute
+     * something read, is not recomputed in backward. */
     unsigned char *rv = p->reg_val;
     memset(rv, 0, (size_t)n_reg);
     for (int k = n_ins; k-- > 0;) {
         const struct tg_fuse_instr *ins = &pins[k];
         int d = n_in + k;
+        unsigned f = ins->flags;
         if (!rg[d]) continue;
-        if (ins->op == TG_OP_MUL) {
-            if (rg[ins->a]) rv[ins->b] = 1;
-            if (rg[ins->b]) rv[ins->a] = 1;
-        } else if ((ins->op == TG_OP_TANH || ins->op == TG_OP_SIGMOID) && rg[ins->a]) {
-            rv[d] = 1;
-        } else if (ins->op == TG_OP_RELU && rg[ins->a]) {
-            rv[ins->a] = 1;
+        if (rg[ins->a]) {
+            if (f & TG_EW_DA_A) rv[ins->a] = 1;
+            if (f & TG_EW_DA_B) rv[ins->b] = 1;
+            if (f & TG_EW_DA_Y) rv[d] = 1;
+        }
+        if (ins->b >= 0 && rg[ins->b]) {
+            if (f & TG_EW_DB_A) rv[ins->a] = 1;
+            if (f & TG_EW_DB_B) rv[ins->b] = 1;
+            if (f & TG_EW_DB_Y) rv[d] = 1;
         }
     }
-    /* Unless lean: σ and tanh results the sweep reads are kept, the transcendentals being most
-     * of a fused step's arithmetic; then, to recompute the rest, the sources of what is read
-     * (kept outputs, saved results and inputs are in memory and need nothing). */
+    /* Unless lean: results of transcendentals the sweep reads (TG_EW_SAVE_Y: σ, tanh, exp)
+     * are kept, those being most of a fused step's arithmetic; then, to recompute the rest, the
+     * sources of what is read (kept outputs, saved results and inputs are in memory and need
+     * nothing). */
     unsigned char keep_val[TG_FUSE_MAX_INSTR] = {0};
     for (int k = 0; k < n_ins && !t->fusion_lean; k++)
-        keep_val[k] = rv[n_in + k] && p->reg_out[n_in + k] < 0 &&
-                      (pins[k].op == TG_OP_TANH || pins[k].op == TG_OP_SIGMOID);
+        keep_val[k] = rv[n_in + k] && p->reg_out[n_in + k] < 0 && (pins[k].flags & TG_EW_SAVE_Y);
     for (int k = n_ins; k-- > 0;) {
         int d = n_in + k;
         if (!rv[d] || p->reg_out[d] >= 0 || keep_val[k]) continue;
@@ -346,8 +353,10 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
     }
     if (!tg_fuse_scratch_reserve(t, 2 * (size_t)n_reg * TG_FUSE_CHUNK * es)) return 0;
 
-    union tg_op_args args = {.fused = {p}};
-    struct tg_tensor *o0 = emit_recorded(t, TG_OP_FUSED, bases, nb, &args, outs[0]);
+    /* the program rides in the node's first pointer; the op that runs it is the one every
+     * elementwise op names as its fused form */
+    union tg_node_args args = {.ptr = {p}};
+    struct tg_tensor *o0 = emit_recorded(t, R->fused_op, bases, nb, &args, outs[0]);
     if (!o0) return 0;
     for (int o = 1; o < no; o++) {
         outs[o]->flags &= ~(unsigned)TG_PENDING;
@@ -368,27 +377,37 @@ int tg_fuse_flush(struct tg_tape *t)
 int tg_fuse_realize(struct tg_tape *t, struct tg_tensor *x)
 {
     if (!(x->flags & TG_PENDING)) return 1;
-    if (x->fuse_idx >= 0) return tg_fuse_flush(t);
-    /* a pending column slice: copy it out as an ordinary slice node */
-    union tg_op_args args = {.slice = {1, x->fuse_off, x->fuse_off + x->cols}};
-    struct tg_tensor *base = x->fuse_base;
-    return emit_recorded(t, TG_OP_SLICE, &base, 1, &args, x) != NULL;
+    struct tg_tensor_priv *px = TG_PRIV(x);
+    if (px->fuse_idx >= 0) return tg_fuse_flush(t);
+    /* a pending column slice: copy it out as an ordinary node of the op that made it, whose
+     * args are a struct tg_view_args (COL_VIEW ops) */
+    union tg_node_args args;
+    memset(&args, 0, sizeof args);
+    struct tg_view_args va = {1, px->fuse_off, px->fuse_off + x->cols};
+    memcpy(&args, &va, sizeof va);
+    struct tg_tensor *base = px->fuse_base;
+    return emit_recorded(t, px->fuse_view_op, &base, 1, &args, x) != NULL;
 }
 
 /* ---------------------------------------------------------------- recording */
 
-struct tg_tensor *tg_fuse_pend(struct tg_tape *t, int op, struct tg_tensor *const *src, int nsrc,
-                               int rows, int cols, const union tg_op_args *args)
+struct tg_tensor *tg_fuse_pend(struct tg_tape *t, const struct tg_op_info *op,
+                               struct tg_tensor *const *src, int nsrc, int rows, int cols,
+                               const union tg_node_args *args)
 {
     struct tg_fuse_region *R = &t->fuse;
     int req = 0;
     for (int s = 0; s < nsrc; s++) req |= tg_requires_grad(src[s]);
-    if (op == TG_OP_SLICE) { /* src[0] is computed (tg_slice realized it): read it in place */
+    if (!(op->flags & TG_OPF_EW)) { /* a column view: src[0] is computed, read it in place */
+        struct tg_view_args va;
+        memcpy(&va, args, sizeof va);
         struct tg_tensor *x = pending_tensor(t, rows, cols, src[0]->dtype, req);
         if (!x) return NULL;
-        x->fuse_idx = -1;
-        x->fuse_base = src[0];
-        x->fuse_off = args->slice.start;
+        struct tg_tensor_priv *px = TG_PRIV(x);
+        px->fuse_idx = -1;
+        px->fuse_base = src[0];
+        px->fuse_off = va.start;
+        px->fuse_view_op = op;
         return x;
     }
     /* Another shape or dtype, or no room left: compute what is pending and begin afresh. A pending
@@ -401,16 +420,18 @@ struct tg_tensor *tg_fuse_pend(struct tg_tape *t, int op, struct tg_tensor *cons
      * exist after the flush above; a pending slice must be this width or a broadcast row). */
     for (int s = 0; s < nsrc; s++) {
         struct tg_tensor *x = src[s];
-        if ((x->flags & TG_PENDING) && x->fuse_idx < 0 &&
-            ((x->rows != rows && x->rows != 1) || x->cols != cols) && !tg_fuse_realize(t, x))
+        if ((x->flags & TG_PENDING) && TG_PRIV(x)->fuse_idx < 0 &&
+            ((x->rows != rows && x->rows != 1) || (x->cols != cols && x->cols != 1)) &&
+            !tg_fuse_realize(t, x))
             return NULL;
     }
     R->rows = rows;
     R->cols = cols;
     R->dtype = src[0]->dtype;
+    R->fused_op = op->fused;
     struct tg_tensor *out = pending_tensor(t, rows, cols, src[0]->dtype, req);
     if (!out) return NULL;
-    out->fuse_idx = R->n;
+    TG_PRIV(out)->fuse_idx = R->n;
     struct tg_fuse_pending *q = &R->p[R->n++];
     q->op = op;
     q->nsrc = nsrc;
@@ -418,7 +439,7 @@ struct tg_tensor *tg_fuse_pend(struct tg_tape *t, int op, struct tg_tensor *cons
         q->src[s] = src[s];
         if (!is_instr(src[s])) R->n_ext++;
     }
-    q->args = args ? *args : (union tg_op_args){.raw = {0}};
+    q->args = args ? *args : (union tg_node_args){.raw = {0}};
     q->out = out;
     return out;
 }
@@ -433,7 +454,7 @@ enum tg_status tg_tape_fuse_end(struct tg_tape *t, struct tg_tensor *const *keep
         struct tg_tensor *x = keep[i];
         if (!x || !(x->flags & TG_PENDING)) continue;
         if (!tg_fuse_check_alive(t, "tg_tape_fuse_end", i, x)) ok = 0;
-        else if (x->fuse_idx < 0) ok = tg_fuse_realize(t, x);
+        else if (TG_PRIV(x)->fuse_idx < 0) ok = tg_fuse_realize(t, x);
         else {
             int dup = 0;
             for (int j = 0; j < no; j++) dup |= outs[j] == x;

@@ -3,8 +3,86 @@
 #define TG_INTERNAL_H
 
 #include "tapegrad.h"
-#include "tapegrad_ops.h"
+#include "tapegrad_blas.h"
 #include "tg_config.h"
+#include "parallel.h"
+
+/* Internal invariants (not user errors): print file:line and abort. */
+#define TG_ASSERT(cond)                                                            \
+    do {                                                                           \
+        if (!(cond)) tg_assert_fail(__FILE__, __LINE__, #cond);                   \
+    } while (0)
+void tg_assert_fail(const char *file, int line, const char *what) __attribute__((noreturn));
+
+/* ------------------------------------------------------- private tensor state */
+
+/* Flags only the engine sets and reads (the public ones are in tapegrad.h). */
+enum {
+    TG_PENDING = 1 << 16, /* inside a fusion region, not computed yet: data is NULL */
+    TG_MARK = 1 << 17,    /* scratch mark (backward.c, during one call) */
+    TG_REUSED = 1 << 18,  /* made inside a fusion region, not kept: its storage was reused */
+    TG_ALIASED = 1 << 19, /* has a view no tape recorded (no-grad): storage never reused */
+};
+
+/* What a tensor carries for the engine, in its opaque priv_ words. stage: during tg_backward
+ * (backward.c). For TG_PENDING tensors (fuse.c): the tape and region generation they belong to,
+ * their instruction in it, or −1 for a column slice of fuse_base starting at column fuse_off. */
+struct __attribute__((may_alias)) tg_tensor_priv {
+    struct tg_grad_stage *stage;
+    struct tg_tensor *fuse_base;
+    struct tg_tape *fuse_tape;
+    const struct tg_op_info *fuse_view_op; /* the column view's op, to record it if realized */
+    int32_t fuse_idx, fuse_off;
+    uint32_t fuse_gen;
+};
+_Static_assert(sizeof(struct tg_tensor_priv) <= sizeof(((struct tg_tensor *)0)->priv_),
+               "tg_tensor.priv_ must hold struct tg_tensor_priv");
+#define TG_PRIV(x) ((struct tg_tensor_priv *)(void *)(x)->priv_)
+
+/* ------------------------------------------------------------------ ops */
+
+/* What the engine knows of an op. ops/op_table.c fills one per op; a node points at its op's,
+ * and the engine reads only these flags and hooks — it names no op. */
+enum tg_op_flags {
+    TG_OPF_EW = 1 << 0,         /* elementwise (ops/elementwise.h): a fusion region may hold it */
+    TG_OPF_COL_VIEW = 1 << 1,   /* may be a column slice a region reads in place (col_view) */
+    TG_OPF_OUT_UNREAD = 1 << 2, /* backward never reads the output's values (products), so a
+                                   region may overwrite a dead output (fuse.c) */
+    TG_OPF_COMPOUND = 1 << 3,   /* a compiled region: no single output carries the gradient */
+    /* elementwise: which values the local derivative reads (da: into input a; db: into b);
+     * SAVE_Y: y is a transcendental worth keeping for backward rather than recomputing */
+    TG_EW_DA_A = 1 << 8, TG_EW_DA_B = 1 << 9, TG_EW_DA_Y = 1 << 10,
+    TG_EW_DB_A = 1 << 11, TG_EW_DB_B = 1 << 12, TG_EW_DB_Y = 1 << 13,
+    TG_EW_SAVE_Y = 1 << 14,
+};
+
+struct tg_op_info {
+    int id;                               /* enum tg_op (ops/tapegrad_ops.h) */
+    const char *name;                     /* "matmul", … */
+    int arity;                            /* number of inputs; -1: any number ≥ 1 */
+    unsigned flags;                       /* enum tg_op_flags */
+    void (*forward)(struct tg_node *n);   /* fills n->out->data from n->src */
+    void (*backward)(struct tg_node *n);  /* adds d loss/d src into every src->grad != NULL */
+    /* Optional hooks (NULL: the default said beside each). */
+    int (*reached)(const struct tg_node *n);      /* a gradient reached it (out->grad != NULL) */
+    void (*before_backward)(struct tg_node *n);   /* before its inputs get gradient buffers */
+    /* the parameter W of out = [C +] A·Wᵀ whose uses may stack their gradient (backward.c),
+     * and in *addend the index of C (−1 if none); NULL if the node is not of that form */
+    struct tg_tensor *(*stage_weight)(const struct tg_node *n, int *addend);
+    int (*col_view)(const union tg_node_args *a); /* COL_VIEW ops: is this one a column slice */
+    void (*label)(const struct tg_node *n, char *buf, size_t len); /* DOT: more than the name */
+    const struct tg_op_info *fused;       /* EW ops: the op that runs a compiled region */
+    const char *print[3];                 /* EW ops: y = …, da += …, db += … (textbook form) */
+};
+
+/* Did a gradient reach node n (its op's hook, else: its output has a gradient buffer). */
+static inline int tg_node_reached(const struct tg_node *n)
+{
+    return n->op->reached ? n->op->reached(n) : n->out->grad != NULL;
+}
+
+/* Column views (slice) keep their bounds where the engine can read and write them. */
+struct tg_view_args { int axis, start, end; };
 
 /* ------------------------------------------------------------------ arena */
 
@@ -38,9 +116,10 @@ enum { TG_FUSE_MAX_INSTR = 64, TG_FUSE_MAX_IN = 32 };
 
 /* One pending elementwise op of the open region (fuse.c). */
 struct tg_fuse_pending {
-    int op, nsrc;
+    const struct tg_op_info *op;
+    int nsrc;
     struct tg_tensor *src[2];
-    union tg_op_args args;
+    union tg_node_args args;
     struct tg_tensor *out;
 };
 
@@ -53,19 +132,23 @@ struct tg_fuse_region {
     int rows, cols;     /* shape every instruction shares (0 while there is none) */
     int n;
     int n_ext;          /* inputs from outside the region so far (counted with repeats) */
+    const struct tg_op_info *fused_op; /* runs the compiled region (its ops' `fused`) */
     struct tg_fuse_pending p[TG_FUSE_MAX_INSTR];
 };
 
 /* The compiled form of a region: registers 0 … n_in−1 are inputs read in place, register
  * n_in + k is instruction k's result (stored in an output tensor, or in per-thread scratch). */
+enum tg_bcast { TG_BC_NONE = 0, TG_BC_ROW = 1, TG_BC_COL = 2, TG_BC_SCALAR = 3 };
 struct tg_fuse_input {
     struct tg_tensor *x; /* a materialized tensor */
-    int off, bcast;      /* first column read; 1 if x is a 1×n row repeated over every row */
+    int off;             /* first column read */
+    int bcast;           /* enum tg_bcast: a 1×n row, a B×1 column or a 1×1 repeated */
 };
 struct tg_fuse_instr {
-    int op;              /* TG_OP_ADD … TG_OP_RELU */
+    int op;              /* the elementwise op's id (its kernels switch on it) */
+    unsigned flags;      /* its TG_EW_* facts */
     int a, b;            /* source registers (b = −1 for one-input ops) */
-    double alpha, beta;  /* affine: alpha·x + beta */
+    double alpha, beta;  /* the op's two constants (affine: alpha·x + beta) */
 };
 struct tg_fuse_prog {
     int rows, cols, n_in, n_ins, n_out, n_reg;
@@ -95,8 +178,6 @@ struct tg_fuse_plan {
     unsigned char acc_a, acc_b; /* add to it (1) or assign its first gradient (0) */
 };
 
-/* ops/fused.c: did any output of this fused node receive a gradient. */
-int tg_fused_reached(const struct tg_node *nd);
 
 /* Ensure the tape's kernel scratch holds `bytes` per thread for up to the current OpenMP
  * thread count; returns 0 (error set) if memory ran out. Heap memory, kept across resets. */
@@ -122,24 +203,27 @@ struct tg_tape {
     int fuse_scratch_threads;
 };
 
-/* Record an op: checks nothing, allocates the output (zeroed only if `zero`), copies args and
- * the source list, computes the forward and, unless no-grad, appends the node.
+/* Record an op: checks nothing, allocates the output, copies args and the source list,
+ * computes the forward and, unless no-grad, appends the node.
  * Returns the output, or NULL (with the tape's error set) if memory ran out. */
-struct tg_tensor *tg_op_emit(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
-                             int nsrc, int rows, int cols, const union tg_op_args *args);
+struct tg_tensor *tg_op_emit(struct tg_tape *t, const struct tg_op_info *op,
+                             struct tg_tensor *const *src, int nsrc, int rows, int cols,
+                             const union tg_node_args *args);
 
 /* Record an op whose output is a view: `data` points into src[0]'s data (contiguous rows),
  * nothing is computed, and its gradient will point into src[0]'s gradient (tg_grad_buffer). */
-struct tg_tensor *tg_op_emit_view(struct tg_tape *t, enum tg_op op, struct tg_tensor *src,
-                                  int rows, int cols, const union tg_op_args *args, void *data);
+struct tg_tensor *tg_op_emit_view(struct tg_tape *t, const struct tg_op_info *op,
+                                  struct tg_tensor *src, int rows, int cols,
+                                  const union tg_node_args *args, void *data);
 
 /* A zeroed tensor header in the arena (no data yet); NULL and an error if memory ran out. */
 struct tg_tensor *tg_tensor_header(struct tg_tape *t, int rows, int cols, enum tg_dtype dtype);
 
 /* Record op with an existing output header (a pending tensor made real; its data may be
  * allocated already): forward runs, the node is appended, the header loses TG_PENDING. */
-struct tg_tensor *tg_op_emit_into(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
-                                  int nsrc, const union tg_op_args *args, struct tg_tensor *out);
+struct tg_tensor *tg_op_emit_into(struct tg_tape *t, const struct tg_op_info *op,
+                                  struct tg_tensor *const *src, int nsrc,
+                                  const union tg_node_args *args, struct tg_tensor *out);
 
 /* Shared validation: non-NULL inputs of one dtype. On failure sets an error (unless an input
  * is NULL because an earlier op already failed) and returns 0. Inputs still pending in a
@@ -154,9 +238,11 @@ int tg_op_check_lazy(struct tg_tape *t, const char *opname, struct tg_tensor *co
  * output, or NULL with the tape's error set); compute every pending tensor of the region;
  * make a pending tensor real (its region is computed, or the column slice is copied);
  * 0 and an error naming `opname` if x is pending in a region that has ended. */
-int tg_fuse_accepts(const struct tg_tape *t, int op, const union tg_op_args *args);
-struct tg_tensor *tg_fuse_pend(struct tg_tape *t, int op, struct tg_tensor *const *src, int nsrc,
-                               int rows, int cols, const union tg_op_args *args);
+int tg_fuse_accepts(const struct tg_tape *t, const struct tg_op_info *op,
+                    const union tg_node_args *args);
+struct tg_tensor *tg_fuse_pend(struct tg_tape *t, const struct tg_op_info *op,
+                               struct tg_tensor *const *src, int nsrc, int rows, int cols,
+                               const union tg_node_args *args);
 int tg_fuse_flush(struct tg_tape *t);
 int tg_fuse_realize(struct tg_tape *t, struct tg_tensor *x);
 int tg_fuse_check_alive(struct tg_tape *t, const char *opname, int i, const struct tg_tensor *x);
@@ -175,21 +261,18 @@ void tg_op_fail(struct tg_tape *t, enum tg_status s, const char *fmt, ...)
  *   dW += [dC_1; …; dC_T]ᵀ · [A_1; …; A_T]  =  Σ_t dC_tᵀ · A_t. */
 struct tg_grad_stage {
     void *dc, *a;       /* uses·M × N and uses·M × K, stacked in the order backward meets them */
-    int rows_cap, rows; /* capacity and rows assigned (each use's first row: args.matmul.stage_row) */
+    int rows_cap, rows; /* capacity and rows assigned (each use's first row: node stage_row) */
 };
 /* The stage rows of a staged matmul/addmm output x (NULL if x is not one): its gradient lives
  * there from the start, so the backward never copies dC (tg_grad_buffer). */
 void *tg_stage_slot(const struct tg_tensor *x);
 
-/* Row-major GEMM through CBLAS in either dtype: c = op(a)·op(b) + β·c (ops/matmul.c). */
-void tg_gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
-             const void *b, int ldb, double beta, void *c, int ldc);
+/* If nd is a staged use (its op's stage_weight hook names a weight that has a stage), where its
+ * dC rows and its A rows go for the deferred dW (the product's backward copies them there);
+ * else 0. */
+int tg_stage_rows(const struct tg_node *nd, void **dc, void **a);
 
 /* Gradient buffer of an arena tensor, allocated (zeroed) on first use during backward. */
 void *tg_grad_buffer(struct tg_tape *t, struct tg_tensor *x);
-
-/* Elementwise loops go parallel only past this many elements: below it, waking threads costs
- * more than the work (measured order of magnitude: a few µs per parallel region). */
-#define TG_OMP_MIN 32768
 
 #endif

@@ -214,7 +214,7 @@ int tg_tape_append(struct tg_tape *t, struct tg_node *n)
         struct tg_node **nodes = realloc(t->nodes, cap * sizeof *nodes);
         if (!nodes) {
             tg_op_fail(t, TG_ERR_NOMEM, "%s: out of memory growing the tape to %zu nodes",
-                       tg_op_name(n->op), cap);
+                       n->op->name, cap);
             return 0;
         }
         t->nodes = nodes;
@@ -229,9 +229,10 @@ int tg_tape_append(struct tg_tape *t, struct tg_node *n)
 /* The common part of tg_op_emit, tg_op_emit_view and tg_op_emit_into: with view_data, the
  * output aliases it and no forward runs; with `given`, that header (a pending tensor being made
  * real, whose data the caller may already have allocated) is the output. */
-static struct tg_tensor *emit(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
-                              int nsrc, int rows, int cols, const union tg_op_args *args,
-                              void *view_data, struct tg_tensor *given)
+static struct tg_tensor *emit(struct tg_tape *t, const struct tg_op_info *op,
+                              struct tg_tensor *const *src, int nsrc, int rows, int cols,
+                              const union tg_node_args *args, void *view_data,
+                              struct tg_tensor *given)
 {
     if (!view_data && !given && tg_fuse_accepts(t, op, args))
         return tg_fuse_pend(t, op, src, nsrc, rows, cols, args);
@@ -253,7 +254,7 @@ static struct tg_tensor *emit(struct tg_tape *t, enum tg_op op, struct tg_tensor
     n->index = (uint32_t)t->n_nodes;
     if (given) {
         out->flags &= ~(unsigned)(TG_PENDING | TG_REQUIRES_GRAD);
-        out->fuse_base = NULL;
+        TG_PRIV(out)->fuse_base = NULL;
     } else {
         memset(out, 0, sizeof *out);
         out->rows = rows;
@@ -272,7 +273,8 @@ static struct tg_tensor *emit(struct tg_tape *t, enum tg_op op, struct tg_tensor
         n->src[i] = src[i];
         req |= tg_requires_grad(src[i]);
     }
-    if (!view_data) tg_op_table[op].forward(n);
+    n->stage_row = 0;
+    if (!view_data) op->forward(n);
     if (t->no_grad) { /* computed, not recorded: no history, no gradient */
         if (view_data) src[0]->flags |= TG_ALIASED; /* a reader the tape cannot see */
         out->flags &= ~(unsigned)TG_VIEW;
@@ -284,20 +286,23 @@ static struct tg_tensor *emit(struct tg_tape *t, enum tg_op op, struct tg_tensor
     return out;
 }
 
-struct tg_tensor *tg_op_emit(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
-                             int nsrc, int rows, int cols, const union tg_op_args *args)
+struct tg_tensor *tg_op_emit(struct tg_tape *t, const struct tg_op_info *op,
+                             struct tg_tensor *const *src, int nsrc, int rows, int cols,
+                             const union tg_node_args *args)
 {
     return emit(t, op, src, nsrc, rows, cols, args, NULL, NULL);
 }
 
-struct tg_tensor *tg_op_emit_view(struct tg_tape *t, enum tg_op op, struct tg_tensor *src,
-                                  int rows, int cols, const union tg_op_args *args, void *data)
+struct tg_tensor *tg_op_emit_view(struct tg_tape *t, const struct tg_op_info *op,
+                                  struct tg_tensor *src, int rows, int cols,
+                                  const union tg_node_args *args, void *data)
 {
     return emit(t, op, &src, 1, rows, cols, args, data, NULL);
 }
 
-struct tg_tensor *tg_op_emit_into(struct tg_tape *t, enum tg_op op, struct tg_tensor *const *src,
-                                  int nsrc, const union tg_op_args *args, struct tg_tensor *out)
+struct tg_tensor *tg_op_emit_into(struct tg_tape *t, const struct tg_op_info *op,
+                                  struct tg_tensor *const *src, int nsrc,
+                                  const union tg_node_args *args, struct tg_tensor *out)
 {
     return emit(t, op, src, nsrc, out->rows, out->cols, args, NULL, out);
 }

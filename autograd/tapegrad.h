@@ -60,13 +60,6 @@ enum tg_status tg_error(enum tg_status status, const char *fmt, ...)
 void tg_error_clear(void);
 const char *tg_status_name(enum tg_status s);
 
-/* Internal invariants (not user errors): print file:line and abort. */
-#define TG_ASSERT(cond)                                                            \
-    do {                                                                           \
-        if (!(cond)) tg_assert_fail(__FILE__, __LINE__, #cond);                   \
-    } while (0)
-void tg_assert_fail(const char *file, int line, const char *what) __attribute__((noreturn));
-
 /* --------------------------------------------------------------- tensors */
 
 enum tg_dtype { TG_F32 = 0, TG_F64 = 1 };
@@ -80,14 +73,10 @@ enum tg_tensor_flags {
     TG_HEAP = 1 << 2,          /* owned by the heap (tg_tensor_free), not by a tape */
     TG_INPUT = 1 << 3,         /* a leaf created as data input (for DOT roles) */
     TG_VIEW = 1 << 4,          /* rows of its node's input: shares its data and gradient */
-    TG_PENDING = 1 << 5,       /* inside a fusion region, not computed yet: data is NULL */
-    TG_MARK = 1 << 6,          /* engine-private scratch mark (backward.c, during one call) */
-    TG_REUSED = 1 << 7,        /* made inside a fusion region, not kept: its storage was reused */
-    TG_ALIASED = 1 << 8,       /* has a view no tape recorded (no-grad): its storage is never reused */
+    /* bits 16 and up are the engine's own */
 };
 
 struct tg_node;
-struct tg_fuse_prog;
 
 struct tg_tensor {
     int rows, cols;
@@ -98,18 +87,15 @@ struct tg_tensor {
     void *grad;              /* same layout; NULL until a gradient flows (arena tensors) */
     struct tg_node *node;    /* node that produced it on its tape; NULL for leaves */
     const char *name;        /* optional; parameters always have one */
-    struct tg_grad_stage *stage; /* engine-private, during tg_backward only (see backward.c) */
-    /* engine-private, for TG_PENDING tensors (fuse.c): the region generation they belong to,
-     * their instruction in it (or −1 for a column slice of fuse_base starting at fuse_off) */
-    struct tg_tensor *fuse_base;
-    int32_t fuse_idx, fuse_off;
-    uint32_t fuse_gen;
+    uint64_t priv_[6];       /* the engine's own (fusion regions, deferred gradients) */
 };
 
 static inline size_t tg_numel(const struct tg_tensor *x) { return (size_t)x->rows * (size_t)x->cols; }
 static inline size_t tg_nbytes(const struct tg_tensor *x) { return tg_numel(x) * tg_dtype_size(x->dtype); }
 static inline int tg_requires_grad(const struct tg_tensor *x) { return (x->flags & TG_REQUIRES_GRAD) != 0; }
-/* Element access in double whatever the dtype (slow path: tests, tools, printing). */
+/* Element access in double whatever the dtype (slow path: tests, tools, printing). Reading a
+ * tensor still pending in a fusion region computes the region first; an index out of range
+ * (or a failed computation) gives NaN and sets the last error, never aborts. */
 double tg_get(const struct tg_tensor *x, int r, int c);
 void tg_set(struct tg_tensor *x, int r, int c, double v);
 double tg_grad_get(const struct tg_tensor *x, int r, int c); /* 0 if no grad buffer */
@@ -130,29 +116,26 @@ void tg_tensor_set_name(struct tg_tensor *x, const char *name); /* not copied: k
 
 /* ------------------------------------------------------------------ tape */
 
-/* Per-op payload kept on the node for backward (what each op saved). */
-union tg_op_args {
-    struct { int trans_a, trans_b, stage_row; } matmul; /* stage_row: backward.c */
-    struct { double a, b; } affine;         /* y = a·x + b */
-    struct { int axis, start, end; } slice; /* axis 0 = rows, 1 = cols; [start, end) */
-    struct { int axis; } concat;
-    struct { const int32_t *labels; void *probs; int reduction; } xent;
-    struct { int reduction; } mse;
-    struct { const int32_t *ids; } embedding;
-    struct { struct tg_fuse_prog *prog; } fused;
+/* What an op keeps on its node for backward (each op its own layout: ops/op_util.h). */
+union tg_node_args {
     double raw[4];
+    void *ptr[4];
 };
 
 enum tg_reduction { TG_REDUCE_SUM = 0, TG_REDUCE_MEAN = 1 };
 
+/* One recorded op. op identifies it (tg_node_op in tapegrad_ops.h gives its enum tg_op; the
+ * engine reads only its flags and hooks); src and out are its inputs and output. */
+struct tg_op_info;
 struct tg_node {
-    int op;                     /* enum tg_op (ops/tapegrad_ops.h) */
+    const struct tg_op_info *op;
     int nsrc;
     struct tg_tensor **src;     /* nsrc inputs, in the arena */
     struct tg_tensor *out;
-    union tg_op_args args;
     int32_t step, layer;        /* tags for DOT clusters: set by the unrolling code, -1 if none */
     uint32_t index;             /* position on the tape */
+    int32_t stage_row;          /* the engine's own: first row of a staged use (backward.c) */
+    union tg_node_args args;    /* the op's own */
 };
 
 struct tg_tape;
@@ -260,7 +243,7 @@ void tg_rng_seed(struct tg_rng *r, uint64_t seed);
 uint64_t tg_rng_next(struct tg_rng *r);
 double tg_rng_uniform(struct tg_rng *r);               /* [0, 1), 53 random bits */
 double tg_rng_normal(struct tg_rng *r);                /* N(0, 1), Box–Muller */
-uint32_t tg_rng_below(struct tg_rng *r, uint32_t n);   /* uniform integer in [0, n), unbiased */
+uint32_t tg_rng_below(struct tg_rng *r, uint32_t n);   /* uniform integer in [0, n), unbiased; 0 if n = 0 */
 /* Fill with U(lo, hi) / N(mean, std²). */
 void tg_tensor_uniform(struct tg_tensor *x, struct tg_rng *r, double lo, double hi);
 void tg_tensor_normal(struct tg_tensor *x, struct tg_rng *r, double mean, double std);

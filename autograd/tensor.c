@@ -1,5 +1,6 @@
 /* tensor.c — tensor values: heap tensors (parameters, long-lived state) and element access.
  * Arena tensors are made in tape.c; both are the same struct, told apart by TG_HEAP. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,16 +10,43 @@ size_t tg_dtype_size(enum tg_dtype d) { return d == TG_F64 ? sizeof(double) : si
 
 const char *tg_dtype_name(enum tg_dtype d) { return d == TG_F64 ? "float64" : "float32"; }
 
+/* NULL (with the last error set) unless x has values and (r, c) is inside it; a tensor
+ * pending in a live fusion region is computed first. */
+static const void *readable(const char *fn, const struct tg_tensor *x, int r, int c)
+{
+    if (!x) {
+        tg_error(TG_ERR_VALUE, "%s: tensor is NULL", fn);
+        return NULL;
+    }
+    /* (0, k) for the k-th element in row-major order is allowed: callers walk tensors flat */
+    if (r < 0 || c < 0 || (size_t)r * x->cols + (size_t)c >= tg_numel(x)) {
+        tg_error(TG_ERR_SHAPE, "%s: index (%d, %d) outside (%dx%d)", fn, r, c, x->rows, x->cols);
+        return NULL;
+    }
+    if (!x->data && (x->flags & TG_PENDING)) {
+        struct tg_tape *t = TG_PRIV(x)->fuse_tape;
+        struct tg_tensor *m = (struct tg_tensor *)x; /* computing it fills in its data */
+        if (t && tg_fuse_check_alive(t, fn, 0, m)) tg_fuse_realize(t, m);
+        if (!x->data && t) tg_error(tg_tape_status(t) ? tg_tape_status(t) : TG_ERR_STATE, "%s",
+                                    tg_tape_status(t) ? tg_tape_error(t) : "tg_get: no values");
+    }
+    if (!x->data) {
+        if (!(x->flags & TG_PENDING)) tg_error(TG_ERR_STATE, "%s: tensor has no values", fn);
+        return NULL;
+    }
+    return x->data;
+}
+
 double tg_get(const struct tg_tensor *x, int r, int c)
 {
-    TG_ASSERT(x->data && "pending in a fusion region: read it after tg_tape_fuse_end");
+    if (!readable("tg_get", x, r, c)) return NAN;
     size_t i = (size_t)r * x->cols + c;
     return x->dtype == TG_F64 ? ((const double *)x->data)[i] : ((const float *)x->data)[i];
 }
 
 void tg_set(struct tg_tensor *x, int r, int c, double v)
 {
-    TG_ASSERT(x->data && "pending in a fusion region: read it after tg_tape_fuse_end");
+    if (!readable("tg_set", x, r, c)) return;
     size_t i = (size_t)r * x->cols + c;
     if (x->dtype == TG_F64) ((double *)x->data)[i] = v;
     else ((float *)x->data)[i] = (float)v;
@@ -90,7 +118,11 @@ struct tg_tensor *tg_tensor_new_heap(int rows, int cols, enum tg_dtype dtype)
 void tg_tensor_free(struct tg_tensor *x)
 {
     if (!x) return;
-    TG_ASSERT(x->flags & TG_HEAP);
+    if (!(x->flags & TG_HEAP)) { /* an arena tensor: its tape frees it */
+        tg_error(TG_ERR_STATE, "tg_tensor_free: (%dx%d) belongs to a tape (tg_tape_reset frees "
+                 "it), not to the heap", x->rows, x->cols);
+        return;
+    }
     free(x->data);
     free(x->grad);
     free(x);
@@ -140,7 +172,7 @@ enum tg_status tg_tensor_copy(struct tg_tensor *dst, const struct tg_tensor *src
 
 void tg_tensor_fill(struct tg_tensor *x, double v)
 {
-    TG_ASSERT(x->data && "pending in a fusion region: read it after tg_tape_fuse_end");
+    if (!readable("tg_tensor_fill", x, 0, 0)) return;
     size_t n = tg_numel(x);
     if (x->dtype == TG_F64) {
         double *d = x->data;

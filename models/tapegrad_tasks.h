@@ -106,8 +106,9 @@ enum tg_status tg_batch_alloc(const struct tg_task *task, int B, struct tg_batch
 void tg_batch_free(struct tg_batch *b); /* zeroes *b; fine on a zeroed batch */
 
 /* Copy sequences [r0, r0 + dst->B) of src into dst (allocated by tg_batch_alloc on the same
- * task with dst->B ≤ src->B): a micro-batch, laid out like any batch. */
-void tg_batch_rows(const struct tg_batch *src, int r0, struct tg_batch *dst);
+ * task with dst->B ≤ src->B): a micro-batch, laid out like any batch. TG_ERR_VALUE if the rows
+ * are not in src or the batches are of different tasks. */
+enum tg_status tg_batch_rows(const struct tg_batch *src, int r0, struct tg_batch *dst);
 
 /* Fill b with the next batch. b must come from tg_batch_alloc on this task. */
 enum tg_status tg_task_next_batch(struct tg_task *task, struct tg_rng *rng, struct tg_batch *b);

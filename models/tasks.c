@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <float.h>
 #include <math.h>
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -404,10 +405,14 @@ static void copy_rows(void *dst, const void *src, size_t row, int T, int Bd, int
                (size_t)Bd * row);
 }
 
-void tg_batch_rows(const struct tg_batch *src, int r0, struct tg_batch *dst)
+enum tg_status tg_batch_rows(const struct tg_batch *src, int r0, struct tg_batch *dst)
 {
     int Bd = dst->B, Bs = src->B, T = src->T;
-    TG_ASSERT(r0 >= 0 && r0 + Bd <= Bs && dst->max_T >= T && dst->in_dim == src->in_dim);
+    if (r0 < 0 || r0 + Bd > Bs || dst->max_T < T || dst->in_dim != src->in_dim ||
+        dst->out_dim != src->out_dim || !dst->x != !src->x || !dst->tokens != !src->tokens ||
+        !dst->target != !src->target || !dst->allowed != !src->allowed)
+        return tg_error(TG_ERR_VALUE, "tg_batch_rows: rows [%d, %d) of a batch of %d, or batches of "
+                        "different tasks", r0, r0 + Bd, Bs);
     dst->T = T;
     if (src->x) copy_rows(dst->x, src->x, (size_t)src->in_dim * sizeof *src->x, T, Bd, Bs, r0);
     if (src->tokens) copy_rows(dst->tokens, src->tokens, sizeof *src->tokens, T, Bd, Bs, r0);
@@ -416,6 +421,7 @@ void tg_batch_rows(const struct tg_batch *src, int r0, struct tg_batch *dst)
     if (src->target) copy_rows(dst->target, src->target, (size_t)src->out_dim * sizeof *src->target, 1, Bd, Bs, r0);
     copy_rows(dst->reset, src->reset, sizeof *src->reset, 1, Bd, Bs, r0);
     copy_rows(dst->lengths, src->lengths, sizeof *src->lengths, 1, Bd, Bs, r0);
+    return TG_OK;
 }
 
 /* Put symbol s at step t of sequence b: token, one-hot row of x. s < 0 writes padding. */
@@ -439,7 +445,8 @@ static void reber_batch(struct tg_task *task, struct tg_rng *rng, struct tg_batc
     for (int b = 0; b < B; b++) {
         int n = tg_reber_generate(rng, 1, s, task->cfg.length);
         int valid = tg_reber_check(s, n, 1, mask); /* fills mask; a generated string is valid */
-        TG_ASSERT(valid);
+        assert(valid);
+        (void)valid;
         int steps = n - 1;
         for (int t = 0; t < steps; t++) {
             size_t i = (size_t)t * (size_t)B + (size_t)b;

@@ -576,9 +576,9 @@ static enum tg_status run_blocks(struct tg_trainer *tr, double scale, double *lo
         memset(h, 0, SLOT_HEAD);
         struct tg_metrics mt;
         if (st == TG_OK) {
-            tg_batch_rows(&tr->batch, k * mb, &tr->sub);
+            st = tg_batch_rows(&tr->batch, k * mb, &tr->sub);
             tg_model_zero_grad(m);
-            st = run_block(tr, &tr->sub, k * mb, scale, &h[H_LOSS], &mt);
+            if (st == TG_OK) st = run_block(tr, &tr->sub, k * mb, scale, &h[H_LOSS], &mt);
         }
         if (st != TG_OK) {
             h[H_FAILED] = 1; /* still exchanged, so that every rank stops at this step */

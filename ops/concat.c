@@ -9,7 +9,7 @@ void tg_concat_forward(struct tg_node *nd)
     struct tg_tensor *c = nd->out;
     size_t es = tg_dtype_size(c->dtype);
     unsigned char *dst = c->data;
-    if (nd->args.concat.axis == 0) {
+    if (TG_ARGS(nd)->concat.axis == 0) {
         for (int k = 0; k < nd->nsrc; k++) {
             memcpy(dst, nd->src[k]->data, tg_nbytes(nd->src[k]));
             dst += tg_nbytes(nd->src[k]);
@@ -48,7 +48,25 @@ void tg_concat_backward(struct tg_node *nd)
         /* equal: x's gradient is this very block (backward.c gave it to x) */
         if (x->grad && x->grad != (const void *)g)
             TG_CALL(c, block_acc, x->grad, (const void *)g, x->rows, x->cols, c->cols);
-        off += nd->args.concat.axis == 0 ? tg_numel(x) : (size_t)x->cols;
+        off += TG_ARGS(nd)->concat.axis == 0 ? tg_numel(x) : (size_t)x->cols;
+    }
+}
+
+/* Rows concatenation c = [x₁; x₂; …] (the output layer's stacked h_t): dxₖ is a block of dc
+ * row for row. An input whose gradient does not exist yet (the concatenation is its last
+ * consumer in tape order, so backward meets it first) gets that block as its gradient buffer:
+ * no buffer of its own, no zeroing, no copy; its other consumers then add into the block,
+ * which nothing reads any more (dc is final once its node runs). The backward above skips
+ * such inputs. The engine calls this before giving the inputs gradient buffers. */
+void tg_concat_before_backward(struct tg_node *nd)
+{
+    if (TG_ARGS(nd)->concat.axis != 0) return;
+    char *g = nd->out->grad;
+    for (int k = 0; k < nd->nsrc; k++) {
+        struct tg_tensor *x = nd->src[k];
+        if (tg_requires_grad(x) && !x->grad && !(x->flags & (TG_VIEW | TG_PARAM | TG_HEAP)))
+            x->grad = g;
+        g += tg_nbytes(x);
     }
 }
 
@@ -82,5 +100,5 @@ struct tg_tensor *tg_concat(struct tg_tape *t, int axis, int n, struct tg_tensor
         return NULL;
     }
     union tg_op_args args = {.concat = {axis}};
-    return tg_op_emit(t, TG_OP_CONCAT, xs, n, (int)rows, (int)cols, &args);
+    return tg_op_emit(t, TG_OPI(TG_OP_CONCAT), xs, n, (int)rows, (int)cols, TG_NODE_ARGS(&args));
 }

@@ -10,7 +10,7 @@ void tg_embedding_forward(struct tg_node *nd)
     const struct tg_tensor *w = nd->src[0];
     struct tg_tensor *y = nd->out;
     size_t row = (size_t)w->cols * tg_dtype_size(w->dtype);
-    const int32_t *ids = nd->args.embedding.ids;
+    const int32_t *ids = TG_ARGS(nd)->embedding.ids;
     for (int i = 0; i < y->rows; i++)
         memcpy((unsigned char *)y->data + i * row, (const unsigned char *)w->data + ids[i] * row, row);
 }
@@ -29,7 +29,7 @@ TG_BOTH_DTYPES(DEF_EMB_BWD)
 void tg_embedding_backward(struct tg_node *nd)
 {
     struct tg_tensor *w = nd->src[0], *y = nd->out;
-    if (w->grad) TG_CALL(y, emb_bwd, w->grad, y->grad, nd->args.embedding.ids, y->rows, y->cols);
+    if (w->grad) TG_CALL(y, emb_bwd, w->grad, y->grad, TG_ARGS(nd)->embedding.ids, y->rows, y->cols);
 }
 
 struct tg_tensor *tg_embedding(struct tg_tape *t, struct tg_tensor *w, const int32_t *ids, int n)
@@ -51,5 +51,5 @@ struct tg_tensor *tg_embedding(struct tg_tape *t, struct tg_tensor *w, const int
     if (!copy) return NULL;
     memcpy(copy, ids, (size_t)n * sizeof *copy);
     union tg_op_args args = {.embedding = {copy}};
-    return tg_op_emit(t, TG_OP_EMBEDDING, &w, 1, n, w->cols, &args);
+    return tg_op_emit(t, TG_OPI(TG_OP_EMBEDDING), &w, 1, n, w->cols, TG_NODE_ARGS(&args));
 }

@@ -7,41 +7,37 @@
  * and the σ/tanh results backward reads (reg_saved: a buffer, or the dead pre-activation block
  * they came from, with its row stride), straight into memory. Nothing else is written.
  *
+ * Broadcast inputs: a 1×n row is read at row 0; a B×1 column's or a 1×1 scalar's value is
+ * spread over a scratch chunk.
+ *
  * Backward: per chunk, recompute the results the sweep reads that are not in memory (cheap:
  * elementwise functions of data already in cache), and sweep the instructions in reverse,
- * each adding its local derivative into its sources' gradients:
- *   c = a + b:  da += dc,  db += dc          c = a − b:  da += dc,  db −= dc
- *   c = a ⊙ b:  da += dc ⊙ b,  db += dc ⊙ a   y = α·a + β:  da += α·dy
- *   y = tanh a: da += dy ⊙ (1 − y²)           y = σ(a):  da += dy ⊙ y ⊙ (1 − y)
- *   y = relu a: da += dy ⊙ [a > 0]            (the formulas of ops/add.c … relu.c)
+ * each adding its local derivative into its sources' gradients — the `da`, `db` of each op's
+ * one definition in elementwise.h, the same expressions the standalone kernels use.
  * A full-width input's gradient (for a column slice: its block of the parent's gradient) and a
  * kept output's gradient are accumulated in place; the kept output thus ends with its whole
  * gradient, uses inside the region included, as unfused. Other gradients live in scratch and
  * are assigned by their first contribution, never zeroed. A broadcast row's scratch is added
- * into its row at the end (the column sum over rows, on one thread). The result equals running
+ * into its row at the end (the column sum over rows, on one thread); a column's is summed
+ * over the chunk into its row's element, a scalar's into its one element. The result equals running
  * the ops one by one up to the order of floating-point sums. */
+#include <stdio.h>
+
+#include "elementwise.h"
 #include "fastmath.h"
 #include "op_util.h"
 
 #define FT float
 #define S f32
-#define FUSED_TANH(x) tg_fast_tanhf(x)
-#define FUSED_SIGMOID(x) tg_fast_sigmoidf(x)
 #include "fused_kern.h"
 #undef FT
 #undef S
-#undef FUSED_TANH
-#undef FUSED_SIGMOID
 
 #define FT double
 #define S f64
-#define FUSED_TANH(x) tanh(x)
-#define FUSED_SIGMOID(x) tg_sigmoid_f64(x)
 #include "fused_kern.h"
 #undef FT
 #undef S
-#undef FUSED_TANH
-#undef FUSED_SIGMOID
 
 /* How the sweep treats each instruction, the same for every chunk: a gradient buffer is
  * "filled" from the start if it is bound to memory (a full-width input's gradient, a kept
@@ -55,7 +51,7 @@ static void plan_sweep(const struct tg_fuse_prog *p, struct tg_fuse_plan *pl,
     const unsigned char *rg = p->reg_grad;
     for (int r = 0; r < p->n_reg; r++) filled[r] = 0;
     for (int r = 0; r < p->n_in; r++)
-        filled[r] = rg[r] && !p->in[r].bcast && p->in[r].x->grad;
+        filled[r] = rg[r] && p->in[r].bcast == TG_BC_NONE && p->in[r].x->grad;
     for (int o = 0; o < p->n_out; o++)
         if (p->out[o]->grad) filled[p->out_reg[o]] = 1;
     for (int k = p->n_ins; k-- > 0;) {
@@ -120,14 +116,29 @@ static void run(const struct tg_fuse_prog *p, int bwd)
 #endif
 }
 
-void tg_fused_forward(struct tg_node *nd) { run(nd->args.fused.prog, 0); }
+/* The engine's compiled program rides in the node's first pointer (autograd/fuse.c). */
+static const struct tg_fuse_prog *prog_of(const struct tg_node *nd) { return nd->args.ptr[0]; }
 
-void tg_fused_backward(struct tg_node *nd) { run(nd->args.fused.prog, 1); }
+void tg_fused_forward(struct tg_node *nd) { run(prog_of(nd), 0); }
+
+void tg_fused_backward(struct tg_node *nd) { run(prog_of(nd), 1); }
+
+/* DOT: its instructions in order, and how many results it keeps. */
+void tg_fused_label(const struct tg_node *nd, char *buf, size_t len)
+{
+    const struct tg_fuse_prog *p = prog_of(nd);
+    size_t at = 0;
+    buf[0] = 0;
+    for (int k = 0; k < p->n_ins && at < len; k++)
+        at += (size_t)snprintf(buf + at, len - at, "%s%s", k % 6 ? " " : "\\n",
+                               tg_op_table[p->ins[k].op].name);
+    if (at < len) snprintf(buf + at, len - at, "\\n%d kept", p->n_out);
+}
 
 /* True if any output of the fused node received a gradient (backward.c skips it otherwise). */
 int tg_fused_reached(const struct tg_node *nd)
 {
-    const struct tg_fuse_prog *p = nd->args.fused.prog;
+    const struct tg_fuse_prog *p = prog_of(nd);
     for (int o = 0; o < p->n_out; o++)
         if (p->out[o]->grad) return 1;
     return 0;

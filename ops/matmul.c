@@ -7,103 +7,50 @@
  *   trans_b = 0:  dB += op(A)ᵀ·dC          trans_b = 1:  dB += dCᵀ·op(A)
  * Every update is one GEMM with β = 1 straight into the existing gradient buffer: a weight used
  * at every time step accumulates its per-step terms with no temporary. */
-#include <cblas.h>
 #include <string.h>
 
 #include "op_util.h"
-
-static void gemm1(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
-                  const void *b, int ldb, double beta, void *c, int ldc)
-{
-    enum CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans;
-    enum CBLAS_TRANSPOSE TB = tb ? CblasTrans : CblasNoTrans;
-    if (dt == TG_F64)
-        cblas_dgemm(CblasRowMajor, TA, TB, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc);
-    else
-        cblas_sgemm(CblasRowMajor, TA, TB, m, n, k, 1.0f, a, lda, b, ldb, (float)beta, c, ldc);
-}
-
-/* Below this m·n·k OpenBLAS runs a GEMM on one thread anyway (its interface/gemm.c:
- * 65536 · GEMM_MULTITHREAD_THRESHOLD, default 4). */
-#define TG_GEMM_SPLIT_MNK 262144.0
-
-/* C = op(A)·op(B) + β·C. With more than one thread allowed and a product OpenBLAS would thread,
- * we split it ourselves: each thread of one OpenMP team computes a block of C's rows (if m is
- * the larger side) or columns with a one-thread GEMM; OpenBLAS, called inside a parallel region,
- * does not thread again. Why not let OpenBLAS thread: its threaded level-3 driver mallocs its
- * job table on every call (about a hundred heap allocations per training step at 2 threads),
- * and the per-step shapes (B = 20–64 rows) are skinny, where splitting the long side in two is
- * as good as its 2-D partition. k is never split (each element of C is one dot product over
- * all of k), though a smaller block may take another OpenBLAS kernel path and so round
- * differently. Blocks are multiples of 16 (the kernels' unroll). */
-void tg_gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
-             const void *b, int ldb, double beta, void *c, int ldc)
-{
-    /* Only OpenBLAS's OpenMP build stays on one thread inside our parallel region; a pthreads
-     * build would thread each block again (openblas_get_parallel: 2 = OpenMP). */
-    static int blas_omp = -1;
-    if (blas_omp < 0) blas_omp = openblas_get_parallel() == 2;
-    int nt = TG_MAX_THREADS();
-    if (nt < 2 || !blas_omp || (double)m * n * k <= TG_GEMM_SPLIT_MNK || (m < 32 && n < 32)) {
-        gemm1(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
-        return;
-    }
-#if TG_HAVE_OPENMP
-    size_t es = tg_dtype_size(dt);
-    int by_rows = m >= n, len = by_rows ? m : n;
-    TG_PRAGMA(omp parallel num_threads(nt))
-    {
-        int id = omp_get_thread_num(), p = omp_get_num_threads();
-        int chunk = ((len + p - 1) / p + 15) / 16 * 16;
-        int lo = id * chunk, hi = lo + chunk < len ? lo + chunk : len;
-        if (lo < hi) {
-            const char *pa = a, *pb = b;
-            char *pc = c;
-            if (by_rows) /* rows lo… of op(A) and of C */
-                gemm1(dt, ta, tb, hi - lo, n, k, pa + (size_t)lo * (ta ? 1 : (size_t)lda) * es,
-                      lda, b, ldb, beta, pc + (size_t)lo * ldc * es, ldc);
-            else /* columns lo… of op(B) and of C */
-                gemm1(dt, ta, tb, m, hi - lo, k, a, lda,
-                      pb + (size_t)lo * (tb ? (size_t)ldb : 1) * es, ldb, beta, pc + (size_t)lo * es,
-                      ldc);
-        }
-    }
-#else
-    gemm1(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
-#endif
-}
 
 void tg_matmul_forward(struct tg_node *nd)
 {
     const struct tg_tensor *A = nd->src[0], *B = nd->src[1];
     struct tg_tensor *C = nd->out;
-    int ta = nd->args.matmul.trans_a, tb = nd->args.matmul.trans_b;
+    int ta = TG_ARGS(nd)->matmul.trans_a, tb = TG_ARGS(nd)->matmul.trans_b;
     int k = ta ? A->rows : A->cols;
     tg_gemm(C->dtype, ta, tb, C->rows, C->cols, k, A->data, A->cols, B->data, B->cols, 0.0, C->data,
          C->cols);
+}
+
+/* The weight a use may stage (backward.c): W in x·Wᵀ (matmul) or C + x·Wᵀ (addmm, whose addend
+ * C is input 0), W a parameter. */
+struct tg_tensor *tg_product_stage_weight(const struct tg_node *nd, int *addend)
+{
+    int wi = nd->nsrc - 1;
+    struct tg_tensor *w = nd->src[wi];
+    *addend = nd->nsrc == 3 ? 0 : -1;
+    if (!(w->flags & TG_PARAM) || !TG_ARGS(nd)->matmul.trans_b || TG_ARGS(nd)->matmul.trans_a)
+        return NULL;
+    return w;
 }
 
 /* The gradients of C = op(A)·op(B) with respect to A and B (shared by matmul and addmm). */
 static void product_backward(struct tg_node *nd, struct tg_tensor *A, struct tg_tensor *B)
 {
     struct tg_tensor *C = nd->out;
-    int ta = nd->args.matmul.trans_a, tb = nd->args.matmul.trans_b;
+    int ta = TG_ARGS(nd)->matmul.trans_a, tb = TG_ARGS(nd)->matmul.trans_b;
     int m = C->rows, n = C->cols, k = ta ? A->rows : A->cols;
     if (A->grad) {
         if (!ta) tg_gemm(C->dtype, 0, !tb, m, k, n, C->grad, n, B->data, B->cols, 1.0, A->grad, A->cols);
         else tg_gemm(C->dtype, tb, 1, k, m, n, B->data, B->cols, C->grad, n, 1.0, A->grad, A->cols);
     }
-    if (B->grad && B->stage && tb && !ta) {
+    void *dc_rows, *a_rows;
+    if (B->grad && tb && !ta && tg_stage_rows(nd, &dc_rows, &a_rows)) {
         /* Deferred (see struct tg_grad_stage): this use's rows of the stack hold dC already
          * (its gradient was allocated there) unless it existed before backward began; A is
          * copied next to it; backward.c runs the GEMM. */
-        struct tg_grad_stage *st = B->stage;
-        int row = nd->args.matmul.stage_row;
-        TG_ASSERT(row + m <= st->rows_cap);
         size_t es = tg_dtype_size(C->dtype);
-        char *dc = (char *)st->dc + (size_t)row * n * es;
-        if ((void *)dc != C->grad) memcpy(dc, C->grad, (size_t)m * n * es);
-        memcpy((char *)st->a + (size_t)row * k * es, A->data, (size_t)m * k * es);
+        if (dc_rows != C->grad) memcpy(dc_rows, C->grad, (size_t)m * n * es);
+        memcpy(a_rows, A->data, (size_t)m * k * es);
     } else if (B->grad) {
         if (!tb) tg_gemm(C->dtype, !ta, 0, k, n, m, A->data, A->cols, C->grad, n, 1.0, B->grad, B->cols);
         else tg_gemm(C->dtype, 1, ta, n, k, m, C->grad, n, A->data, A->cols, 1.0, B->grad, B->cols);
@@ -133,7 +80,7 @@ struct tg_tensor *tg_matmul(struct tg_tape *t, struct tg_tensor *a, struct tg_te
     if (!tg_op_check_inputs(t, "tg_matmul", src, 2)) return NULL;
     if (!product_shape(t, "tg_matmul", a, b, trans_a, trans_b, &m, &n)) return NULL;
     union tg_op_args args = {.matmul = {trans_a != 0, trans_b != 0}};
-    return tg_op_emit(t, TG_OP_MATMUL, src, 2, m, n, &args);
+    return tg_op_emit(t, TG_OPI(TG_OP_MATMUL), src, 2, m, n, TG_NODE_ARGS(&args));
 }
 
 /* addmm — D = C + op(A)·op(B), GEMM's own form: D starts as C (a full m×n matrix, or a 1×n
@@ -152,7 +99,7 @@ void tg_addmm_forward(struct tg_node *nd)
     } else {
         for (int i = 0; i < D->rows; i++) memcpy((char *)D->data + i * row, C->data, row);
     }
-    int ta = nd->args.matmul.trans_a, tb = nd->args.matmul.trans_b;
+    int ta = TG_ARGS(nd)->matmul.trans_a, tb = TG_ARGS(nd)->matmul.trans_b;
     int k = ta ? A->rows : A->cols;
     tg_gemm(D->dtype, ta, tb, D->rows, D->cols, k, A->data, A->cols, B->data, B->cols, 1.0,
             D->data, D->cols);
@@ -194,5 +141,5 @@ struct tg_tensor *tg_addmm(struct tg_tape *t, struct tg_tensor *c, struct tg_ten
         return NULL;
     }
     union tg_op_args args = {.matmul = {trans_a != 0, trans_b != 0}};
-    return tg_op_emit(t, TG_OP_ADDMM, src, 3, m, n, &args);
+    return tg_op_emit(t, TG_OPI(TG_OP_ADDMM), src, 3, m, n, TG_NODE_ARGS(&args));
 }

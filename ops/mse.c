@@ -23,7 +23,7 @@ TG_BOTH_DTYPES(DEF_MSE)
 
 static double mse_scale(const struct tg_node *nd)
 {
-    return nd->args.mse.reduction == TG_REDUCE_MEAN ? 1.0 / (double)tg_numel(nd->src[0]) : 1.0;
+    return TG_ARGS(nd)->mse.reduction == TG_REDUCE_MEAN ? 1.0 / (double)tg_numel(nd->src[0]) : 1.0;
 }
 
 void tg_mse_forward(struct tg_node *nd)
@@ -63,5 +63,5 @@ struct tg_tensor *tg_mse(struct tg_tape *t, struct tg_tensor *pred, struct tg_te
         return NULL;
     }
     union tg_op_args args = {.mse = {reduction}};
-    return tg_op_emit(t, TG_OP_MSE, src, 2, 1, 1, &args);
+    return tg_op_emit(t, TG_OPI(TG_OP_MSE), src, 2, 1, 1, TG_NODE_ARGS(&args));
 }

@@ -1,12 +1,14 @@
-/* op_util.c — broadcast shape checks and the column-sum reduction of broadcast gradients. */
+/* op_util.c — the broadcast shape rule of the binary elementwise ops. */
 #include "op_util.h"
 
 int tg_binary_shape(struct tg_tape *t, const char *name, const char *sym,
                     const struct tg_tensor *a, const struct tg_tensor *b, int *rows, int *cols)
 {
-    if (a->cols == b->cols && (a->rows == b->rows || a->rows == 1 || b->rows == 1)) {
+    int rows_ok = a->rows == b->rows || a->rows == 1 || b->rows == 1;
+    int cols_ok = a->cols == b->cols || a->cols == 1 || b->cols == 1;
+    if (rows_ok && cols_ok) {
         *rows = a->rows > b->rows ? a->rows : b->rows;
-        *cols = a->cols;
+        *cols = a->cols > b->cols ? a->cols : b->cols;
         return 1;
     }
     tg_op_fail(t, TG_ERR_SHAPE, "%s: shapes do not broadcast: (%dx%d) %s (%dx%d)", name, a->rows,

@@ -15,8 +15,8 @@ void tg_slice_forward(struct tg_node *nd)
     const struct tg_tensor *x = nd->src[0];
     struct tg_tensor *y = nd->out;
     size_t es = tg_dtype_size(x->dtype);
-    int start = nd->args.slice.start;
-    if (nd->args.slice.axis == 0) {
+    int start = TG_ARGS(nd)->slice.start;
+    if (TG_ARGS(nd)->slice.axis == 0) {
         memcpy(y->data, (const unsigned char *)x->data + (size_t)start * x->cols * es, tg_nbytes(y));
         return;
     }
@@ -43,8 +43,8 @@ void tg_slice_backward(struct tg_node *nd)
     struct tg_tensor *x = nd->src[0], *y = nd->out;
     if (!x->grad || (y->flags & TG_VIEW)) return; /* a view's gradient already is x's region */
     size_t es = tg_dtype_size(x->dtype);
-    int start = nd->args.slice.start;
-    size_t off = nd->args.slice.axis == 0 ? (size_t)start * x->cols : (size_t)start;
+    int start = TG_ARGS(nd)->slice.start;
+    size_t off = TG_ARGS(nd)->slice.axis == 0 ? (size_t)start * x->cols : (size_t)start;
     void *dx = (unsigned char *)x->grad + off * es;
     TG_CALL(y, slice_bwd, dx, x->cols, y->grad, y->rows, y->cols);
 }
@@ -65,7 +65,7 @@ struct tg_tensor *tg_slice(struct tg_tape *t, struct tg_tensor *x, int axis, int
     }
     union tg_op_args args = {.slice = {axis, start, end}};
     if (axis == 0)
-        return tg_op_emit_view(t, TG_OP_SLICE, x, end - start, x->cols, &args,
+        return tg_op_emit_view(t, TG_OPI(TG_OP_SLICE), x, end - start, x->cols, TG_NODE_ARGS(&args),
                                (char *)x->data + (size_t)start * x->cols * tg_dtype_size(x->dtype));
-    return tg_op_emit(t, TG_OP_SLICE, &x, 1, x->rows, end - start, &args);
+    return tg_op_emit(t, TG_OPI(TG_OP_SLICE), &x, 1, x->rows, end - start, TG_NODE_ARGS(&args));
 }

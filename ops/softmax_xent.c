@@ -55,9 +55,9 @@ static int labelled_rows(const int32_t *y, int n)
 void tg_softmax_xent_forward(struct tg_node *nd)
 {
     const struct tg_tensor *l = nd->src[0];
-    const int32_t *y = nd->args.xent.labels;
-    double total = TG_CALL(l, xent_fwd, l->data, nd->args.xent.probs, y, l->rows, l->cols);
-    if (nd->args.xent.reduction == TG_REDUCE_MEAN) {
+    const int32_t *y = TG_ARGS(nd)->xent.labels;
+    double total = TG_CALL(l, xent_fwd, l->data, TG_ARGS(nd)->xent.probs, y, l->rows, l->cols);
+    if (TG_ARGS(nd)->xent.reduction == TG_REDUCE_MEAN) {
         int k = labelled_rows(y, l->rows);
         total = k ? total / k : 0.0; /* no labelled row: no loss (PyTorch would give NaN) */
     }
@@ -68,17 +68,17 @@ void tg_softmax_xent_backward(struct tg_node *nd)
 {
     struct tg_tensor *l = nd->src[0];
     if (!l->grad) return;
-    const int32_t *y = nd->args.xent.labels;
+    const int32_t *y = TG_ARGS(nd)->xent.labels;
     double scale = tg_grad_get(nd->out, 0, 0);
-    if (nd->args.xent.reduction == TG_REDUCE_MEAN) {
+    if (TG_ARGS(nd)->xent.reduction == TG_REDUCE_MEAN) {
         int k = labelled_rows(y, l->rows);
         if (!k) return;
         scale /= k;
     }
     if (l->dtype == TG_F64)
-        xent_bwd_f64(l->grad, nd->args.xent.probs, y, l->rows, l->cols, scale);
+        xent_bwd_f64(l->grad, TG_ARGS(nd)->xent.probs, y, l->rows, l->cols, scale);
     else
-        xent_bwd_f32(l->grad, nd->args.xent.probs, y, l->rows, l->cols, (float)scale);
+        xent_bwd_f32(l->grad, TG_ARGS(nd)->xent.probs, y, l->rows, l->cols, (float)scale);
 }
 
 struct tg_tensor *tg_softmax_xent(struct tg_tape *t, struct tg_tensor *logits,
@@ -109,5 +109,5 @@ struct tg_tensor *tg_softmax_xent(struct tg_tape *t, struct tg_tensor *logits,
     if (!y || !p) return NULL;
     memcpy(y, labels, (size_t)logits->rows * sizeof *y);
     union tg_op_args args = {.xent = {y, p, reduction}};
-    return tg_op_emit(t, TG_OP_SOFTMAX_XENT, &logits, 1, 1, 1, &args);
+    return tg_op_emit(t, TG_OPI(TG_OP_SOFTMAX_XENT), &logits, 1, 1, 1, TG_NODE_ARGS(&args));
 }

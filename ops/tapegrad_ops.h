@@ -21,34 +21,52 @@ extern "C" {
 
 enum tg_op {
     TG_OP_MATMUL = 0,
+    TG_OP_ADDMM,
+    /* elementwise (ops/elementwise.h: each defined once, fused by fusion regions) */
     TG_OP_ADD,
     TG_OP_SUB,
     TG_OP_MUL,
+    TG_OP_DIV,
     TG_OP_AFFINE,
     TG_OP_TANH,
     TG_OP_SIGMOID,
     TG_OP_RELU,
+    TG_OP_EXP,
+    TG_OP_LOG,
+    TG_OP_SQRT,
+    TG_OP_ABS,
+    TG_OP_SOFTPLUS,
+    TG_OP_SIGN,
+    TG_OP_STEP,
+    /* structure and reductions */
     TG_OP_CONCAT,
     TG_OP_SLICE,
-    TG_OP_SOFTMAX_XENT,
-    TG_OP_MSE,
     TG_OP_SUM,
     TG_OP_MEAN,
+    TG_OP_ROW_SUM,
+    TG_OP_ROW_MEAN,
     TG_OP_EMBEDDING,
-    TG_OP_ADDMM,
+    /* losses */
+    TG_OP_SOFTMAX_XENT,
+    TG_OP_MSE,
     TG_OP_FUSED, /* a chain of elementwise ops compiled by tg_tape_fuse_end (ops/fused.c) */
     TG_OP_COUNT
 };
 
-struct tg_op_info {
-    const char *name;                     /* "matmul", … */
-    int arity;                            /* number of inputs; -1: any number ≥ 1 */
-    void (*forward)(struct tg_node *n);   /* fills n->out->data from n->src */
-    void (*backward)(struct tg_node *n);  /* adds d loss/d src into every src->grad != NULL */
-};
-
-extern const struct tg_op_info tg_op_table[TG_OP_COUNT];
-const char *tg_op_name(int op);
+/* The op a recorded node ran, and facts about ops for tools and languages built on the tape. */
+enum tg_op tg_node_op(const struct tg_node *n);
+const char *tg_op_name(enum tg_op op);           /* "matmul", …; "?" if out of range */
+enum tg_op tg_op_lookup(const char *name);       /* by name; TG_OP_COUNT if none */
+int tg_op_arity(enum tg_op op);                  /* inputs; -1: any number; 0 if out of range */
+int tg_op_is_elementwise(enum tg_op op);
+/* Textbook form of an elementwise op (part 0: "y = tanh(x)"; 1: the first input's adjoint,
+ * "dx += dy * (1 - y * y)"; 2: the second's, "db -= dy * y / b"), in x (a, b), y and dy;
+ * "" if the op has no such part. */
+const char *tg_op_printable(enum tg_op op, int part);
+/* Apply an elementwise op by id (b NULL for one-input ops; not affine, which takes
+ * constants): what a language's function call compiles to. */
+struct tg_tensor *tg_ew_apply(struct tg_tape *t, enum tg_op op, struct tg_tensor *a,
+                              struct tg_tensor *b);
 
 /* C = op(A)·op(B), op(X) = Xᵀ when its flag is set. GEMM through CBLAS.
  * With PyTorch's (out, in) weights, x·Wᵀ is tg_matmul(t, x, W, 0, 1). */
@@ -60,8 +78,9 @@ struct tg_tensor *tg_matmul(struct tg_tape *t, struct tg_tensor *a, struct tg_te
 struct tg_tensor *tg_addmm(struct tg_tape *t, struct tg_tensor *c, struct tg_tensor *a,
                            struct tg_tensor *b, int trans_a, int trans_b);
 
-/* Elementwise a+b, a−b, a⊙b. Same shape, or either side a 1×n row broadcast over the
- * other's m rows (biases, per-unit scales). */
+/* Elementwise a+b, a−b, a⊙b. Same shape, or broadcast along an axis where one side has size 1:
+ * a 1×n row over m rows (biases, per-unit scales), a B×1 column over n columns (a per-row mean),
+ * a 1×1 scalar over everything. */
 struct tg_tensor *tg_add(struct tg_tape *t, struct tg_tensor *a, struct tg_tensor *b);
 struct tg_tensor *tg_sub(struct tg_tape *t, struct tg_tensor *a, struct tg_tensor *b);
 struct tg_tensor *tg_mul(struct tg_tape *t, struct tg_tensor *a, struct tg_tensor *b);
@@ -87,6 +106,9 @@ struct tg_tensor *tg_log(struct tg_tape *t, struct tg_tensor *x);
 struct tg_tensor *tg_sqrt(struct tg_tape *t, struct tg_tensor *x);
 struct tg_tensor *tg_abs(struct tg_tape *t, struct tg_tensor *x);
 struct tg_tensor *tg_softplus(struct tg_tape *t, struct tg_tensor *x);
+/* sign(x) ∈ {−1, 0, 1} and the step [x > 0]: relu′ and abs′, gradient 0. */
+struct tg_tensor *tg_sign(struct tg_tape *t, struct tg_tensor *x);
+struct tg_tensor *tg_step(struct tg_tape *t, struct tg_tensor *x);
 
 /* Per-row reductions: B×n → B×1 (the sum or mean of each row's n elements). */
 struct tg_tensor *tg_row_sum(struct tg_tape *t, struct tg_tensor *x);

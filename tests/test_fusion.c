@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include "tapegrad_models.h"
+#include "internal.h" /* TG_PENDING, TG_REUSED: the region contract */
 #include "tg_config.h"
 #include "tapegrad_dot.h"
 #if TG_HAVE_OPENMP
@@ -147,10 +148,10 @@ static void loss_check(const char *what, double fused, double unfused, double to
                  fabs(fused - unfused) / fabs(unfused), tol);
 }
 
-static size_t count_op(const struct tg_tape *t, int op)
+static size_t count_op(const struct tg_tape *t, enum tg_op op)
 {
     size_t n = 0;
-    for (size_t i = 0; i < tg_tape_num_nodes(t); i++) n += tg_tape_node(t, i)->op == op;
+    for (size_t i = 0; i < tg_tape_num_nodes(t); i++) n += tg_node_op(tg_tape_node(t, i)) == op;
     return n;
 }
 
@@ -375,7 +376,7 @@ static void test_fusion_off_is_noop(void **state)
     assert_false(pending(y));
     assert_non_null(y->data);
     assert_int_equal(tg_tape_num_nodes(t), 1);
-    assert_int_equal(tg_tape_node(t, 0)->op, TG_OP_TANH);
+    assert_int_equal(tg_node_op(tg_tape_node(t, 0)), TG_OP_TANH);
     assert_true(fabs(tg_get(y, 1, 2) - tanh(tg_get(x, 1, 2))) <= 1e-15);
     assert_int_equal(tg_tape_fuse_end(t, &y, 1), TG_OK);
     assert_int_equal(tg_tape_num_nodes(t), 1);
@@ -849,6 +850,35 @@ static void test_dot_draws_fused_nodes(void **state)
     mcase_free(&c);
 }
 
+/* A cell that reads a value inside its step (tg_get on a tensor still pending in the region)
+ * gets the value: the region so far is computed, the step goes on, nothing aborts (it used to
+ * exit with status 134). An index out of range gives NaN and an error instead. */
+static void test_get_pending_computes(void **state)
+{
+    (void)state;
+    struct tg_tape *t = tg_tape_new(0);
+    struct tg_tensor *x = tg_param_new("x", 2, 3, TG_F64);
+    for (int i = 0; i < 6; i++) tg_set(x, 0, i, 0.2 * i - 0.5);
+    tg_tape_fuse_begin(t);
+    struct tg_tensor *a = tg_tanh(t, x);
+    assert_true(pending(a));
+    double v = tg_get(a, 1, 2);
+    assert_true(fabs(v - tanh(0.5)) <= 1e-15);
+    assert_false(pending(a));
+    struct tg_tensor *b = tg_mul(t, a, a);
+    struct tg_tensor *keep[1] = {b};
+    assert_int_equal(tg_tape_fuse_end(t, keep, 1), TG_OK);
+    struct tg_tensor *loss = tg_sum(t, b);
+    assert_int_equal(tg_backward(t, loss), TG_OK);
+    double y = tanh(0.2 * 5 - 0.5);
+    assert_true(fabs(tg_grad_get(x, 1, 2) - 2 * y * (1 - y * y)) <= 1e-14);
+    tg_error_clear();
+    assert_true(isnan(tg_get(a, 2, 0)));
+    assert_non_null(strstr(tg_last_error(), "outside (2x3)"));
+    tg_tape_free(t);
+    tg_tensor_free(x);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -862,6 +892,7 @@ int main(void)
         cmocka_unit_test(test_region_left_open),
         cmocka_unit_test(test_pending_loss_and_fusion_off_midway),
         cmocka_unit_test(test_mixed_dtypes_split),
+        cmocka_unit_test(test_get_pending_computes),
         cmocka_unit_test(test_no_grad_toggle_inside_region),
         cmocka_unit_test(test_overlapping_row_views_threads),
         cmocka_unit_test(test_nested_regions),

@@ -22,7 +22,7 @@
 #include <cblas.h>
 
 #include "manual_impl.h"
-#include "internal.h" /* tg_gemm */
+#include "tapegrad_blas.h"
 
 #undef REAL
 #undef SFX

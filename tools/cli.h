@@ -34,5 +34,7 @@ int cmd_dot(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_flow(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
 
 #endif

@@ -509,3 +509,30 @@ enum tg_status tg_flow_jacobian(struct tg_flow *f, struct tg_model *m, struct tg
     tg_tape_reset(t);
     return TG_OK;
 }
+
+/* ------------------------------------------------------------ divergence */
+
+int tg_flow_first_nonfinite(const struct tg_tape *t, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    size_t nn = tg_tape_num_nodes(t);
+    int rows = tg_tape_step_rows(t);
+    for (size_t i = 0; i < nn; i++) {
+        const struct tg_node *n = tg_tape_node(t, i);
+        const struct tg_tensor *y = n->out;
+        if (!y->data) continue;
+        for (size_t k = 0; k < tg_numel(y); k++) {
+            double v = at(y->data, y->dtype, k);
+            if (isfinite(v)) continue;
+            int r = (int)(k / (size_t)y->cols), c = (int)(k % (size_t)y->cols), step = n->step + 1, seq = r;
+            if (n->step < 0 && rows > 0 && y->rows > rows && y->rows % rows == 0) step = r / rows + 1, seq = r % rows;
+            char st[32] = "outside the time loop";
+            if (step > 0) snprintf(st, sizeof st, "step %d", step);
+            snprintf(buf, len, "the output of %s%s%s%s at %s, layer %d, sequence %d, unit %d (%s)",
+                     tg_op_name(tg_node_op(n)), n->origin ? " [" : "", n->origin ? n->origin : "",
+                     n->origin ? "]" : "", st, n->layer, seq, c, isnan(v) ? "NaN" : "inf");
+            return 1;
+        }
+    }
+    return 0;
+}

@@ -105,6 +105,12 @@ enum tg_status tg_flow_jacobian(struct tg_flow *f, struct tg_model *m, struct tg
                                 const struct tg_seq_batch *b, int exact_max, int probes,
                                 uint64_t seed);
 
+/* The first node of the tape whose output holds a NaN or ±inf, described in buf as
+ * "the output of tanh [lstm] at step 7, layer 0, sequence 3, unit 12 (nan)" (steps 1-based).
+ * Returns 1 if one was found, else 0 (buf empty). For a divergence message after the fact;
+ * anomaly mode stops at the same place while recording, with the op's inputs. */
+int tg_flow_first_nonfinite(const struct tg_tape *t, char *buf, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

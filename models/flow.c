@@ -530,7 +530,7 @@ int tg_flow_first_nonfinite(const struct tg_tape *t, char *buf, size_t len)
             if (step > 0) snprintf(st, sizeof st, "step %d", step);
             snprintf(buf, len, "the output of %s%s%s%s at %s, layer %d, sequence %d, unit %d (%s)",
                      tg_op_name(tg_node_op(n)), n->origin ? " [" : "", n->origin ? n->origin : "",
-                     n->origin ? "]" : "", st, n->layer, seq, c, isnan(v) ? "NaN" : "inf");
+                     n->origin ? "]" : "", st, n->layer, seq, c, isnan(v) ? "NaN" : v > 0 ? "+inf" : "-inf");
             return 1;
         }
     }

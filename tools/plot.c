@@ -57,6 +57,16 @@ static int has_device(const char *dev)
     return 0;
 }
 
+/* y labels of a log axis drawn from log10 data: 10^k at whole k (PLplot's own "l" option
+ * labels every decade, unreadable over 30 of them), x labels as numbers. */
+static void log_label(PLINT axis, PLFLT v, char *label, PLINT len, PLPointer data)
+{
+    (void)data;
+    if (axis == PL_Y_AXIS && fabs(v - round(v)) < 1e-9) snprintf(label, (size_t)len, "10#u%d#d", (int)round(v));
+    else if (axis == PL_Y_AXIS) snprintf(label, (size_t)len, "%.3g", pow(10.0, v));
+    else snprintf(label, (size_t)len, "%g", v);
+}
+
 static double yval(const struct plot_panel *p, double y) { return p->logy ? log10(y) : y; }
 static int usable(const struct plot_panel *p, double y) { return isfinite(y) && (!p->logy || y > 0); }
 
@@ -81,9 +91,11 @@ static void draw_panel(const struct plot_panel *p)
     plwind(x0, x1, y0 - pad, y1 + pad);
     plcol0(1);
     plwidth(1.0);
-    /* a log axis over many decades: a labelled tick every k decades, k keeping ≤ 8 labels */
-    double ytick = p->logy && y1 - y0 > 8 ? ceil((y1 - y0) / 8) : 0.0;
-    plbox("bcnst", 0.0, 0, p->logy ? "bcnstlv" : "bcnstv", ytick, p->logy && ytick > 0 ? 1 : 0);
+    /* a log axis: a labelled tick every k whole decades, k keeping ≤ 8 labels */
+    double ytick = p->logy ? fmax(1.0, ceil((y1 - y0) / 8)) : 0.0;
+    plslabelfunc(p->logy ? log_label : NULL, NULL);
+    plbox("bcnst", 0.0, 0, p->logy ? "bcnstov" : "bcnstv", ytick, p->logy ? (ytick > 1 ? 1 : 9) : 0);
+    plslabelfunc(NULL, NULL);
     pllab(p->xlabel ? p->xlabel : "", p->ylabel ? p->ylabel : "", p->title ? p->title : "");
     PLINT opt[PLOT_MAX_SERIES], col[PLOT_MAX_SERIES], sty[PLOT_MAX_SERIES], tcol[PLOT_MAX_SERIES];
     PLFLT wid[PLOT_MAX_SERIES];

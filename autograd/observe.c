@@ -152,6 +152,13 @@ int tg_anomaly_backward(struct tg_tape *t, const struct tg_node *n)
     for (int s = 0; s < n->nsrc; s++) {
         const struct tg_tensor *x = n->src[s];
         if (!tg_requires_grad(x) || !x->grad || (x->flags & TG_PARAM)) continue;
+        /* A row view's gradient is its rows of the parent's, written by the readers of the view:
+         * those rows are all this node touched (checking the whole parent at every step's
+         * view would make the check quadratic in T). */
+        if ((n->out->flags & TG_VIEW) && n->nsrc == 1) {
+            x = n->out;
+            if (!x->grad) continue;
+        }
         long i = first_bad(x->grad, x->dtype, tg_numel(x));
         if (i < 0) continue;
         int r = (int)(i / x->cols), c = (int)(i % x->cols);

@@ -243,24 +243,108 @@ enum tg_status tg_flow_begin(struct tg_flow *f, struct tg_tape *t, const struct 
 static double sumsq(const void *p, enum tg_dtype dt, size_t n)
 {
     double s = 0;
-    for (size_t i = 0; i < n; i++) {
-        double v = at(p, dt, i);
-        s += v * v;
-    }
+    if (dt == TG_F64)
+        for (size_t i = 0; i < n; i++) s += ((const double *)p)[i] * ((const double *)p)[i];
+    else
+        for (size_t i = 0; i < n; i++) s += (double)((const float *)p)[i] * ((const float *)p)[i];
     return s;
 }
 
-/* ‖dCᵀ·A‖_F² = Σ_ij (dC dCᵀ)_ij (A Aᵀ)_ij over rows [r0, r0 + m) of dC (·×N) and A (·×K). */
-static double gram_norm2(enum tg_dtype dt, const void *dc, int N, const void *a, int K, int r0,
-                         int m, void *g1, void *g2)
+/* ‖g‖², ‖a‖², ‖g − a‖² in one pass (either may be NULL: zero). */
+static void split_norms(enum tg_dtype dt, const void *g, const void *a, size_t n, double *tot,
+                        double *up, double *nx)
 {
-    size_t es = tg_dtype_size(dt);
-    const char *dcb = (const char *)dc + (size_t)r0 * N * es, *ab = (const char *)a + (size_t)r0 * K * es;
-    tg_gemm(dt, 0, 1, m, m, N, dcb, N, dcb, N, 0.0, g1, m);
-    tg_gemm(dt, 0, 1, m, m, K, ab, K, ab, K, 0.0, g2, m);
+    double s0 = 0, s1 = 0, s2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        double x = g ? (dt == TG_F64 ? ((const double *)g)[i] : ((const float *)g)[i]) : 0;
+        double y = a ? (dt == TG_F64 ? ((const double *)a)[i] : ((const float *)a)[i]) : 0;
+        s0 += x * x, s1 += y * y, s2 += (x - y) * (x - y);
+    }
+    *tot = s0, *up = s1, *nx = s2;
+}
+
+/* Σ_ij G_ij of a symmetric m×m matrix given by its upper triangle: ‖1ᵀM‖² when G = M·Mᵀ,
+ * the squared norm of a bias's term (the column sums of M) from M's Gram matrix. */
+static double gram_sum(enum tg_dtype dt, const void *g, int m)
+{
     double s = 0;
-    for (size_t i = 0; i < (size_t)m * m; i++) s += at(g1, dt, i) * at(g2, dt, i);
+    for (int i = 0; i < m; i++) {
+        double d, o = 0;
+        if (dt == TG_F64) {
+            const double *a = (const double *)g + (size_t)i * m;
+            d = a[i];
+            for (int j = i + 1; j < m; j++) o += a[j];
+        } else {
+            const float *a = (const float *)g + (size_t)i * m;
+            d = a[i];
+            for (int j = i + 1; j < m; j++) o += a[j];
+        }
+        s += d + 2 * o;
+    }
     return s > 0 ? s : 0;
+}
+
+/* Σ_ij G1_ij G2_ij of two symmetric m×m matrices given by their upper triangles. */
+static double gram_dot(enum tg_dtype dt, const void *g1, const void *g2, int m)
+{
+    double s = 0;
+    for (int i = 0; i < m; i++) {
+        size_t r = (size_t)i * m;
+        double d = 0, o = 0;
+        if (dt == TG_F64) {
+            const double *a = (const double *)g1 + r, *b = (const double *)g2 + r;
+            d = a[i] * b[i];
+            for (int j = i + 1; j < m; j++) o += a[j] * b[j];
+        } else {
+            const float *a = (const float *)g1 + r, *b = (const float *)g2 + r;
+            d = (double)a[i] * b[i];
+            for (int j = i + 1; j < m; j++) o += (double)a[j] * b[j];
+        }
+        s += d + 2 * o;
+    }
+    return s > 0 ? s : 0;
+}
+
+/* Gram matrices of the current and the previous step, by the address of their rows: a use's
+ * dOut rows are often another use's (the input projection's gradient is W_hh's staged dOut),
+ * and its A rows another's (h_t is A of the output layer at t and of W_hh at t + 1). */
+struct gram_cache {
+    struct gram { const void *p; int k, m; void *g; } *e[2];
+    int n[2], cap;
+    char *pool[2];
+    size_t gbytes;
+};
+
+static const void *gram_of(struct gram_cache *c, int slot, enum tg_dtype dt, const void *p, int k, int m)
+{
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < c->n[s]; i++)
+            if (c->e[s][i].p == p && c->e[s][i].k == k && c->e[s][i].m == m) return c->e[s][i].g;
+    if (c->n[slot] == c->cap) return NULL;
+    struct gram *g = &c->e[slot][c->n[slot]];
+    g->p = p, g->k = k, g->m = m, g->g = c->pool[slot] + (size_t)c->n[slot] * c->gbytes;
+    c->n[slot]++;
+    tg_syrk(dt, m, k, p, k, g->g, m);
+    return g->g;
+}
+
+/* Where rows [r0, r0 + m) of A live: in A, or — when A is a concatenation of rows, as the
+ * output layer's stacked h_t are — in the input holding exactly those rows (so its Gram is
+ * shared with the uses that read that input itself). */
+static const void *rows_of(const struct tg_tensor *A, int r0, int m)
+{
+    const struct tg_node *n = A->node;
+    if (n && tg_node_op(n) == TG_OP_CONCAT) {
+        int r = 0;
+        for (int s = 0; s < n->nsrc; s++) {
+            const struct tg_tensor *x = n->src[s];
+            if (x->cols != A->cols) break;
+            if (r == r0 && x->rows == m) return x->data;
+            if (r > r0) break;
+            r += x->rows;
+        }
+    }
+    return (const char *)A->data + (size_t)r0 * A->cols * tg_dtype_size(A->dtype);
 }
 
 static void add_term(struct tg_flow *f, int p, int t, double norm2)
@@ -295,13 +379,8 @@ enum tg_status tg_flow_end(struct tg_flow *f, struct tg_tape *t, const struct tg
             size_t k = (size_t)l * f->T + s;
             const struct tg_tensor *h = h_of(f, res, l, s);
             const void *a = q->snapped[l] ? q->above[k] : h->grad;
-            double tot = h->grad ? sumsq(h->grad, dt, nh) : 0, up = a ? sumsq(a, dt, nh) : 0, nx = 0;
-            if (h->grad && a)
-                for (size_t i = 0; i < nh; i++) {
-                    double d = at(h->grad, dt, i) - at(a, dt, i);
-                    nx += d * d;
-                }
-            else nx = a ? 0 : tot;
+            double tot = 0, up = 0, nx = 0;
+            split_norms(dt, h->grad, a, nh, &tot, &up, &nx);
             f->grad_h[k] = sqrt(tot), f->from_out[k] = sqrt(up), f->from_next[k] = sqrt(nx);
         }
     /* every place a parameter's gradient is made */
@@ -326,30 +405,33 @@ enum tg_status tg_flow_end(struct tg_flow *f, struct tg_tape *t, const struct tg
                 gmax = (size_t)rows;
         }
     }
-    size_t es = tg_dtype_size(dt), gb = (size_t)f->B * f->B * es;
-    void *g1 = tg_tape_alloc(t, gmax * gmax * es + gb), *g2 = tg_tape_alloc(t, gmax * gmax * es + gb);
-    double *col = tg_tape_alloc(t, (size_t)4 * f->H * sizeof(double) + 64);
-    size_t colcap = (size_t)4 * f->H + 8;
-    if (!g1 || !g2 || !col) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
-    for (int u = 0; u < q->n_uses; u++) {
-        const struct flow_use *us = &q->uses[u];
-        const struct tg_node *n = us->n;
-        struct tg_tensor *A, *W = tg_node_weight(n, &A, NULL);
-        int t0, t1, rows;
-        if (!n->out->grad || !use_blocks(f, us, &t0, &t1, &rows)) continue;
-        for (int s = t0; s < t1; s++) {
-            int r0 = (s - t0) * rows;
+    size_t es = tg_dtype_size(dt);
+    struct gram_cache gc = {.cap = 2 * q->n_uses + 2, .gbytes = (gmax * gmax * es + 63) / 64 * 64};
+    for (int sl = 0; sl < 2; sl++) {
+        gc.e[sl] = tg_tape_alloc(t, (size_t)gc.cap * sizeof *gc.e[sl]);
+        gc.pool[sl] = tg_tape_alloc(t, (size_t)gc.cap * gc.gbytes);
+        if (!gc.e[sl] || !gc.pool[sl]) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
+    }
+    /* step by step, so that the Gram matrices of one step serve the next */
+    for (int s = 0; s < f->T; s++) {
+        int slot = s & 1;
+        gc.n[slot] = 0;
+        for (int u = 0; u < q->n_uses; u++) {
+            const struct flow_use *us = &q->uses[u];
+            const struct tg_node *n = us->n;
+            struct tg_tensor *A, *W = tg_node_weight(n, &A, NULL);
+            int t0, t1, rows;
+            if (!n->out->grad || !use_blocks(f, us, &t0, &t1, &rows) || s < t0 || s >= t1) continue;
+            int r0 = (s - t0) * rows, N = n->out->cols;
             if (us->kind == USE_PRODUCT) {
-                add_term(f, us->p, s, gram_norm2(dt, n->out->grad, W->rows, A->data, A->cols, r0,
-                                                 rows, g1, g2));
-            } else {
-                int N = n->out->cols;
-                if ((size_t)N > colcap) continue; /* wider than any bias we know: left uncovered */
-                double ss = 0;
-                for (int j = 0; j < N; j++) col[j] = 0;
-                for (int r = r0; r < r0 + rows; r++)
-                    for (int j = 0; j < N; j++) col[j] += at(n->out->grad, dt, (size_t)r * N + j);
-                for (int j = 0; j < N; j++) ss += col[j] * col[j];
+                const void *g1 = gram_of(&gc, slot, dt, (const char *)n->out->grad + (size_t)r0 * N * es, W->rows, rows);
+                const void *g2 = gram_of(&gc, slot, dt, rows_of(A, r0, rows), A->cols, rows);
+                if (!g1 || !g2) return tg_error(TG_ERR_NOMEM, "tg_flow_end: Gram cache full");
+                add_term(f, us->p, s, gram_dot(dt, g1, g2, rows));
+            } else { /* ‖column sums‖² = Σ of the Gram matrix of the same rows */
+                const void *g1 = gram_of(&gc, slot, dt, (const char *)n->out->grad + (size_t)r0 * N * es, N, rows);
+                if (!g1) return tg_error(TG_ERR_NOMEM, "tg_flow_end: Gram cache full");
+                double ss = gram_sum(dt, g1, rows);
                 add_term(f, us->p, s, ss);
                 if (us->p2 >= 0) add_term(f, us->p2, s, ss);
             }

@@ -129,7 +129,7 @@ static int bench(const struct flow_opts *o)
     tg_model_init_uniform(m, &rng);
     double *x = malloc(sizeof *x * (size_t)T * B * H);
     int32_t *lab = malloc(sizeof *lab * (size_t)T * B);
-    double *ms = malloc(sizeof *ms * 3 * (size_t)N);
+    double *ms = malloc(sizeof *ms * 4 * (size_t)N);
     struct tg_tape *t = tg_tape_new(0);
     struct tg_flow *f = NULL;
     if (!x || !lab || !ms || !t || tg_flow_new(m, T, B, &f) != TG_OK) return cli_fail("flow", "out of memory");
@@ -144,10 +144,14 @@ static int bench(const struct flow_opts *o)
             tg_tape_reset(t);
             tg_tape_set_anomaly(t, v == 2);
             tg_model_zero_grad(m);
-            if (tg_model_forward_from(m, t, &sb, NULL, &res) != TG_OK ||
-                (v == 1 && tg_flow_begin(f, t, &res) != TG_OK) || tg_backward(t, res.loss) != TG_OK ||
-                (v == 1 && tg_flow_end(f, t, &res) != TG_OK))
-                return cli_fail("flow", "%s", tg_last_error());
+            if (tg_model_forward_from(m, t, &sb, NULL, &res) != TG_OK) return cli_fail("flow", "%s", tg_last_error());
+            double l0 = now_s();
+            if ((v == 1 && tg_flow_begin(f, t, &res) != TG_OK)) return cli_fail("flow", "%s", tg_last_error());
+            double l1 = now_s();
+            if (tg_backward(t, res.loss) != TG_OK) return cli_fail("flow", "%s", tg_last_error());
+            double l2 = now_s();
+            if (v == 1 && tg_flow_end(f, t, &res) != TG_OK) return cli_fail("flow", "%s", tg_last_error());
+            if (v == 1 && it >= 0) ms[3 * N + it] = 1e3 * ((l1 - l0) + (now_s() - l2));
             for (int p = 0; p < m->n_params; p++) { /* SGD, lr 1e-6: the weights barely move */
                 struct tg_tensor *w = m->params[p];
                 for (size_t i = 0; i < tg_numel(w); i++)
@@ -158,12 +162,13 @@ static int bench(const struct flow_opts *o)
             if (it == -1 && v == 2) allocs = tg_tape_heap_allocs(t);
         }
     size_t allocs_after = tg_tape_heap_allocs(t);
-    for (int v = 0; v < 3; v++) qsort(ms + v * N, (size_t)N, sizeof *ms, cmp_double);
-    double a = ms[N / 2], b = ms[N + N / 2], c = ms[2 * N + N / 2];
+    for (int v = 0; v < 4; v++) qsort(ms + v * N, (size_t)N, sizeof *ms, cmp_double);
+    double a = ms[N / 2], b = ms[N + N / 2], c = ms[2 * N + N / 2], own = ms[3 * N + N / 2];
     printf("%s T%d·B%d·H%d L%d %s, %d steps each, interleaved; median ms per training step\n",
            cell->name, T, B, H, mc.layers, tg_dtype_name(dt), N);
-    printf("  plain          %9.3f\n  ledger on      %9.3f  (%+.1f%%)\n  anomaly mode   %9.3f  (%.2fx)\n",
-           a, b, 100 * (b - a) / a, c, c / a);
+    printf("  plain          %9.3f\n  ledger on      %9.3f  (%+.1f%%; tg_flow_begin + tg_flow_end "
+           "alone %.3f ms = %.1f%% of plain)\n  anomaly mode   %9.3f  (%.2fx)\n",
+           a, b, 100 * (b - a) / a, own, 100 * own / a, c, c / a);
     printf("  tape heap allocations after warm-up: %zu\n", allocs_after - allocs);
     tg_flow_free(f);
     tg_tape_free(t);

@@ -95,6 +95,14 @@ static void where(const struct tg_tape *t, const struct tg_node *n, int r, int c
     snprintf(buf, len, "%s%s, sequence %d, unit %d", step, layer, seq, c);
 }
 
+/* %g, but NaN for any NaN (glibc prints "-nan" for a negative one, which means nothing). */
+static const char *val_str(double v, char *buf, size_t len)
+{
+    if (isnan(v)) snprintf(buf, len, "NaN");
+    else snprintf(buf, len, "%.9g", v);
+    return buf;
+}
+
 /* The inputs' values at (r, c) of an m×k result (broadcast inputs at their place), else each
  * input's largest |value| and whether it holds a non-finite one. */
 static void inputs(const struct tg_node *n, int r, int c, char *buf, size_t len)
@@ -108,8 +116,10 @@ static void inputs(const struct tg_node *n, int r, int c, char *buf, size_t len)
         int same = (x->rows == n->out->rows || x->rows == 1) && (x->cols == n->out->cols || x->cols == 1);
         if (!x->data) continue;
         if (same && rr < x->rows && cc < x->cols) {
-            off += (size_t)snprintf(buf + off, len - off, "%sin%d%s%s = %.9g", s ? ", " : "", s,
-                                    *name ? " " : "", name, at(x->data, x->dtype, (size_t)rr * x->cols + cc));
+            char v[32];
+            off += (size_t)snprintf(buf + off, len - off, "%sin%d%s%s = %s", s ? ", " : "", s,
+                                    *name ? " " : "", name,
+                                    val_str(at(x->data, x->dtype, (size_t)rr * x->cols + cc), v, sizeof v));
         } else {
             double mx = 0;
             long bad = first_bad(x->data, x->dtype, tg_numel(x));
@@ -138,12 +148,12 @@ int tg_anomaly_forward(struct tg_tape *t, const struct tg_node *n)
     long i = first_bad(y->data, y->dtype, tg_numel(y));
     if (i < 0) return 1;
     int r = (int)(i / y->cols), c = (int)(i % y->cols);
-    char w[128], in[320], org[160];
+    char w[128], in[320], org[160], v[32];
     where(t, n, r, c, w, sizeof w);
     inputs(n, r, c, in, sizeof in);
-    tg_op_fail(t, TG_ERR_VALUE, "anomaly: forward %s%s gave %g at %s (row %d, col %d of %dx%d) from %s",
-               n->op->name, origin_of(n, org, sizeof org), at(y->data, y->dtype, (size_t)i), w,
-               r, c, y->rows, y->cols, in);
+    tg_op_fail(t, TG_ERR_VALUE, "anomaly: forward %s%s gave %s at %s (row %d, col %d of %dx%d) from %s",
+               n->op->name, origin_of(n, org, sizeof org), val_str(at(y->data, y->dtype, (size_t)i), v, sizeof v),
+               w, r, c, y->rows, y->cols, in);
     return 0;
 }
 
@@ -162,16 +172,16 @@ int tg_anomaly_backward(struct tg_tape *t, const struct tg_node *n)
         long i = first_bad(x->grad, x->dtype, tg_numel(x));
         if (i < 0) continue;
         int r = (int)(i / x->cols), c = (int)(i % x->cols);
-        char w[128], in[320], org[160], dy[64] = "";
+        char w[128], in[320], org[160], dy[64] = "", v[32], v2[32];
         /* the place in the output's terms when the input has the output's shape */
         int same = x->rows == n->out->rows && x->cols == n->out->cols;
         where(t, n, same ? r : 0, same ? c : 0, w, sizeof w);
         if (same && n->out->grad)
-            snprintf(dy, sizeof dy, "dy = %.9g, ", at(n->out->grad, x->dtype, (size_t)i));
+            snprintf(dy, sizeof dy, "dy = %s, ", val_str(at(n->out->grad, x->dtype, (size_t)i), v2, sizeof v2));
         inputs(n, same ? r : 0, same ? c : 0, in, sizeof in);
-        tg_op_fail(t, TG_ERR_VALUE, "anomaly: backward of %s%s gave %g in the gradient of input %d "
+        tg_op_fail(t, TG_ERR_VALUE, "anomaly: backward of %s%s gave %s in the gradient of input %d "
                    "(%dx%d) at row %d, col %d; %s: %sfrom %s", n->op->name,
-                   origin_of(n, org, sizeof org), at(x->grad, x->dtype, (size_t)i), s, x->rows,
+                   origin_of(n, org, sizeof org), val_str(at(x->grad, x->dtype, (size_t)i), v, sizeof v), s, x->rows,
                    x->cols, r, c, w, dy, in);
         return 0;
     }
@@ -183,9 +193,10 @@ int tg_anomaly_weights(struct tg_tape *t, struct tg_tensor *const *w, int n)
     for (int j = 0; j < n; j++) {
         long i = w[j]->grad ? first_bad(w[j]->grad, w[j]->dtype, tg_numel(w[j])) : -1;
         if (i < 0) continue;
-        tg_op_fail(t, TG_ERR_VALUE, "anomaly: the gradient of %s (summed over its uses) is %g at "
+        char v[32];
+        tg_op_fail(t, TG_ERR_VALUE, "anomaly: the gradient of %s (summed over its uses) is %s at "
                    "row %ld, col %ld", w[j]->name ? w[j]->name : "a weight",
-                   at(w[j]->grad, w[j]->dtype, (size_t)i), i / w[j]->cols, i % w[j]->cols);
+                   val_str(at(w[j]->grad, w[j]->dtype, (size_t)i), v, sizeof v), i / w[j]->cols, i % w[j]->cols);
         return 0;
     }
     return 1;

@@ -60,19 +60,30 @@ static double at(const void *p, enum tg_dtype dt, size_t i)
     return dt == TG_F64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
 }
 
-/* Index of the first non-finite element of p (n elements), or −1. */
+/* Index of the first non-finite element of p (n elements), or −1. A chunk is first tested on
+ * the bits: a value is NaN or ±inf when its exponent bits are all ones, an integer test with
+ * an OR reduction and no early exit, which the compiler vectorises; only a bad chunk is then
+ * searched element by element. */
+typedef uint32_t __attribute__((may_alias)) u32_alias;
+typedef uint64_t __attribute__((may_alias)) u64_alias;
+#define FIRST_BAD(T, U, EXP)                                                           \
+    do {                                                                               \
+        const U *u = p;                                                                \
+        for (size_t c0 = 0; c0 < n; c0 += 1024) {                                      \
+            size_t c1 = c0 + 1024 < n ? c0 + 1024 : n;                                 \
+            int bad = 0;                                                               \
+            for (size_t i = c0; i < c1; i++) bad |= (u[i] & (EXP)) == (EXP);           \
+            if (!bad) continue;                                                        \
+            for (size_t i = c0; i < c1; i++)                                           \
+                if (!isfinite(((const T *)p)[i])) return (long)i;                      \
+        }                                                                              \
+    } while (0)
+
 static long first_bad(const void *p, enum tg_dtype dt, size_t n)
 {
     if (!p) return -1;
-    if (dt == TG_F64) {
-        const double *d = p;
-        for (size_t i = 0; i < n; i++)
-            if (!isfinite(d[i])) return (long)i;
-    } else {
-        const float *f = p;
-        for (size_t i = 0; i < n; i++)
-            if (!isfinite(f[i])) return (long)i;
-    }
+    if (dt == TG_F64) FIRST_BAD(double, u64_alias, 0x7ff0000000000000ULL);
+    else FIRST_BAD(float, u32_alias, 0x7f800000U);
     return -1;
 }
 

@@ -350,6 +350,43 @@ static void test_anomaly_log_of_negative(void **state)
     setup_free(&s);
 }
 
+/* h' = tanh(sqrt(relu(x + h·Uᵀ))): finite forward, but where x + h·Uᵀ < 0 the relu gives 0
+ * and sqrt′(0) = ∞, so only the backward walk meets the non-finite value. */
+static const struct tg_param_spec sqrt_params[] = {{"weight_hh", TG_SHAPE(1, 0, 0, 1, 0, 0)}};
+static void sqrt_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *x,
+                      struct tg_tensor *const *s, struct tg_tensor **next)
+{
+    next[0] = tg_tanh(t, tg_sqrt(t, tg_relu(t, tg_addmm(t, x, s[0], w[0], 0, 1))));
+}
+static const struct tg_cell sqrt_cell = {"sqrtcell", "h' = tanh(sqrt(relu(x + U h)))", 1, 1, 1, sqrt_params, sqrt_step, NULL};
+
+static void test_anomaly_in_backward(void **state)
+{
+    (void)state;
+    struct setup s;
+    int T = 5, B = 3, H = 4;
+    setup_new(&s, &sqrt_cell, T, B, H, H, 1, 3, 6);
+    tg_tensor_fill(s.m->params[0], 0.1); /* |U h| < 0.4 */
+    for (int i = 0; i < T * B * H; i++) s.x[i] = 5.0;
+    s.x[((size_t)2 * B + 2) * H + 1] = -10.0; /* step 3 (1-based), sequence 2, unit 1 */
+    struct tg_tape *t = tg_tape_new(0);
+    tg_tape_set_anomaly(t, 1);
+    struct tg_seq_result res;
+    assert_int_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
+    assert_int_equal(tg_backward(t, res.loss), TG_ERR_VALUE);
+    printf("# %s\n", tg_last_error());
+    assert_non_null(strstr(tg_last_error(), "anomaly: backward of sqrt [sqrtcell]"));
+    assert_non_null(strstr(tg_last_error(), "step 3, layer 0, sequence 2, unit 1"));
+    /* off: the walk runs to the end; relu′ = 0 there masks the ∞ (a select, not ∞·0), so
+     * nothing but anomaly mode says that a gradient was infinite on the way */
+    tg_tape_free(t);
+    t = tg_tape_new(0);
+    assert_int_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
+    assert_int_equal(tg_backward(t, res.loss), TG_OK);
+    tg_tape_free(t);
+    setup_free(&s);
+}
+
 /* rnn_relu, float32, two layers: layer 0 passes 1s up, layer 1 has W_hh = 10·I, so h grows ×10
  * per step until it overflows; the step is found by running the same float recurrence. */
 static void test_anomaly_exploding_rnn(void **state)
@@ -442,6 +479,129 @@ static void test_saturation(void **state)
     setup_free(&s);
 }
 
+/* ------------------------------------------------------------------ the CLI */
+
+#define TAPEGRAD TG_BUILD_DIR "/tools/tapegrad"
+
+static long file_size(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fclose(f);
+    return n;
+}
+
+static int starts_with(const char *path, const char *magic, size_t n)
+{
+    char buf[16] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    size_t got = fread(buf, 1, n, f);
+    fclose(f);
+    return got == n && memcmp(buf, magic, n) == 0;
+}
+
+static int sh(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return system(cmd);
+}
+
+/* tapegrad flow writes a table, CSV (one row per step and layer), JSON and PNG/SVG plots;
+ * --compare, train --plot, tapegrad plot and dot --loss last make non-empty files. */
+static void test_cli_outputs(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/tg_flow_testXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(sh("cd %s && " TAPEGRAD " flow --cell gru --task adding --length 12 --batch 4 "
+                        "--hidden 5 --layers 2 --csv f.csv --json f.json --out f.png > table.txt", dir), 0);
+    char p[512];
+    snprintf(p, sizeof p, "%s/f.csv", dir);
+    FILE *f = fopen(p, "r");
+    assert_non_null(f);
+    int lines = 0, c;
+    while ((c = fgetc(f)) != EOF) lines += c == '\n';
+    fclose(f);
+    assert_int_equal(lines, 1 + 12 * 2); /* header + T·L rows */
+    snprintf(p, sizeof p, "%s/f.json", dir);
+    assert_true(file_size(p) > 100);
+    snprintf(p, sizeof p, "%s/f.png", dir);
+    assert_true(file_size(p) > 10000);
+    assert_true(starts_with(p, "\x89PNG", 4));
+    snprintf(p, sizeof p, "%s/table.txt", dir);
+    assert_true(file_size(p) > 500);
+
+    assert_int_equal(sh("cd %s && " TAPEGRAD " flow --compare rnn_tanh,lstm,gru --task adding --length 20 "
+                        "--batch 4 --hidden 6 --out cmp.svg > /dev/null", dir), 0);
+    snprintf(p, sizeof p, "%s/cmp.svg", dir);
+    assert_true(file_size(p) > 5000);
+    assert_true(starts_with(p, "<?xml", 5));
+
+    assert_int_equal(sh("cd %s && " TAPEGRAD " train --task adding --length 10 --steps 60 --hidden 8 "
+                        "--layers 2 --log run.csv --plot curve.png > /dev/null 2>&1", dir), 0);
+    snprintf(p, sizeof p, "%s/curve.png", dir);
+    assert_true(file_size(p) > 10000);
+    snprintf(p, sizeof p, "%s/run.csv", dir);
+    f = fopen(p, "r");
+    assert_non_null(f);
+    char head[256] = "";
+    assert_non_null(fgets(head, sizeof head, f));
+    fclose(f);
+    assert_non_null(strstr(head, "grad_norm,gnorm_l0,gnorm_l1,gnorm_out"));
+    assert_int_equal(sh("cd %s && " TAPEGRAD " plot --log run.csv --out again.svg > /dev/null", dir), 0);
+    snprintf(p, sizeof p, "%s/again.svg", dir);
+    assert_true(file_size(p) > 5000);
+
+    assert_int_equal(sh("cd %s && " TAPEGRAD " dot --cell lstm --steps 3 --backward --loss last --out g.dot", dir), 0);
+    snprintf(p, sizeof p, "%s/g.dot", dir);
+    assert_true(file_size(p) > 1000);
+    /* a plot request the program cannot honour fails with one line, not a crash */
+    assert_int_not_equal(sh("cd %s && " TAPEGRAD " flow --length 5 --out f.jpg 2> err.txt", dir), 0);
+    snprintf(p, sizeof p, "%s/err.txt", dir);
+    assert_true(file_size(p) > 10);
+    sh("rm -rf %s", dir);
+}
+
+/* The divergence message names the step and the first non-finite tensor; with
+ * --detect-anomaly the op, step, layer, sequence, unit and inputs. */
+static void test_cli_divergence(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/tg_flow_divXXXXXX", p[512], buf[1024] = "";
+    assert_non_null(mkdtemp(dir));
+    assert_int_not_equal(sh("cd %s && " TAPEGRAD " train --cell rnn_relu --task adding --length 30 --steps 20 "
+                            "--lr 1e4 --optimizer sgd 2> err.txt > /dev/null", dir), 0);
+    snprintf(p, sizeof p, "%s/err.txt", dir);
+    FILE *f = fopen(p, "r");
+    assert_non_null(f);
+    while (fgets(buf, sizeof buf, f))
+        if (strstr(buf, "diverged")) break;
+    fclose(f);
+    printf("# %s", buf);
+    assert_non_null(strstr(buf, "training diverged at step"));
+    assert_non_null(strstr(buf, "first non-finite tensor: the output of"));
+    assert_int_not_equal(sh("cd %s && " TAPEGRAD " train --cell rnn_relu --task adding --length 30 --steps 20 "
+                            "--lr 1e4 --optimizer sgd --detect-anomaly 2> err2.txt > /dev/null", dir), 0);
+    snprintf(p, sizeof p, "%s/err2.txt", dir);
+    f = fopen(p, "r");
+    assert_non_null(f);
+    buf[0] = '\0';
+    while (fgets(buf, sizeof buf, f))
+        if (strstr(buf, "anomaly")) break;
+    fclose(f);
+    printf("# %s", buf);
+    assert_non_null(strstr(buf, "anomaly: forward"));
+    assert_non_null(strstr(buf, ", layer 0, sequence"));
+    sh("rm -rf %s", dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -450,8 +610,11 @@ int main(void)
         cmocka_unit_test(test_vs_pytorch),
         cmocka_unit_test(test_anomaly_log_of_negative),
         cmocka_unit_test(test_anomaly_exploding_rnn),
+        cmocka_unit_test(test_anomaly_in_backward),
         cmocka_unit_test(test_ledger_allocates_nothing_per_step),
         cmocka_unit_test(test_saturation),
+        cmocka_unit_test(test_cli_outputs),
+        cmocka_unit_test(test_cli_divergence),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,8 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "bench.h"
 #include "cli.h"
 #include "flow_out.h"
 #include "tapegrad_train.h"
@@ -97,19 +97,6 @@ out:
     return rc;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* --bench N: a training step (forward, summed cross-entropy over V = 64 classes, backward,
  * SGD; I = H, as `tapegrad bench`) timed plain, with the ledger on, and in anomaly mode,
  * interleaved A B C A B C in one process; medians. */
@@ -139,31 +126,30 @@ static int bench(const struct flow_opts *o)
     size_t allocs = 0;
     for (int it = -2; it < N; it++)
         for (int v = 0; v < 3; v++) {
-            double t0 = now_s();
+            double t0 = now();
             struct tg_seq_result res;
             tg_tape_reset(t);
             tg_tape_set_anomaly(t, v == 2);
             tg_model_zero_grad(m);
             if (tg_model_forward_from(m, t, &sb, NULL, &res) != TG_OK) return cli_fail("flow", "%s", tg_last_error());
-            double l0 = now_s();
+            double l0 = now();
             if ((v == 1 && tg_flow_begin(f, t, &res) != TG_OK)) return cli_fail("flow", "%s", tg_last_error());
-            double l1 = now_s();
+            double l1 = now();
             if (tg_backward(t, res.loss) != TG_OK) return cli_fail("flow", "%s", tg_last_error());
-            double l2 = now_s();
+            double l2 = now();
             if (v == 1 && tg_flow_end(f, t, &res) != TG_OK) return cli_fail("flow", "%s", tg_last_error());
-            if (v == 1 && it >= 0) ms[3 * N + it] = 1e3 * ((l1 - l0) + (now_s() - l2));
+            if (v == 1 && it >= 0) ms[3 * N + it] = 1e3 * ((l1 - l0) + (now() - l2));
             for (int p = 0; p < m->n_params; p++) { /* SGD, lr 1e-6: the weights barely move */
                 struct tg_tensor *w = m->params[p];
                 for (size_t i = 0; i < tg_numel(w); i++)
                     if (dt == TG_F64) ((double *)w->data)[i] -= 1e-6 * ((double *)w->grad)[i];
                     else ((float *)w->data)[i] -= 1e-6f * ((float *)w->grad)[i];
             }
-            if (it >= 0) ms[v * N + it] = 1e3 * (now_s() - t0);
+            if (it >= 0) ms[v * N + it] = 1e3 * (now() - t0);
             if (it == -1 && v == 2) allocs = tg_tape_heap_allocs(t);
         }
     size_t allocs_after = tg_tape_heap_allocs(t);
-    for (int v = 0; v < 4; v++) qsort(ms + v * N, (size_t)N, sizeof *ms, cmp_double);
-    double a = ms[N / 2], b = ms[N + N / 2], c = ms[2 * N + N / 2], own = ms[3 * N + N / 2];
+    double a = median(ms, N), b = median(ms + N, N), c = median(ms + 2 * N, N), own = median(ms + 3 * N, N);
     printf("%s T%d·B%d·H%d L%d %s, %d steps each, interleaved; median ms per training step\n",
            cell->name, T, B, H, mc.layers, tg_dtype_name(dt), N);
     printf("  plain          %9.3f\n  ledger on      %9.3f  (%+.1f%%; tg_flow_begin + tg_flow_end "

@@ -11,8 +11,8 @@
  *
  * tanh(x) for |x| < 0.625: x + x³·q(x²), q a degree-4 polynomial fitted for minimum relative
  * error (|error| ≤ 8e-8 ≈ 0.7 ulp in float); above: 1 − 2/(e^{2|x|} + 1) with the sign
- * restored, where cancellation is mild (result ≥ 0.55). Clamped at |x| = 9, where tanh = 1 in
- * float.
+ * restored, where cancellation is mild (result ≥ 0.55). Clamped at |x| = 9.1, where tanh
+ * rounds to 1 in float (at 9 it is still 1 − 2⁻²⁴).
  * σ(x) = 1 / (1 + e^{−x}), with −x clamped so e^{−x} stays finite (σ → 0 for x ≪ 0). */
 #ifndef TG_FASTMATH_H
 #define TG_FASTMATH_H
@@ -56,7 +56,7 @@ static inline float tg_fast_sigmoidf(float x)
 static inline float tg_fast_tanhf(float x)
 {
     float a = x < 0 ? -x : x;
-    a = a > 9.0f ? 9.0f : a;
+    a = a > 9.1f ? 9.1f : a;
     float u = a * a;
     float q = -0.005716315f;
     q = q * u + 0.020649942f;

@@ -3,7 +3,7 @@
  * state words reproduce a run bit for bit. */
 #include <math.h>
 
-#include "internal.h"
+#include "tapegrad.h"
 
 static uint64_t splitmix64(uint64_t *x)
 {
@@ -48,10 +48,10 @@ double tg_rng_normal(struct tg_rng *r)
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586476925 * u2);
 }
 
-/* Lemire's multiply-and-reject: unbiased for every n. */
+/* Lemire's multiply-and-reject: unbiased for every n. [0, 0) is empty: n = 0 gives 0. */
 uint32_t tg_rng_below(struct tg_rng *r, uint32_t n)
 {
-    TG_ASSERT(n > 0);
+    if (n == 0) return 0;
     uint64_t m = (uint64_t)(uint32_t)(tg_rng_next(r) >> 32) * n;
     uint32_t low = (uint32_t)m;
     if (low < n) {

@@ -280,7 +280,7 @@ void tg_rng_seed(struct tg_rng *r, uint64_t seed);
 uint64_t tg_rng_next(struct tg_rng *r);
 double tg_rng_uniform(struct tg_rng *r);               /* [0, 1), 53 random bits */
 double tg_rng_normal(struct tg_rng *r);                /* N(0, 1), Box–Muller */
-uint32_t tg_rng_below(struct tg_rng *r, uint32_t n);   /* uniform integer in [0, n), unbiased */
+uint32_t tg_rng_below(struct tg_rng *r, uint32_t n);   /* uniform integer in [0, n), unbiased; 0 if n = 0 */
 /* Fill with U(lo, hi) / N(mean, std²). */
 void tg_tensor_uniform(struct tg_tensor *x, struct tg_rng *r, double lo, double hi);
 void tg_tensor_normal(struct tg_tensor *x, struct tg_rng *r, double mean, double std);

@@ -118,7 +118,11 @@ struct tg_tensor *tg_tensor_new_heap(int rows, int cols, enum tg_dtype dtype)
 void tg_tensor_free(struct tg_tensor *x)
 {
     if (!x) return;
-    TG_ASSERT(x->flags & TG_HEAP);
+    if (!(x->flags & TG_HEAP)) { /* an arena tensor: its tape frees it */
+        tg_error(TG_ERR_STATE, "tg_tensor_free: (%dx%d) belongs to a tape (tg_tape_reset frees "
+                 "it), not to the heap", x->rows, x->cols);
+        return;
+    }
     free(x->data);
     free(x->grad);
     free(x);
@@ -168,7 +172,7 @@ enum tg_status tg_tensor_copy(struct tg_tensor *dst, const struct tg_tensor *src
 
 void tg_tensor_fill(struct tg_tensor *x, double v)
 {
-    TG_ASSERT(x->data && "pending in a fusion region: read it after tg_tape_fuse_end");
+    if (!readable("tg_tensor_fill", x, 0, 0)) return;
     size_t n = tg_numel(x);
     if (x->dtype == TG_F64) {
         double *d = x->data;

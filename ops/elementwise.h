@@ -17,7 +17,9 @@
  * tg_op_count/tg_op_info_of) and the printable forms that the cell language and the printer of
  * backward passes read: textbook notation in x (or a, b), y and dy.
  *
- * Domains follow C: log and sqrt of a negative give NaN, log 0 gives −inf.
+ * Domains follow C: log and sqrt of a negative give NaN, log 0 gives −inf. A NaN input gives a
+ * NaN output in every op (relu, sign and step included: written so the comparison a NaN
+ * fails picks the NaN), so a NaN made upstream reaches the loss and can be located.
  * abs′(0) = 0 and relu′(0) = 0 (PyTorch's choices). sign and step (the Heaviside step, 0 at 0)
  * are there so that every derivative's printable form is itself made of ops: relu′ is step,
  * abs′ is sign; their own derivative is 0 (almost everywhere). softplus(x) = ln(1 + eˣ) is computed as
@@ -49,7 +51,7 @@
       EW_SIGMOID(a), g * y * (1 - y), 0,                                                       \
       "y = sigmoid(x)", "dx += dy * y * (1 - y)", "")                                          \
     X(relu, RELU, 1, TG_EW_DA_A,                                                               \
-      a > 0 ? a : 0, a > 0 ? g : 0, 0,                                                         \
+      a <= 0 ? 0 : a, a > 0 ? g : 0, 0,                                                        \
       "y = relu(x)", "dx += dy * step(x)", "")                                                 \
     X(exp, EXP, 1, TG_EW_DA_Y | TG_EW_SAVE_Y,                                                  \
       EW_EXP(a), g * y, 0,                                                                     \
@@ -67,10 +69,10 @@
       EW_SOFTPLUS(a), g * EW_SIGMOID(a), 0,                                                    \
       "y = softplus(x)", "dx += dy * sigmoid(x)", "")                                          \
     X(sign, SIGN, 1, 0,                                                                        \
-      (a > 0) - (a < 0), 0, 0,                                                                 \
+      a > 0 ? 1 : (a < 0 ? -1 : a), 0, 0,                                                      \
       "y = sign(x)", "dx += 0", "")                                                            \
     X(step, STEP, 1, 0,                                                                        \
-      a > 0 ? 1 : 0, 0, 0,                                                                     \
+      a > 0 ? 1 : (a <= 0 ? 0 : a), 0, 0,                                                      \
       "y = step(x)", "dx += 0", "")
 /* clang-format on */
 

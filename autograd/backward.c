@@ -210,7 +210,7 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
                                       "gradient (or was computed in no-grad mode)");
     /* A NaN or ±inf loss would silently fill every gradient with NaN: refuse it, always. */
     double lv = loss->dtype == TG_F64 ? *(const double *)loss->data : *(const float *)loss->data;
-    if (!isfinite(lv))
+    if (!isfinite(lv) && !t->nonfinite_loss_ok)
         return tg_error(TG_ERR_VALUE, "tg_backward: the loss is %s; nothing was propagated "
                                       "(anomaly mode, e.g. tapegrad train --detect-anomaly, names "
                                       "the op and time step where it began)",

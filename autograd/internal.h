@@ -208,6 +208,7 @@ struct tg_tape {
     void *bw_ctx;
     int anomaly;
     int anomaly_fusion;       /* the fusion mode to restore when anomaly mode ends */
+    int nonfinite_loss_ok;    /* tg_tape_set_nonfinite_loss_ok */
 };
 
 /* observe.c: anomaly checks. Forward: node n just computed its output; backward: n's backward

@@ -53,6 +53,13 @@ int tg_tape_set_anomaly(struct tg_tape *t, int on)
 
 int tg_tape_anomaly(const struct tg_tape *t) { return t->anomaly; }
 
+int tg_tape_set_nonfinite_loss_ok(struct tg_tape *t, int ok)
+{
+    int old = t->nonfinite_loss_ok;
+    t->nonfinite_loss_ok = ok != 0;
+    return old;
+}
+
 /* ------------------------------------------------------------------ checks */
 
 static double at(const void *p, enum tg_dtype dt, size_t i)

@@ -237,6 +237,9 @@ void tg_tape_set_backward_hook(struct tg_tape *t, tg_backward_hook_fn fn, void *
  * refuses a non-finite loss.) */
 int tg_tape_set_anomaly(struct tg_tape *t, int on);
 int tg_tape_anomaly(const struct tg_tape *t);
+/* Let tg_backward walk from a NaN or ±inf loss instead of refusing it: for tests of what ops
+ * do at special values, whose loss Σ y is non-finite by design. Returns the previous setting. */
+int tg_tape_set_nonfinite_loss_ok(struct tg_tape *t, int ok);
 
 /* --------------------------------------------------------------- backward */
 

@@ -45,8 +45,9 @@ void flow_print_table(FILE *out, const struct flow_run *r, int every)
     const struct tg_flow *f = r->f;
     int T = f->T, idx[64];
     if (every <= 0) every = T > 25 ? (T + 24) / 25 : 1;
-    fprintf(out, "%s on %s, T=%d B=%d H=%d L=%d, loss %s (%.6g)%s\n", r->cell, r->task, T, f->B,
-            f->H, f->L, r->loss_last ? "of the last step only" : "of every step", r->loss,
+    fprintf(out, "%s on %s, T=%d B=%d H=%d L=%d, loss: %s %s = %.6g%s\n", r->cell, r->task, T, f->B,
+            f->H, f->L, r->m->cfg.loss == TG_LOSS_MSE_LAST ? "MSE" : "cross-entropy summed over positions",
+            r->loss_last ? "of the last step only" : "of every step", r->loss,
             every > 1 ? ", every few steps shown (--every 1 for all)" : "");
     if (r->jacobian)
         fprintf(out, "‖∂h_T/∂h_t‖: RMS singular value of the per-sequence Jacobian, %s\n",

@@ -6,6 +6,7 @@
  * gradients; a tensor used k times therefore receives the sum of k contributions, which is all
  * BPTT needs for a weight shared by every time step. No recursion: a tape of millions of nodes
  * uses no stack beyond this frame. */
+#include <math.h>
 #include <string.h>
 
 #include "internal.h"
@@ -207,6 +208,13 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
     if (!tg_requires_grad(loss) || !loss->node)
         return tg_error(TG_ERR_STATE, "tg_backward: the loss depends on no tensor that requires a "
                                       "gradient (or was computed in no-grad mode)");
+    /* A NaN or ±inf loss would silently fill every gradient with NaN: refuse it, always. */
+    double lv = loss->dtype == TG_F64 ? *(const double *)loss->data : *(const float *)loss->data;
+    if (!isfinite(lv) && !t->nonfinite_loss_ok)
+        return tg_error(TG_ERR_VALUE, "tg_backward: the loss is %s; nothing was propagated "
+                                      "(anomaly mode, e.g. tapegrad train --detect-anomaly, names "
+                                      "the op and time step where it began)",
+                        isnan(lv) ? "NaN" : lv > 0 ? "+inf" : "-inf");
     size_t top = loss->node->index;
     if (top >= t->n_nodes || t->nodes[top] != loss->node)
         return tg_error(TG_ERR_STATE, "tg_backward: the loss was not recorded on this tape");
@@ -235,7 +243,13 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
                 return tg_error(TG_ERR_NOMEM, "tg_backward: out of memory for gradients");
             }
         }
+        if (t->bw_hook) t->bw_hook(t->bw_ctx, n, 0);
         n->op->backward(n);
+        if (t->bw_hook) t->bw_hook(t->bw_ctx, n, 1);
+        if (t->anomaly && !tg_anomaly_backward(t, n)) { /* observe.c */
+            unstage(staged, n_staged);
+            return tg_error(TG_ERR_VALUE, "%s", t->errmsg);
+        }
     }
 
     /* The deferred weight gradients: one GEMM per staged weight over all its uses' rows. */
@@ -246,6 +260,7 @@ enum tg_status tg_backward(struct tg_tape *t, struct tg_tensor *loss)
             tg_gemm(w->dtype, 1, 0, w->rows, w->cols, st->rows, st->dc, w->rows, st->a, w->cols,
                     1.0, w->grad, w->cols);
     }
+    int finite = !t->anomaly || tg_anomaly_weights(t, staged, n_staged);
     unstage(staged, n_staged);
-    return TG_OK;
+    return finite ? TG_OK : tg_error(TG_ERR_VALUE, "%s", t->errmsg);
 }

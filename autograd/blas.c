@@ -65,3 +65,13 @@ void tg_gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *
     gemm1(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
 #endif
 }
+
+/* The upper triangle (j ≥ i, row-major) of C = A·Aᵀ, A n×k: a Gram matrix in half a GEMM's
+ * work (models/flow.c: ‖dCᵀ·A‖² from two of them). One thread: the shapes are small. */
+void tg_syrk(enum tg_dtype dt, int n, int k, const void *a, int lda, void *c, int ldc)
+{
+    if (dt == TG_F64)
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, n, k, 1.0, a, lda, 0.0, c, ldc);
+    else
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, n, k, 1.0f, a, lda, 0.0f, c, ldc);
+}

@@ -403,6 +403,10 @@ static enum tg_status build_edges(struct dot *d)
             uint32_t u = vertex_of(d, x);
             if (add_edge(d, u, c, 0, NAN) != 0) return nomem();
             double g = reached ? grad_norm_of(d, x) : NAN;
+            if (reached && d->o.use_norm && (x->flags & TG_PARAM)) { /* one step's term */
+                double u = d->o.use_norm(d->o.use_ctx, nd, x);
+                if (u == u) g = u;
+            }
             if (g == g && add_edge(d, u, c, 1, g) != 0) return nomem();
         }
     }
@@ -563,6 +567,15 @@ static void write_legend(struct dot *d)
         fputs("<TR><TD BGCOLOR=\"#000000\"> </TD><TD ALIGN=\"LEFT\">inf or nan</TD></TR>", f);
     if (!d->any_norm && !d->any_zero && !d->any_inf)
         fputs("<TR><TD COLSPAN=\"2\">no gradient on the tape</TD></TR>", f);
+    if (d->o.loss_label) {
+        fputs("<TR><TD COLSPAN=\"2\">", f);
+        for (const char *c = d->o.loss_label; *c; c++) /* HTML-like label: escape */
+            if (*c == '<') fputs("&lt;", f);
+            else if (*c == '>') fputs("&gt;", f);
+            else if (*c == '&') fputs("&amp;", f);
+            else fputc(*c, f);
+        fputs("</TD></TR>", f);
+    }
     fputs("</TABLE>>];\n", f);
     d->st.nodes++;
 }

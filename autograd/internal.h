@@ -201,7 +201,23 @@ struct tg_tape {
     void *fuse_scratch;       /* per-thread scratch of fused kernels (heap, grows in warm-up) */
     size_t fuse_scratch_per_thread;
     int fuse_scratch_threads;
+    /* observe.c (issue 13): origin tag, rows per step, backward hook, anomaly mode */
+    const char *origin;
+    int step_rows;
+    tg_backward_hook_fn bw_hook;
+    void *bw_ctx;
+    int anomaly;
+    int anomaly_fusion;       /* the fusion mode to restore when anomaly mode ends */
+    int nonfinite_loss_ok;    /* tg_tape_set_nonfinite_loss_ok */
 };
+
+/* observe.c: anomaly checks. Forward: node n just computed its output; backward: n's backward
+ * just ran (checks its inputs' gradients); weights: the staged weights' deferred GEMMs ran.
+ * Each returns 1 if all is finite, else 0 with the tape's error and the thread's last error set
+ * to the one-line report. */
+int tg_anomaly_forward(struct tg_tape *t, const struct tg_node *n);
+int tg_anomaly_backward(struct tg_tape *t, const struct tg_node *n);
+int tg_anomaly_weights(struct tg_tape *t, struct tg_tensor *const *w, int n);
 
 /* Record an op: checks nothing, allocates the output, copies args and the source list,
  * computes the forward and, unless no-grad, appends the node.

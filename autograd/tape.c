@@ -36,6 +36,7 @@ void tg_tape_reset(struct tg_tape *t)
     t->status = TG_OK;
     t->errmsg[0] = '\0';
     t->tag_step = t->tag_layer = -1;
+    t->origin = NULL;
     t->walked = 0;
     tg_fuse_reset(t);
 }
@@ -251,6 +252,7 @@ static struct tg_tensor *emit(struct tg_tape *t, const struct tg_op_info *op,
     else memset(&n->args, 0, sizeof n->args);
     n->step = t->tag_step;
     n->layer = t->tag_layer;
+    n->origin = t->origin;
     n->index = (uint32_t)t->n_nodes;
     if (given) {
         out->flags &= ~(unsigned)(TG_PENDING | TG_REQUIRES_GRAD);
@@ -275,6 +277,7 @@ static struct tg_tensor *emit(struct tg_tape *t, const struct tg_op_info *op,
     }
     n->stage_row = 0;
     if (!view_data) op->forward(n);
+    if (t->anomaly && !view_data && !tg_anomaly_forward(t, n)) return NULL; /* observe.c */
     if (t->no_grad) { /* computed, not recorded: no history, no gradient */
         if (view_data) src[0]->flags |= TG_ALIASED; /* a reader the tape cannot see */
         out->flags &= ~(unsigned)TG_VIEW;

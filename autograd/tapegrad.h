@@ -134,6 +134,7 @@ struct tg_node {
     struct tg_tensor *out;
     int32_t step, layer;        /* tags for DOT clusters: set by the unrolling code, -1 if none */
     uint32_t index;             /* position on the tape */
+    const char *origin;         /* who recorded it (tg_tape_set_origin): a cell, FILE:LINE; or NULL */
     int32_t stage_row;          /* the engine's own: first row of a staged use (backward.c) */
     union tg_node_args args;    /* the op's own */
 };
@@ -200,6 +201,45 @@ struct tg_tensor *tg_detach(struct tg_tape *t, const struct tg_tensor *x);
 
 /* Raw arena memory (64-byte aligned), freed at reset. NULL and an error on failure. */
 void *tg_tape_alloc(struct tg_tape *t, size_t bytes);
+
+/* ------------------------------------------------------------- observing
+ * (autograd/observe.c) What tools that look at gradient flow need from the engine, without
+ * seeing its internals. */
+
+/* Tag nodes recorded from now on with where they come from: a built-in cell's name, a cell
+ * file's "FILE:LINE", … (NULL: none). Copied by pointer like step/layer: keep it alive until
+ * the tape is reset. Anomaly reports quote it. */
+void tg_tape_set_origin(struct tg_tape *t, const char *origin);
+/* Rows that make one time step (B), so a report on a node spanning all T·B rows (a hoisted
+ * input projection, tagged step −1) can name the step and sequence of a row (0: unknown). */
+void tg_tape_set_step_rows(struct tg_tape *t, int rows);
+int tg_tape_step_rows(const struct tg_tape *t);
+
+/* The product form of a node: out = [C +] A·Wᵀ with W a parameter — the weight uses whose
+ * gradient dW += dOutᵀ·A backward may stage. Returns W, with *a = A and *addend = C (NULL if
+ * none; a 1×n C is a bias row added to every row); NULL if the node is not of that form. */
+struct tg_tensor *tg_node_weight(const struct tg_node *n, struct tg_tensor **a,
+                                 struct tg_tensor **addend);
+
+/* Called by tg_backward for every node a gradient reached, just before its backward runs
+ * (after = 0) and just after (after = 1); fn NULL removes it. Costs one test per node when
+ * unset. The hook must not record on t. */
+typedef void (*tg_backward_hook_fn)(void *ctx, const struct tg_node *n, int after);
+void tg_tape_set_backward_hook(struct tg_tape *t, tg_backward_hook_fn fn, void *ctx);
+
+/* Anomaly mode: every op checks its result for NaN/±inf as it runs, and tg_backward checks
+ * every gradient an op adds; the first non-finite value stops the step (the op returns NULL,
+ * tg_backward an error, TG_ERR_VALUE) with one line naming the op, its origin, the time step
+ * (1-based), layer, sequence (row) and unit (column), and the input values at that place.
+ * Fusion is turned off while it is on, so the op named is the one that made the value; the
+ * previous fusion mode comes back when it is turned off. Off (the default) it costs nothing
+ * beyond one test per op. Returns the previous setting. (Whatever the mode, tg_backward
+ * refuses a non-finite loss.) */
+int tg_tape_set_anomaly(struct tg_tape *t, int on);
+int tg_tape_anomaly(const struct tg_tape *t);
+/* Let tg_backward walk from a NaN or ±inf loss instead of refusing it: for tests of what ops
+ * do at special values, whose loss Σ y is non-finite by design. Returns the previous setting. */
+int tg_tape_set_nonfinite_loss_ok(struct tg_tape *t, int ok);
 
 /* --------------------------------------------------------------- backward */
 

@@ -14,6 +14,10 @@ extern "C" {
 void tg_gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
              const void *b, int ldb, double beta, void *c, int ldc);
 
+/* The upper triangle (j ≥ i) of the n×n Gram matrix c = a·aᵀ of an n×k matrix a; the strict
+ * lower triangle of c is left as it was. */
+void tg_syrk(enum tg_dtype dt, int n, int k, const void *a, int lda, void *c, int ldc);
+
 #ifdef __cplusplus
 }
 #endif

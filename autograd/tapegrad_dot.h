@@ -36,7 +36,9 @@
  *   whole gradient, summed over steps). Eight colour bins span the smallest to the largest
  *   nonzero norm in the picture (light blue = vanishing … dark red = exploding); a zero
  *   gradient is grey and dotted, a non-finite one black; the tooltip gives the norm. A
- *   `legend` node lists the bins' ranges. Data edges carry class="data".
+ *   `legend` node lists the bins' ranges (and opts.loss_label). Data edges carry class="data".
+ *   With opts.use_norm, the edge of a parameter into an op of step t is shaded by step t's
+ *   term of the parameter's gradient instead (tapegrad dot: its time step's contribution).
  * - opts.values: labels gain "|v| norm [min, max]" of the value and, where a gradient exists,
  *   "|g| norm [min, max]" of the gradient (norms are Frobenius, printed with %.3g).
  * - opts.collapse: one node per cell step (not a rolled-up ×T node): the ops of each
@@ -71,6 +73,12 @@ struct tg_dot_opts {
     int values;                   /* value / gradient summaries in labels */
     int collapse;                 /* one node per (step, layer) */
     int window;                   /* K > 0: keep the first and last K steps; 0: every step */
+    const char *loss_label;       /* the legend's line saying which loss the gradients are of */
+    /* Optional: the norm of the part of parameter w's gradient that op `use` made (one time
+     * step's term, from models/flow.c), to shade the gradient edge of w → use by it rather than
+     * by w's whole gradient; NaN: the whole gradient. */
+    double (*use_norm)(void *ctx, const struct tg_node *use, const struct tg_tensor *w);
+    void *use_ctx;
 };
 
 /* What was written (vertices and edges as Graphviz will count them). */

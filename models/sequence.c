@@ -208,7 +208,11 @@ enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
     }
     struct tg_tensor **hs = tg_tape_alloc(t, (size_t)T * sizeof *hs);
     res->final = tg_tape_alloc(t, (size_t)L * ns * sizeof *res->final);
-    if (!hs || !res->final) return fail_from_tape(t, "workspace");
+    res->states = tg_tape_alloc(t, (size_t)L * T * ns * sizeof *res->states);
+    if (!hs || !res->final || !res->states) return fail_from_tape(t, "workspace");
+    /* for anomaly reports: which cell recorded a node, and how many rows make a step */
+    tg_tape_set_origin(t, cell->name);
+    tg_tape_set_step_rows(t, B);
 
     struct tg_tensor *state[2], *next[2];
     int first = cfg->vocab > 0;
@@ -244,16 +248,18 @@ enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
             for (int k = 0; k < ns; k++) {
                 if (!next[k]) {
                     char what[96];
-                    snprintf(what, sizeof what, "cell '%s' at step %d, layer %d", cell->name, s, l);
+                    snprintf(what, sizeof what, "cell '%s' at step %d (1-based), layer %d", cell->name, s + 1, l);
                     return fail_from_tape(t, what);
                 }
                 state[k] = next[k];
+                res->states[((size_t)l * T + s) * ns + k] = next[k];
             }
             hs[s] = state[0];
         }
         for (int k = 0; k < ns; k++) res->final[l * ns + k] = state[k];
     }
     tg_tape_set_tag(t, -1, -1);
+    tg_tape_set_origin(t, "output layer");
 
     struct tg_tensor *W = m->params[m->n_params - 2], *bias = m->params[m->n_params - 1];
     if (mse) {

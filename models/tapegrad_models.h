@@ -135,6 +135,9 @@ struct tg_seq_result {
     struct tg_tensor *logits;     /* T·B × V (xent) or B × V (mse): model outputs */
     struct tg_tensor **final;     /* L·n_state tensors: state after the last step */
     struct tg_tensor *input;      /* T·B × I dense input leaf (to read its gradient) */
+    struct tg_tensor **states;    /* L·T·n_state: state k of layer l after step t (0-based) at
+                                     [(l·T + t)·n_state + k] (for tools that read per-step
+                                     gradients: models/flow.c) */
 };
 
 /* Record the unrolled model on t. The initial state is zero, or the carried state when

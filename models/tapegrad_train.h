@@ -102,7 +102,12 @@ struct tg_train_config {
     long checkpoint_every;        /* … every N steps, and always at the end [0: end only] */
     const char *resume;           /* continue from this checkpoint */
     int overwrite;                /* allow replacing an existing checkpoint when not resuming it */
-    const char *log_path;         /* CSV: one row per step (appended when resuming) */
+    const char *log_path;         /* CSV: one row per step (appended when resuming); besides the
+                                     global norm before clipping (grad_norm) it has ‖∂L/∂W‖ per
+                                     layer (gnorm_l0, …) and for the rest (gnorm_out: output
+                                     layer and embedding), before clipping */
+    int detect_anomaly;           /* stop at the first NaN/inf in forward or backward, naming
+                                     the op, step, layer, sequence and unit (tg_tape_set_anomaly) */
     /* ---- data parallelism (see "Micro-batches" above) */
     int micro_batches;            /* K fixed blocks of batch/K sequences each [1; resuming: the
                                      checkpoint's]; free to change when resuming (last bits) */

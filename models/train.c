@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "tapegrad_dist.h"
+#include "tapegrad_flow.h"
 #include "tapegrad_train.h"
 
 #define EVAL_BATCH 128                    /* held-out sequences per forward pass */
@@ -46,6 +47,7 @@ struct tg_trainer {
     size_t slot_bytes;
     int stop_seen;                /* some rank's stop flag was set during the last step */
     int failed_alone;             /* where the last error came from (tg_trainer_failed_alone) */
+    double *gnorm;                /* ‖∂L/∂W‖ per layer, then the rest (log columns), pre-clip */
 };
 
 static double now_s(void)
@@ -226,6 +228,7 @@ void tg_trainer_free(struct tg_trainer *tr)
     tg_task_free(tr->eval_task);
     tg_checkpoint_close(tr->ck);
     free(tr->owned_data);
+    free(tr->gnorm);
     free(tr);
 }
 
@@ -246,6 +249,8 @@ static enum tg_status open_log(struct tg_trainer *tr, int append)
     struct tg_metrics m;
     tg_metrics_reset(tr->task, &m);
     fprintf(tr->log, "step,loss,smooth_loss,grad_norm");
+    for (int l = 0; l < c->layers; l++) fprintf(tr->log, ",gnorm_l%d", l);
+    fprintf(tr->log, ",gnorm_out");
     for (int i = 0; i < m.n; i++) fprintf(tr->log, ",%s", m.names[i]);
     for (int i = 0; i < m.n; i++) fprintf(tr->log, ",eval_%s", m.names[i]);
     fprintf(tr->log, ",tokens,seconds\n");
@@ -292,7 +297,10 @@ static enum tg_status build(struct tg_trainer *tr)
     tr->probs = malloc((size_t)T * c->batch * C * sizeof *tr->probs);
     tr->eval_probs = malloc((size_t)T * eb * C * sizeof *tr->eval_probs);
     tr->tape = tg_tape_new(0);
-    if (!tr->probs || !tr->eval_probs || !tr->tape) return tg_error(TG_ERR_NOMEM, "trainer: out of memory");
+    tr->gnorm = calloc((size_t)c->layers + 1, sizeof *tr->gnorm);
+    if (!tr->probs || !tr->eval_probs || !tr->tape || !tr->gnorm)
+        return tg_error(TG_ERR_NOMEM, "trainer: out of memory");
+    if (c->detect_anomaly) tg_tape_set_anomaly(tr->tape, 1);
 
     struct tg_model_config mc = {
         .cell = cell, .input = tr->text ? c->embed : tg_task_in_dim(tr->task),
@@ -459,6 +467,47 @@ static enum tg_status tape_failure(struct tg_tape *t, const char *what)
     return tg_error(TG_ERR_STATE, "%s failed", what);
 }
 
+/* ‖∂L/∂W‖ of each layer's parameters, and of the rest (output layer, embedding), before any
+ * clipping: the log's gnorm_* columns. */
+static void layer_norms(struct tg_trainer *tr)
+{
+    const struct tg_model *m = tr->model;
+    int L = m->cfg.layers;
+    for (int l = 0; l <= L; l++) tr->gnorm[l] = 0;
+    for (int p = 0; p < m->n_params; p++) {
+        const struct tg_tensor *w = m->params[p];
+        int l = m->param_layer[p] >= 0 ? m->param_layer[p] : L;
+        for (size_t i = 0; i < tg_numel(w); i++) {
+            double g = w->dtype == TG_F64 ? ((const double *)w->grad)[i] : ((const float *)w->grad)[i];
+            tr->gnorm[l] += g * g;
+        }
+    }
+    for (int l = 0; l <= L; l++) tr->gnorm[l] = sqrt(tr->gnorm[l]);
+}
+
+/* The divergence message: the step, and the first non-finite tensor — the first node of the
+ * tape whose output is not finite (forward), else the first parameter whose gradient is not. */
+static enum tg_status diverged(struct tg_trainer *tr, struct tg_tape *t, double loss, double gn)
+{
+    char where[384] = "";
+    if (tg_flow_first_nonfinite(t, where, sizeof where) == 0) {
+        const struct tg_model *m = tr->model;
+        for (int p = 0; p < m->n_params && !where[0]; p++)
+            for (size_t i = 0; i < tg_numel(m->params[p]); i++) {
+                const struct tg_tensor *w = m->params[p];
+                double g = w->dtype == TG_F64 ? ((const double *)w->grad)[i] : ((const float *)w->grad)[i];
+                if (!isfinite(g)) {
+                    snprintf(where, sizeof where, "the gradient of %s (element %zu)", m->names[p], i);
+                    break;
+                }
+            }
+    }
+    return tg_error(TG_ERR_VALUE, "training diverged at step %ld: loss %g, gradient norm %g; first "
+                    "non-finite tensor: %s (try a lower --lr or --clip-norm; --detect-anomaly "
+                    "stops there and shows the inputs)", tr->step + 1, loss, gn,
+                    where[0] ? where : "none found");
+}
+
 /* The loss weight that makes the blocks' gradients add up to the batch's: mean cross-entropy
  * divides by the labelled positions of the whole batch, whichever block holds them; adding
  * averages K equal blocks' MSEs. */
@@ -542,6 +591,8 @@ static enum tg_status run_block(struct tg_trainer *tr, const struct tg_batch *b,
         if (st == TG_OK && !nograd) {
             if (scale != 1.0) L = tg_affine(t, L, scale, 0.0);
             st = L ? tg_backward(t, L) : tape_failure(t, "loss scaling");
+            if (st != TG_OK && L && !isfinite(tg_get(L, 0, 0)) && !tg_tape_anomaly(t))
+                st = diverged(tr, t, tg_get(L, 0, 0), NAN);
             if (st == TG_OK) *loss += tg_get(L, 0, 0);
         }
         if (st == TG_OK && (!tr->regression || last)) outputs(tr, &res, tr->probs, t0, B);
@@ -663,11 +714,10 @@ enum tg_status tg_trainer_step(struct tg_trainer *tr)
     }
 
     struct tg_tensor **P = m->params;
+    layer_norms(tr);
     if (tr->cfg.clip_value > 0) TRY(tg_clip_grad_value(P, m->n_params, tr->cfg.clip_value));
     double gn = tg_clip_grad_norm(P, m->n_params, tr->cfg.clip_norm > 0 ? tr->cfg.clip_norm : INFINITY);
-    if (!isfinite(gn) || !isfinite(loss))
-        return tg_error(TG_ERR_VALUE, "training diverged at step %ld: loss %g, gradient norm %g "
-                        "(try a lower --lr or --clip-norm)", tr->step + 1, loss, gn);
+    if (!isfinite(gn) || !isfinite(loss)) return diverged(tr, tr->tape, loss, gn);
     TRY(tg_optim_step(tr->optim));
     tr->step++;
     tr->loss = loss;
@@ -738,6 +788,7 @@ static void log_row(struct tg_trainer *tr, int evaluated, double seconds)
 {
     FILE *f = tr->log;
     fprintf(f, "%ld,%.9g,%.9g,%.9g", tr->step, tr->loss, tr->smooth_loss, tr->grad_norm);
+    for (int l = 0; l <= tr->cfg.layers; l++) fprintf(f, ",%.9g", tr->gnorm[l]);
     for (int i = 0; i < tr->train_m.n; i++) fprintf(f, ",%.9g", tr->train_m.values[i]);
     for (int i = 0; i < tr->eval_m.n; i++) {
         if (evaluated) fprintf(f, ",%.9g", tr->eval_m.values[i]);

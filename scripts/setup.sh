@@ -7,10 +7,11 @@ TG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Build: compiler, meson, ninja. Libraries: cmocka (tests), OpenBLAS with its OpenMP flavour
 # (see meson.build for why), jansson (safetensors headers), Graphviz (rendering DOT), Open MPI
-# (data-parallel training: `mpirun -np N tapegrad train`, and its tests).
+# (data-parallel training: `mpirun -np N tapegrad train`, and its tests), PLplot with its cairo
+# driver (PNG/SVG plots of tapegrad flow and train --plot).
 TG_PACKAGES=(gcc libc6-dev pkg-config meson ninja-build python3
              libcmocka-dev libopenblas-dev libopenblas0-openmp libjansson-dev
-             graphviz libgraphviz-dev openmpi-bin libopenmpi-dev)
+             graphviz libgraphviz-dev openmpi-bin libopenmpi-dev libplplot-dev plplot-driver-cairo)
 
 tg_missing_packages() {
     local p missing=()

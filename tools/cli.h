@@ -43,5 +43,7 @@ int train_dist_settle(int failed, const char *msg);
 /* A failed run (where: tg_trainer_failed_alone): print msg where it belongs, stop the job if
  * only this rank failed; returns the exit status 1. */
 int train_dist_fail(int where, const char *msg);
+int cmd_flow(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
 
 #endif

@@ -596,6 +596,7 @@ int cmd_check(int argc, char **argv)
     int T = 5, B = 3, I = 4, H = 6, L = 2, V = 5, fd_elems = 0, pstep = 1;
     long seed = 1;
     double pby = 1e-4;
+    int anomaly = 0;
     const struct cli_flag flags[] = {
         {"cell", CLI_STR, &cell_name, "cell to check (required): rnn_tanh, rnn_relu, lstm, gru, gru_cho, ...", 1, 0},
         {"steps", CLI_INT, &T, "time steps T (default 5)", 1, 10000},
@@ -609,6 +610,7 @@ int cmd_check(int argc, char **argv)
         {"perturb", CLI_STR, &perturb, "self-test of the report: NAME:ROW:COL (or NAME:INDEX) of autodiff's gradient to perturb", 1, 0},
         {"perturb-step", CLI_INT, &pstep, "... from time step S on (1..T, default 1)", 1, 10000},
         {"perturb-by", CLI_DOUBLE, &pby, "... by this amount (default 1e-4)", -1e300, 1e300},
+        {"detect-anomaly", CLI_BOOL, &anomaly, "stop at the first NaN/inf in forward or backward and say where", 1, 0},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     int pr = cli_parse(CMD, USAGE, argc, argv, flags, nf);
@@ -634,6 +636,7 @@ int cmd_check(int argc, char **argv)
     c.y = malloc(sizeof *c.y * (size_t)T * B);
     c.tape = tg_tape_new(0);
     c.fd_tape = tg_tape_new(0);
+    if (anomaly && c.tape && c.fd_tape) tg_tape_set_anomaly(c.tape, 1), tg_tape_set_anomaly(c.fd_tape, 1);
     if (!c.x || !c.y || !c.tape || !c.fd_tape) {
         rc = cli_fail(CMD, "out of memory for T=%d B=%d I=%d", T, B, I);
         goto out;

@@ -5,6 +5,7 @@
  * is renamed over it only after everything succeeded, and removed on any error. */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "tapegrad_flow.h"
 #include "tapegrad_models.h"
 #include "tapegrad_dot.h"
 
@@ -77,11 +79,23 @@ static void run_free(struct dot_run *r)
     tg_model_free(r->m);
 }
 
+/* The norm of step t's term of parameter w's gradient, for the edge w → use (use at step t);
+ * NaN (the whole gradient) for an op outside the time loop or a parameter not in the ledger. */
+static double step_term_norm(void *ctx, const struct tg_node *use, const struct tg_tensor *w)
+{
+    const struct tg_flow *f = ctx;
+    if (use->step < 0 || use->step >= f->T) return NAN;
+    for (int p = 0; p < f->n_params; p++)
+        if (f->model->params[p] == w) return f->contrib[(size_t)p * f->T + use->step];
+    return NAN;
+}
+
 int cmd_dot(int argc, char **argv)
 {
     const char *cell_name = NULL, *out = NULL;
     int T = 3, L = 1, H = 4, I = 3, B = 1, backward = 0, values = 0, collapse = 0, window = 0,
         fused = 0;
+    const char *loss = NULL;
     long seed = 1;
     const struct cli_flag flags[] = {
         {"cell", CLI_STR, &cell_name, "recurrent cell (rnn_tanh, lstm, gru, ...)", 1, 0},
@@ -98,6 +112,8 @@ int cmd_dot(int argc, char **argv)
                                     "gate math as one fused node (default: every op)", 1, 0},
         {"seed", CLI_LONG, &seed, "random seed for weights and data (default 1)", 0, 9e18},
         {"out", CLI_STR, &out, "output file; .dot, .svg or .png", 1, 0},
+        {"loss", CLI_STR, &loss, "all (every step's loss, default) or last (the last step's only: "
+                                 "the vanishing gradient shows)", 1, 0},
     };
     int rc = cli_parse(CMD, USAGE, argc, argv, flags, (int)(sizeof flags / sizeof flags[0]));
     if (rc != 0) return rc < 0 ? 1 : 0;
@@ -113,6 +129,9 @@ int cmd_dot(int argc, char **argv)
                              "use .dot and run Graphviz's dot on it", format);
     const struct tg_cell *cell = tg_cell_find(cell_name);
     if (!cell) return cli_fail(CMD, "unknown cell '%s' (expected one of %s)", cell_name, tg_cell_names());
+    if (loss && strcmp(loss, "all") != 0 && strcmp(loss, "last") != 0)
+        return cli_fail(CMD, "--loss must be 'all' or 'last', got '%s'", loss);
+    int loss_last = loss && strcmp(loss, "last") == 0;
 
     struct dot_run r;
     memset(&r, 0, sizeof r);
@@ -151,11 +170,18 @@ int cmd_dot(int argc, char **argv)
         }
     for (long i = 0; i < (long)T * B * I; i++) r.x[i] = tg_rng_normal(&rng);
     for (long i = 0; i < (long)T * B; i++) r.labels[i] = (int32_t)tg_rng_below(&rng, (uint32_t)V);
+    if (loss_last) /* only the last step's positions are labelled */
+        for (long i = 0; i < (long)(T - 1) * B; i++) r.labels[i] = -1;
     struct tg_seq_batch batch = {T, B, r.x, NULL, r.labels, NULL};
     struct tg_seq_result res;
+    /* with backward, the ledger (models/flow.c) gives each step's term of every weight's
+     * gradient, which shades the edges into the shared weights */
+    struct tg_flow *flow = NULL;
     if (tg_model_forward_from(r.m, r.t, &batch, r.init, &res) != TG_OK ||
-        (backward && tg_backward(r.t, res.loss) != TG_OK)) {
+        (backward && (tg_flow_new(r.m, T, B, &flow) != TG_OK || tg_flow_begin(flow, r.t, &res) != TG_OK ||
+                      tg_backward(r.t, res.loss) != TG_OK || tg_flow_end(flow, r.t, &res) != TG_OK))) {
         rc = cli_fail(CMD, "%s", tg_last_error());
+        tg_flow_free(flow);
         run_free(&r);
         return rc;
     }
@@ -165,7 +191,14 @@ int cmd_dot(int argc, char **argv)
     snprintf(title, sizeof title, "%s: %s\nT = %d, layers = %d, H = %d, I = %d, B = %d%s", cell->name,
              cell->equations, T, L, H, I, B,
              backward ? "; dashed: gradient, coloured by log10 |dL/dx|" : "");
-    struct tg_dot_opts o = {res.loss, title, cell->name, backward, values, collapse, window};
+    struct tg_dot_opts o = {.loss = res.loss, .title = title, .cell = cell->name, .backward = backward,
+                            .values = values, .collapse = collapse, .window = window};
+    if (backward) {
+        o.loss_label = loss_last ? "loss: the last step's only (--loss last); weight edges: that step's term"
+                                 : "loss: every step's (--loss all); weight edges: that step's term";
+        o.use_norm = step_term_norm;
+        o.use_ctx = flow;
+    }
     char *text = NULL, *pic = NULL;
     size_t len = 0, pic_len = 0;
     enum tg_status st = tg_dot_to_string(r.t, &o, &text, &len, NULL);
@@ -174,6 +207,7 @@ int cmd_dot(int argc, char **argv)
     else rc = pic ? write_atomic(out, pic, pic_len) : write_atomic(out, text, len);
     free(text);
     free(pic);
+    tg_flow_free(flow);
     run_free(&r);
     return rc;
 }

@@ -261,11 +261,13 @@ static int write_result(const char *out, const struct tg_cell *cell, const struc
 int cmd_grad(int argc, char **argv)
 {
     const char *cell_name = NULL, *ppath = NULL, *dpath = NULL, *out = NULL;
+    int anomaly = 0;
     const struct cli_flag flags[] = {
         {"cell", CLI_STR, &cell_name, "rnn_tanh, rnn_relu, lstm or gru (must match the parameters)", 1, 0},
         {"params", CLI_STR, &ppath, "state_dict of the model: rnn.weight_ih_l0, ..., out.weight, out.bias", 1, 0},
         {"data", CLI_STR, &dpath, "x (T, B, I) float and y (T, B) int64 labels", 1, 0},
         {"out", CLI_STR, &out, "where to write loss, the gradients, h_n (and c_n)", 1, 0},
+        {"detect-anomaly", CLI_BOOL, &anomaly, "stop at the first NaN/inf in forward or backward and say where", 1, 0},
     };
     int pr = cli_parse(CMD, USAGE, argc, argv, flags, (int)(sizeof flags / sizeof flags[0]));
     if (pr < 0) return 1;
@@ -314,6 +316,7 @@ int cmd_grad(int argc, char **argv)
         }
     }
     t = tg_tape_new(0);
+    if (t && anomaly) tg_tape_set_anomaly(t, 1);
     struct tg_seq_batch b = {.T = d.T, .B = d.B, .x = d.x, .labels = d.y};
     struct tg_seq_result res;
     if (!t || tg_model_forward_from(m, t, &b, NULL, &res) != TG_OK || tg_backward(t, res.loss) != TG_OK) {

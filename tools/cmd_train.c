@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "plot.h"
 #include "tg_config.h"
 #include "tapegrad_dist.h"
 #include "tapegrad_train.h"
@@ -139,7 +140,8 @@ int cmd_train(int argc, char **argv)
 {
     const char *cell = NULL, *task = NULL, *data = NULL, *optimizer = NULL, *checkpoint = NULL;
     const char *resume = NULL, *log = NULL, *compare = NULL, *dtype = NULL, *init = NULL;
-    const char *loss = NULL;
+    const char *loss = NULL, *plot = NULL;
+    int detect_anomaly = 0;
     int length = 0, batch = 0, hidden = 0, layers = 0, seq = 0, threads = 0, embed = 0;
     int until_solved = 0, overwrite = 0, eval_size = 0, micro_batches = 0;
     long steps = 0, max_steps = 20000, checkpoint_every = 0, seed = 1, eval_every = 0;
@@ -180,6 +182,8 @@ int cmd_train(int argc, char **argv)
         {"micro-batches", CLI_INT, &micro_batches, "split each batch into K fixed blocks, summed in "
          "order: the same result with or without mpirun -np N (N <= K) [1]", 1, 1 << 20},
         {"compare", CLI_STR, &compare, "train each listed cell (rnn_tanh,lstm,gru) and print a table", 0, -1},
+        {"plot", CLI_STR, &plot, "at the end, draw loss, metric and gradient-norm curves to FILE.png|svg", 0, -1},
+        {"detect-anomaly", CLI_BOOL, &detect_anomaly, "stop at the first NaN/inf in forward or backward and say where", 0, -1},
     };
     int nflags = (int)(sizeof flags / sizeof flags[0]);
     int r = cli_parse("train", "[flags]   (no flags: LSTM on the embedded Reber grammar until solved)",
@@ -201,7 +205,20 @@ int cmd_train(int argc, char **argv)
         .checkpoint_every = checkpoint_every, .resume = resume, .overwrite = overwrite,
         .log_path = log, .stop = &interrupted, .progress = progress,
         .micro_batches = micro_batches, .dist = train_dist(), /* issue 16: train_mpi.c */
+        .detect_anomaly = detect_anomaly,
     };
+    /* --plot draws from the log; without --log, from a temporary one removed afterwards */
+    char tmp_log[64] = "";
+    if (plot && !cli_has_ext(plot, ".png") && !cli_has_ext(plot, ".svg"))
+        return cli_fail("train", "--plot must end in .png or .svg, got '%s'", plot);
+    if (plot && compare) return cli_fail("train", "--plot draws one run; not with --compare");
+    if (plot && !log) {
+        snprintf(tmp_log, sizeof tmp_log, "/tmp/tapegrad-log-XXXXXX");
+        int fd = mkstemp(tmp_log);
+        if (fd < 0) return cli_fail("train", "cannot create a temporary log for --plot");
+        close(fd);
+        cfg.log_path = tmp_log;
+    }
     /* Without --steps a task with a solved criterion runs until solved (capped); text runs 1000.
      * A resumed run's task is the checkpoint's (an unreadable file is reported below). */
     char saved_task[16] = "";
@@ -287,6 +304,14 @@ int cmd_train(int argc, char **argv)
     struct tg_train_result res;
     enum tg_status st = tg_trainer_run(tr, &res);
     if (d.tty) fputc('\n', stderr);
+    if (plot) { /* also after a divergence: the curves up to it (the run flushed the log) */
+        char perr[512], why[1024];
+        snprintf(why, sizeof why, "%s", tg_last_error());
+        if (plot_train_log(cfg.log_path, plot, perr, sizeof perr) != 0) cli_fail("train", "%s", perr);
+        else fprintf(stderr, "plot: %s\n", plot);
+        if (tmp_log[0]) unlink(tmp_log);
+        if (st != TG_OK) tg_error(st, "%s", why);
+    }
     if (st != TG_OK) {
         int where = tg_trainer_failed_alone(tr);
         tg_trainer_free(tr);

@@ -19,6 +19,8 @@ static const struct subcommand commands[] = {
     {"grad", cmd_grad, "loss, final state and gradients of a PyTorch-layout model (safetensors)"},
     {"dot", cmd_dot, "draw the unrolled forward/backward graph (DOT, SVG or PNG)"},
     {"bench", cmd_bench, "time training steps against the hand-written BPTT"},
+    {"flow", cmd_flow, "per-step gradient flow of one batch: norms, split, weight terms, saturation, plots"},
+    {"plot", cmd_plot, "draw the loss and metric curves of a train --log CSV (PNG or SVG)"},
 };
 enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
 

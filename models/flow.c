@@ -1,0 +1,620 @@
+/* flow.c — the per-step gradient ledger of an unrolled model (tapegrad_flow.h has the
+ * definitions). Nothing here changes a gradient: it reads the tape after tg_backward, plus what
+ * a backward hook saw on the way (the gradient of each h_t before its own layer's nodes ran,
+ * and the change of a parameter's gradient across nodes that read the parameter directly).
+ *
+ * Cost, per step and layer, for a use out = [C +] A·Wᵀ over B rows: two B×B Gram matrices,
+ * dOut·dOutᵀ (B²·N) and A·Aᵀ (B²·K), and their elementwise product (B²), against the step's own
+ * GEMMs of order B·N·K; so ~B/K of the step's product work (a few % at B = 32, H = 128). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tapegrad_blas.h"
+#include "tapegrad_flow.h"
+#include "tapegrad_ops.h"
+
+enum { USE_PRODUCT = 1, USE_BIAS = 2, USE_DIFF = 3 };
+
+/* One place a parameter's gradient is made: a product node (route 1), the bias row of one
+ * (route 2, for p and, when the row is b_ih + b_hh, p2 too) or a node reading p itself
+ * (route 3, delta = its change of p's gradient, per step). */
+struct flow_use {
+    const struct tg_node *n;
+    int kind, p, p2;
+};
+
+struct tg_flow_priv {
+    const struct tg_seq_result *res;
+    int *snapped;                 /* per layer: its h_t gradients were copied (from_out) */
+    void **above;                 /* [l·T + t]: copy of ∂L/∂h_t at that moment, or NULL */
+    int *diff;                    /* per parameter: route 3 tracks it */
+    double **delta;               /* per parameter (route 3): T·numel, step t's term */
+    void **before;                /* per parameter (route 3): its gradient before the node */
+    struct flow_use *uses;
+    int n_uses;
+    int *count;                   /* [p·T + t]: terms found (more than one: added explicitly) */
+    double *norm2;                /* [p·T + t] */
+    double *jac_acc;              /* L·T·B */
+};
+
+static double at(const void *p, enum tg_dtype dt, size_t i)
+{
+    return dt == TG_F64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
+}
+
+/* The model parameter x is, or is a row view of (a cell's weight slice shares its gradient:
+ * the node reading the view adds into the parameter's gradient itself); −1 if neither. */
+static int param_index(const struct tg_flow *f, const struct tg_tensor *x)
+{
+    if (x && (x->flags & TG_VIEW) && x->node && x->node->nsrc == 1) x = x->node->src[0];
+    if (!x || !(x->flags & TG_PARAM)) return -1;
+    for (int i = 0; i < f->n_params; i++)
+        if (f->model->params[i] == x) return i;
+    return -1;
+}
+
+static const struct {
+    const char *cell, *gates;
+} gate_lists[] = {
+    {"rnn_tanh", "h"}, {"lstm", "i,f,g,o,c"}, {"gru", "r,z,n"}, {"gru_cho", "u,r,c~"},
+    {"lstm_peephole", "i,f,g,o,c"}, {"lstm_coupled", "f,g,o,c"}, {"lstm_dlbook", "f,g,in,q,s"},
+    {"mgu", "f,h~"},
+};
+
+const char *tg_flow_gate_names(const struct tg_cell *cell)
+{
+    for (size_t i = 0; i < sizeof gate_lists / sizeof gate_lists[0]; i++)
+        if (strcmp(cell->name, gate_lists[i].cell) == 0) return gate_lists[i].gates;
+    return NULL;
+}
+
+void tg_flow_free(struct tg_flow *f)
+{
+    if (!f) return;
+    if (f->priv) {
+        free(f->priv->snapped);
+        free(f->priv->above);
+        free(f->priv->diff);
+        free(f->priv->delta);
+        free(f->priv->before);
+        free(f->priv->count);
+        free(f->priv->norm2);
+        free(f->priv->jac_acc);
+        free(f->priv);
+    }
+    free(f->grad_h);
+    free(f->from_out);
+    free(f->from_next);
+    free(f->jac);
+    free(f->contrib);
+    free(f->covered);
+    free(f->sat);
+    free(f);
+}
+
+enum tg_status tg_flow_new(const struct tg_model *m, int T, int B, struct tg_flow **out)
+{
+    *out = NULL;
+    if (T < 1 || B < 1) return tg_error(TG_ERR_SHAPE, "tg_flow_new: need T, B >= 1, got %d, %d", T, B);
+    struct tg_flow *f = calloc(1, sizeof *f);
+    if (!f) return tg_error(TG_ERR_NOMEM, "tg_flow_new: out of memory");
+    f->model = m;
+    f->T = T, f->B = B, f->H = m->cfg.hidden, f->L = m->cfg.layers;
+    f->n_state = m->cfg.cell->n_state, f->n_params = m->n_params;
+    size_t LT = (size_t)f->L * T, PT = (size_t)f->n_params * T;
+    struct tg_flow_priv *q = f->priv = calloc(1, sizeof *q);
+    f->grad_h = calloc(LT, sizeof(double));
+    f->from_out = calloc(LT, sizeof(double));
+    f->from_next = calloc(LT, sizeof(double));
+    f->jac = calloc(LT, sizeof(double));
+    f->contrib = calloc(PT, sizeof(double));
+    f->covered = calloc((size_t)f->n_params, sizeof(int));
+    f->sat = calloc((size_t)f->L * TG_FLOW_MAX_GATES * T, sizeof(double));
+    if (q) {
+        q->snapped = calloc((size_t)f->L, sizeof(int));
+        q->above = calloc(LT, sizeof(void *));
+        q->diff = calloc((size_t)f->n_params, sizeof(int));
+        q->delta = calloc((size_t)f->n_params, sizeof(double *));
+        q->before = calloc((size_t)f->n_params, sizeof(void *));
+        q->count = calloc(PT, sizeof(int));
+        q->norm2 = calloc(PT, sizeof(double));
+        q->jac_acc = calloc(LT * B, sizeof(double));
+    }
+    if (!q || !f->grad_h || !f->from_out || !f->from_next || !f->jac || !f->contrib ||
+        !f->covered || !f->sat || !q->snapped || !q->above || !q->diff || !q->delta ||
+        !q->before || !q->count || !q->norm2 || !q->jac_acc) {
+        tg_flow_free(f);
+        return tg_error(TG_ERR_NOMEM, "tg_flow_new: out of memory");
+    }
+    for (size_t i = 0; i < LT; i++) f->jac[i] = NAN;
+    *out = f;
+    return TG_OK;
+}
+
+static struct tg_tensor *h_of(const struct tg_flow *f, const struct tg_seq_result *res, int l, int t)
+{
+    return res->states[((size_t)l * f->T + t) * f->n_state];
+}
+
+/* The step a product node's rows belong to when it is one block, or −1 (split in T blocks if
+ * it has T·B rows, else not attributable: −2). */
+static int block_step(const struct tg_flow *f, const struct tg_node *n, const struct tg_tensor *A)
+{
+    if (n->step >= 0) return n->step;
+    if (n->out->rows == f->T * f->B && f->T > 1) return -1;
+    for (int l = 0; l < f->L; l++)
+        for (int t = 0; t < f->T; t++)
+            if (h_of(f, f->priv->res, l, t) == A) return t;
+    return n->out->rows == f->T * f->B ? -1 : -2;
+}
+
+/* ----------------------------------------------------------------- the hook */
+
+static void snapshot(struct tg_flow *f, int l)
+{
+    struct tg_flow_priv *q = f->priv;
+    q->snapped[l] = 1;
+    for (int t = 0; t < f->T; t++) {
+        struct tg_tensor *h = h_of(f, q->res, l, t);
+        void **a = &q->above[(size_t)l * f->T + t];
+        if (h->grad && *a) memcpy(*a, h->grad, tg_nbytes(h));
+        else *a = NULL;
+    }
+}
+
+static int diff_node(const struct tg_flow *f, const struct tg_node *n)
+{
+    return n->step >= 0 && n->step < f->T && !tg_node_weight(n, NULL, NULL);
+}
+
+static void hook(void *ctx, const struct tg_node *n, int after)
+{
+    struct tg_flow *f = ctx;
+    struct tg_flow_priv *q = f->priv;
+    if (!after && n->layer >= 0 && n->layer < f->L && !q->snapped[n->layer]) snapshot(f, n->layer);
+    if (!diff_node(f, n)) return;
+    for (int s = 0; s < n->nsrc; s++) {
+        int p = param_index(f, n->src[s]), dup = 0;
+        if (p < 0 || !q->diff[p]) continue;
+        for (int r = 0; r < s; r++) dup |= param_index(f, n->src[r]) == p;
+        if (dup) continue;
+        const struct tg_tensor *w = f->model->params[p];
+        size_t k = tg_numel(w);
+        if (!after) {
+            memcpy(q->before[p], w->grad, tg_nbytes(w));
+        } else {
+            double *d = q->delta[p] + (size_t)n->step * k;
+            for (size_t i = 0; i < k; i++)
+                d[i] += at(w->grad, w->dtype, i) - at(q->before[p], w->dtype, i);
+        }
+    }
+}
+
+enum tg_status tg_flow_begin(struct tg_flow *f, struct tg_tape *t, const struct tg_seq_result *res)
+{
+    struct tg_flow_priv *q = f->priv;
+    q->res = res;
+    size_t hb = (size_t)f->B * f->H * tg_dtype_size(f->model->cfg.dtype);
+    for (int l = 0; l < f->L; l++) {
+        q->snapped[l] = 0;
+        for (int s = 0; s < f->T; s++)
+            if (!(q->above[(size_t)l * f->T + s] = tg_tape_alloc(t, hb)))
+                return tg_error(TG_ERR_NOMEM, "tg_flow_begin: out of memory");
+    }
+    /* Which parameters some node of a step reads itself (route 3), and the use list. */
+    size_t nn = tg_tape_num_nodes(t);
+    int n_uses = 0;
+    for (int p = 0; p < f->n_params; p++) q->diff[p] = 0, f->covered[p] = 1;
+    for (size_t i = 0; i < nn; i++) {
+        const struct tg_node *n = tg_tape_node(t, i);
+        struct tg_tensor *A, *C, *W = tg_node_weight(n, &A, &C);
+        for (int s = 0; s < n->nsrc; s++) {
+            int p = param_index(f, n->src[s]);
+            if (p < 0) continue;
+            n_uses++;
+            if (diff_node(f, n)) q->diff[p] = 1;
+            else if (!(W && (n->src[s] == W || n->src[s] == C)) &&
+                     !(tg_node_op(n) == TG_OP_ADD && n->out->rows == 1))
+                f->covered[p] = 0; /* read outside a step, not as a product or bias */
+        }
+        if (W && (block_step(f, n, A) == -2)) {
+            int p = param_index(f, W);
+            if (p >= 0) f->covered[p] = 0;
+        }
+    }
+    q->uses = tg_tape_alloc(t, (size_t)(n_uses + 1) * sizeof *q->uses);
+    if (!q->uses) return tg_error(TG_ERR_NOMEM, "tg_flow_begin: out of memory");
+    for (int p = 0; p < f->n_params; p++) {
+        if (!q->diff[p]) continue;
+        const struct tg_tensor *w = f->model->params[p];
+        q->delta[p] = tg_tape_alloc(t, (size_t)f->T * tg_numel(w) * sizeof(double));
+        q->before[p] = tg_tape_alloc(t, tg_nbytes(w));
+        if (!q->delta[p] || !q->before[p]) return tg_error(TG_ERR_NOMEM, "tg_flow_begin: out of memory");
+        memset(q->delta[p], 0, (size_t)f->T * tg_numel(w) * sizeof(double));
+    }
+    tg_tape_set_backward_hook(t, hook, f);
+    return TG_OK;
+}
+
+/* -------------------------------------------------------------- the ledger */
+
+static double sumsq(const void *p, enum tg_dtype dt, size_t n)
+{
+    double s = 0;
+    if (dt == TG_F64)
+        for (size_t i = 0; i < n; i++) s += ((const double *)p)[i] * ((const double *)p)[i];
+    else
+        for (size_t i = 0; i < n; i++) s += (double)((const float *)p)[i] * ((const float *)p)[i];
+    return s;
+}
+
+/* ‖g‖², ‖a‖², ‖g − a‖² in one pass (either may be NULL: zero). */
+static void split_norms(enum tg_dtype dt, const void *g, const void *a, size_t n, double *tot,
+                        double *up, double *nx)
+{
+    double s0 = 0, s1 = 0, s2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        double x = g ? (dt == TG_F64 ? ((const double *)g)[i] : ((const float *)g)[i]) : 0;
+        double y = a ? (dt == TG_F64 ? ((const double *)a)[i] : ((const float *)a)[i]) : 0;
+        s0 += x * x, s1 += y * y, s2 += (x - y) * (x - y);
+    }
+    *tot = s0, *up = s1, *nx = s2;
+}
+
+/* Σ_ij G_ij of a symmetric m×m matrix given by its upper triangle: ‖1ᵀM‖² when G = M·Mᵀ,
+ * the squared norm of a bias's term (the column sums of M) from M's Gram matrix. */
+static double gram_sum(enum tg_dtype dt, const void *g, int m)
+{
+    double s = 0;
+    for (int i = 0; i < m; i++) {
+        double d, o = 0;
+        if (dt == TG_F64) {
+            const double *a = (const double *)g + (size_t)i * m;
+            d = a[i];
+            for (int j = i + 1; j < m; j++) o += a[j];
+        } else {
+            const float *a = (const float *)g + (size_t)i * m;
+            d = a[i];
+            for (int j = i + 1; j < m; j++) o += a[j];
+        }
+        s += d + 2 * o;
+    }
+    return s > 0 ? s : 0;
+}
+
+/* Σ_ij G1_ij G2_ij of two symmetric m×m matrices given by their upper triangles. */
+static double gram_dot(enum tg_dtype dt, const void *g1, const void *g2, int m)
+{
+    double s = 0;
+    for (int i = 0; i < m; i++) {
+        size_t r = (size_t)i * m;
+        double d = 0, o = 0;
+        if (dt == TG_F64) {
+            const double *a = (const double *)g1 + r, *b = (const double *)g2 + r;
+            d = a[i] * b[i];
+            for (int j = i + 1; j < m; j++) o += a[j] * b[j];
+        } else {
+            const float *a = (const float *)g1 + r, *b = (const float *)g2 + r;
+            d = (double)a[i] * b[i];
+            for (int j = i + 1; j < m; j++) o += (double)a[j] * b[j];
+        }
+        s += d + 2 * o;
+    }
+    return s > 0 ? s : 0;
+}
+
+/* Gram matrices of the current and the previous step, by the address of their rows: a use's
+ * dOut rows are often another use's (the input projection's gradient is W_hh's staged dOut),
+ * and its A rows another's (h_t is A of the output layer at t and of W_hh at t + 1). */
+struct gram_cache {
+    struct gram { const void *p; int k, m; void *g; } *e[2];
+    int n[2], cap;
+    char *pool[2];
+    size_t gbytes;
+};
+
+static const void *gram_of(struct gram_cache *c, int slot, enum tg_dtype dt, const void *p, int k, int m)
+{
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < c->n[s]; i++)
+            if (c->e[s][i].p == p && c->e[s][i].k == k && c->e[s][i].m == m) return c->e[s][i].g;
+    if (c->n[slot] == c->cap) return NULL;
+    struct gram *g = &c->e[slot][c->n[slot]];
+    g->p = p, g->k = k, g->m = m, g->g = c->pool[slot] + (size_t)c->n[slot] * c->gbytes;
+    c->n[slot]++;
+    tg_syrk(dt, m, k, p, k, g->g, m);
+    return g->g;
+}
+
+/* Where rows [r0, r0 + m) of A live: in A, or — when A is a concatenation of rows, as the
+ * output layer's stacked h_t are — in the input holding exactly those rows (so its Gram is
+ * shared with the uses that read that input itself). */
+static const void *rows_of(const struct tg_tensor *A, int r0, int m)
+{
+    const struct tg_node *n = A->node;
+    if (n && tg_node_op(n) == TG_OP_CONCAT) {
+        int r = 0;
+        for (int s = 0; s < n->nsrc; s++) {
+            const struct tg_tensor *x = n->src[s];
+            if (x->cols != A->cols) break;
+            if (r == r0 && x->rows == m) return x->data;
+            if (r > r0) break;
+            r += x->rows;
+        }
+    }
+    return (const char *)A->data + (size_t)r0 * A->cols * tg_dtype_size(A->dtype);
+}
+
+static void add_term(struct tg_flow *f, int p, int t, double norm2)
+{
+    struct tg_flow_priv *q = f->priv;
+    size_t k = (size_t)p * f->T + t;
+    q->count[k]++;
+    q->norm2[k] += norm2;
+}
+
+/* The steps of a use: [*t0, *t1) and the rows of step t start at row0 + (t − *t0)·rows. */
+static int use_blocks(const struct tg_flow *f, const struct flow_use *u, int *t0, int *t1, int *rows)
+{
+    struct tg_tensor *A;
+    tg_node_weight(u->n, &A, NULL);
+    int s = block_step(f, u->n, A);
+    if (s == -2) return 0;
+    if (s >= 0) *t0 = s, *t1 = s + 1, *rows = u->n->out->rows;
+    else *t0 = 0, *t1 = f->T, *rows = f->B;
+    return 1;
+}
+
+enum tg_status tg_flow_end(struct tg_flow *f, struct tg_tape *t, const struct tg_seq_result *res)
+{
+    struct tg_flow_priv *q = f->priv;
+    tg_tape_set_backward_hook(t, NULL, NULL);
+    enum tg_dtype dt = f->model->cfg.dtype;
+    size_t nh = (size_t)f->B * f->H;
+    /* ∂L/∂h_t and its split */
+    for (int l = 0; l < f->L; l++)
+        for (int s = 0; s < f->T; s++) {
+            size_t k = (size_t)l * f->T + s;
+            const struct tg_tensor *h = h_of(f, res, l, s);
+            const void *a = q->snapped[l] ? q->above[k] : h->grad;
+            double tot = 0, up = 0, nx = 0;
+            split_norms(dt, h->grad, a, nh, &tot, &up, &nx);
+            f->grad_h[k] = sqrt(tot), f->from_out[k] = sqrt(up), f->from_next[k] = sqrt(nx);
+        }
+    /* every place a parameter's gradient is made */
+    memset(q->count, 0, (size_t)f->n_params * f->T * sizeof *q->count);
+    memset(q->norm2, 0, (size_t)f->n_params * f->T * sizeof *q->norm2);
+    q->n_uses = 0;
+    size_t nn = tg_tape_num_nodes(t), gmax = 0;
+    for (size_t i = 0; i < nn; i++) {
+        const struct tg_node *n = tg_tape_node(t, i);
+        struct tg_tensor *A, *C, *W = tg_node_weight(n, &A, &C);
+        int p = param_index(f, W);
+        if (p >= 0) {
+            q->uses[q->n_uses++] = (struct flow_use){n, USE_PRODUCT, p, -1};
+            if (C && C->rows == 1) {
+                int pc = param_index(f, C), pc2 = -1;
+                if (pc < 0 && C->node && tg_node_op(C->node) == TG_OP_ADD && C->node->nsrc == 2)
+                    pc = param_index(f, C->node->src[0]), pc2 = param_index(f, C->node->src[1]);
+                if (pc >= 0) q->uses[q->n_uses++] = (struct flow_use){n, USE_BIAS, pc, pc2};
+            }
+            int t0, t1, rows;
+            if (use_blocks(f, &q->uses[q->n_uses - 1], &t0, &t1, &rows) && (size_t)rows > gmax)
+                gmax = (size_t)rows;
+        }
+    }
+    size_t es = tg_dtype_size(dt);
+    struct gram_cache gc = {.cap = 2 * q->n_uses + 2, .gbytes = (gmax * gmax * es + 63) / 64 * 64};
+    for (int sl = 0; sl < 2; sl++) {
+        gc.e[sl] = tg_tape_alloc(t, (size_t)gc.cap * sizeof *gc.e[sl]);
+        gc.pool[sl] = tg_tape_alloc(t, (size_t)gc.cap * gc.gbytes);
+        if (!gc.e[sl] || !gc.pool[sl]) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
+    }
+    /* step by step, so that the Gram matrices of one step serve the next */
+    for (int s = 0; s < f->T; s++) {
+        int slot = s & 1;
+        gc.n[slot] = 0;
+        for (int u = 0; u < q->n_uses; u++) {
+            const struct flow_use *us = &q->uses[u];
+            const struct tg_node *n = us->n;
+            struct tg_tensor *A, *W = tg_node_weight(n, &A, NULL);
+            int t0, t1, rows;
+            if (!n->out->grad || !use_blocks(f, us, &t0, &t1, &rows) || s < t0 || s >= t1) continue;
+            int r0 = (s - t0) * rows, N = n->out->cols;
+            if (us->kind == USE_PRODUCT) {
+                const void *g1 = gram_of(&gc, slot, dt, (const char *)n->out->grad + (size_t)r0 * N * es, W->rows, rows);
+                const void *g2 = gram_of(&gc, slot, dt, rows_of(A, r0, rows), A->cols, rows);
+                if (!g1 || !g2) return tg_error(TG_ERR_NOMEM, "tg_flow_end: Gram cache full");
+                add_term(f, us->p, s, gram_dot(dt, g1, g2, rows));
+            } else { /* ‖column sums‖² = Σ of the Gram matrix of the same rows */
+                const void *g1 = gram_of(&gc, slot, dt, (const char *)n->out->grad + (size_t)r0 * N * es, N, rows);
+                if (!g1) return tg_error(TG_ERR_NOMEM, "tg_flow_end: Gram cache full");
+                double ss = gram_sum(dt, g1, rows);
+                add_term(f, us->p, s, ss);
+                if (us->p2 >= 0) add_term(f, us->p2, s, ss);
+            }
+        }
+    }
+    for (int p = 0; p < f->n_params; p++) {
+        if (!q->diff[p]) continue;
+        size_t k = tg_numel(f->model->params[p]);
+        for (int s = 0; s < f->T; s++) {
+            const double *d = q->delta[p] + (size_t)s * k;
+            double ss = 0;
+            for (size_t i = 0; i < k; i++) ss += d[i] * d[i];
+            add_term(f, p, s, ss);
+        }
+    }
+    /* Several terms at one step: norms do not add, so sum the terms themselves (slow path:
+     * a cell that uses one weight twice in a step). */
+    for (int p = 0; p < f->n_params; p++)
+        for (int s = 0; s < f->T; s++) {
+            size_t k = (size_t)p * f->T + s;
+            if (!f->covered[p]) {
+                f->contrib[k] = NAN;
+                continue;
+            }
+            if (q->count[k] > 1) {
+                size_t m = tg_numel(f->model->params[p]);
+                double *buf = tg_tape_alloc(t, m * sizeof(double));
+                if (!buf || tg_flow_term(f, p, s, buf) != TG_OK) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
+                q->norm2[k] = 0;
+                for (size_t i = 0; i < m; i++) q->norm2[k] += buf[i] * buf[i];
+            }
+            f->contrib[k] = sqrt(q->norm2[k]);
+        }
+    return TG_OK;
+}
+
+enum tg_status tg_flow_term(const struct tg_flow *f, int p, int step, double *out)
+{
+    const struct tg_flow_priv *q = f->priv;
+    if (p < 0 || p >= f->n_params || step < 0 || step >= f->T || !f->covered[p])
+        return tg_error(TG_ERR_VALUE, "tg_flow_term: parameter %d step %d is not in the ledger", p, step);
+    const struct tg_tensor *w = f->model->params[p];
+    size_t m = tg_numel(w);
+    enum tg_dtype dt = w->dtype;
+    memset(out, 0, m * sizeof *out);
+    for (int u = 0; u < q->n_uses; u++) {
+        const struct flow_use *us = &q->uses[u];
+        if (us->p != p && us->p2 != p) continue;
+        const struct tg_node *n = us->n;
+        struct tg_tensor *A;
+        tg_node_weight(n, &A, NULL);
+        int t0, t1, rows;
+        if (!n->out->grad || !use_blocks(f, us, &t0, &t1, &rows) || step < t0 || step >= t1) continue;
+        int r0 = (step - t0) * rows, N = n->out->cols;
+        const void *dc = n->out->grad;
+        for (int r = r0; r < r0 + rows; r++)
+            for (int i = 0; i < N; i++) {
+                double g = at(dc, dt, (size_t)r * N + i);
+                if (g == 0) continue;
+                if (us->kind == USE_BIAS) out[i] += g;
+                else
+                    for (int j = 0; j < A->cols; j++) out[(size_t)i * A->cols + j] += g * at(A->data, dt, (size_t)r * A->cols + j);
+            }
+    }
+    if (q->diff[p])
+        for (size_t i = 0; i < m; i++) out[i] += q->delta[p][(size_t)step * m + i];
+    return TG_OK;
+}
+
+/* -------------------------------------------------------------- saturation */
+
+enum tg_status tg_flow_saturation(struct tg_flow *f, struct tg_tape *t)
+{
+    const char *names = f->gate_names ? f->gate_names : tg_flow_gate_names(f->model->cfg.cell);
+    int cur_step = -1, cur_layer = -1, slot = 0;
+    f->n_gates = 0;
+    size_t nn = tg_tape_num_nodes(t);
+    for (size_t i = 0; i < nn; i++) {
+        const struct tg_node *n = tg_tape_node(t, i);
+        enum tg_op op = tg_node_op(n);
+        if ((op != TG_OP_SIGMOID && op != TG_OP_TANH) || n->step < 0 || n->layer < 0 ||
+            n->step >= f->T || n->layer >= f->L)
+            continue;
+        if (n->step != cur_step || n->layer != cur_layer) cur_step = n->step, cur_layer = n->layer, slot = 0;
+        const struct tg_tensor *y = n->out;
+        int blocks = y->cols % f->H == 0 ? y->cols / f->H : 1, w = y->cols / blocks;
+        for (int g = 0; g < blocks && slot < TG_FLOW_MAX_GATES; g++, slot++) {
+            if (slot >= f->n_gates) {
+                /* name: the slot-th entry of the comma-separated list, else its number */
+                char nm[16];
+                snprintf(nm, sizeof nm, "%d", slot + 1);
+                const char *s = names;
+                for (int k = 0; s && k < slot; k++) s = strchr(s, ',') ? strchr(s, ',') + 1 : NULL;
+                if (s) snprintf(nm, sizeof nm, "%.*s", (int)strcspn(s, ","), s);
+                snprintf(f->gate_label[slot], sizeof f->gate_label[slot], "%s(%s)",
+                         op == TG_OP_SIGMOID ? "σ" : "tanh", nm);
+                f->n_gates = slot + 1;
+            }
+            long sat = 0, cnt = 0;
+            for (int r = 0; r < y->rows; r++)
+                for (int c = g * w; c < (g + 1) * w; c++, cnt++) {
+                    double v = at(y->data, y->dtype, (size_t)r * y->cols + c);
+                    sat += op == TG_OP_SIGMOID ? (v < 0.01 || v > 0.99) : fabs(v) > 0.99;
+                }
+            f->sat[((size_t)n->layer * TG_FLOW_MAX_GATES + slot) * f->T + n->step] =
+                cnt ? (double)sat / (double)cnt : 0;
+        }
+    }
+    return TG_OK;
+}
+
+/* ------------------------------------------------------------- ∂h_T/∂h_t */
+
+enum tg_status tg_flow_jacobian(struct tg_flow *f, struct tg_model *m, struct tg_tape *t,
+                                const struct tg_seq_batch *b, int exact_max, int probes,
+                                uint64_t seed)
+{
+    struct tg_flow_priv *q = f->priv;
+    int H = f->H, B = f->B, T = f->T;
+    if (b->T != T || b->B != B)
+        return tg_error(TG_ERR_SHAPE, "tg_flow_jacobian: batch is T=%d B=%d, ledger T=%d B=%d", b->T, b->B, T, B);
+    if (exact_max <= 0) exact_max = 64;
+    if (probes <= 0) probes = 32;
+    int exact = H <= exact_max, K = exact ? H : probes;
+    f->jac_exact = exact;
+    struct tg_rng rng;
+    tg_rng_seed(&rng, seed);
+    memset(q->jac_acc, 0, (size_t)f->L * T * B * sizeof *q->jac_acc);
+    for (int l = 0; l < f->L; l++)
+        for (int k = 0; k < K; k++) {
+            struct tg_seq_result res;
+            tg_tape_reset(t);
+            enum tg_status st = tg_model_forward_from(m, t, b, NULL, &res);
+            if (st != TG_OK) return st;
+            /* loss = Σ h_T ⊙ V: its gradient into h_t is Vᵀ ∂h_T/∂h_t, row by row */
+            struct tg_tensor *V = tg_tensor_new(t, B, H, m->cfg.dtype);
+            if (!V) return tg_error(tg_tape_status(t), "%s", tg_tape_error(t));
+            for (int r = 0; r < B; r++)
+                for (int c = 0; c < H; c++)
+                    tg_set(V, r, c, exact ? (double)(c == k) : tg_rng_normal(&rng));
+            struct tg_tensor *loss = tg_sum(t, tg_mul(t, h_of(f, &res, l, T - 1), V));
+            if ((st = tg_backward(t, loss)) != TG_OK) return st;
+            for (int s = 0; s < T; s++) {
+                const struct tg_tensor *h = h_of(f, &res, l, s);
+                if (!h->grad) continue;
+                for (int r = 0; r < B; r++)
+                    q->jac_acc[((size_t)l * T + s) * B + r] += sumsq((const char *)h->grad + (size_t)r * H * tg_dtype_size(h->dtype), h->dtype, (size_t)H);
+            }
+        }
+    for (int l = 0; l < f->L; l++)
+        for (int s = 0; s < T; s++) {
+            double acc = 0;
+            for (int r = 0; r < B; r++) acc += q->jac_acc[((size_t)l * T + s) * B + r];
+            /* exact: acc = Σ_b ‖J_b‖_F²; estimated: K·Σ_b ‖J_b‖_F² in expectation */
+            f->jac[(size_t)l * T + s] = sqrt(acc / (exact ? 1.0 : (double)K) / B / H);
+        }
+    tg_tape_reset(t);
+    return TG_OK;
+}
+
+/* ------------------------------------------------------------ divergence */
+
+int tg_flow_first_nonfinite(const struct tg_tape *t, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    size_t nn = tg_tape_num_nodes(t);
+    int rows = tg_tape_step_rows(t);
+    for (size_t i = 0; i < nn; i++) {
+        const struct tg_node *n = tg_tape_node(t, i);
+        const struct tg_tensor *y = n->out;
+        if (!y->data) continue;
+        for (size_t k = 0; k < tg_numel(y); k++) {
+            double v = at(y->data, y->dtype, k);
+            if (isfinite(v)) continue;
+            int r = (int)(k / (size_t)y->cols), c = (int)(k % (size_t)y->cols), step = n->step + 1, seq = r;
+            if (n->step < 0 && rows > 0 && y->rows > rows && y->rows % rows == 0) step = r / rows + 1, seq = r % rows;
+            char st[32] = "outside the time loop";
+            if (step > 0) snprintf(st, sizeof st, "step %d", step);
+            snprintf(buf, len, "the output of %s%s%s%s at %s, layer %d, sequence %d, unit %d (%s)",
+                     tg_op_name(tg_node_op(n)), n->origin ? " [" : "", n->origin ? n->origin : "",
+                     n->origin ? "]" : "", st, n->layer, seq, c, isnan(v) ? "NaN" : v > 0 ? "+inf" : "-inf");
+            return 1;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,50 @@
+/* fuzz_util.h — what every harness shares: the input as a file on disk.
+ *
+ * The readers under test take a path (tg_st_read, tg_checkpoint_open), and the path is what
+ * users hand them, so each input is written to one scratch file that is reused for every input
+ * of the process (truncated and rewritten, not recreated: a fuzzer runs millions of inputs).
+ * /dev/shm keeps it in memory where there is one. */
+#ifndef TG_FUZZ_UTIL_H
+#define TG_FUZZ_UTIL_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char fuzz_path[64];
+
+static void fuzz_remove_scratch(void) { unlink(fuzz_path); }
+
+/* The input as the contents of a scratch file; returns its path (the process stops if the
+ * scratch file cannot be written: that is the machine's fault, not the input's). */
+static inline const char *fuzz_input_file(const uint8_t *data, size_t size)
+{
+    static int fd = -1;
+    if (fd < 0) {
+        snprintf(fuzz_path, sizeof fuzz_path, "%s/tg_fuzz_XXXXXX",
+                 access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+        fd = mkstemp(fuzz_path);
+        if (fd < 0) {
+            perror("fuzz: mkstemp");
+            abort();
+        }
+        atexit(fuzz_remove_scratch);
+    }
+    size_t done = 0;
+    if (ftruncate(fd, 0) != 0) abort();
+    while (done < size) {
+        ssize_t w = pwrite(fd, data + done, size - done, (off_t)done);
+        if (w <= 0) {
+            perror("fuzz: pwrite");
+            abort();
+        }
+        done += (size_t)w;
+    }
+    return fuzz_path;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#endif

@@ -254,6 +254,7 @@ static enum tg_status build(struct tg_trainer *tr)
         .outputs = tg_task_out_dim(tr->task), .dtype = strcmp(c->dtype, "f64") == 0 ? TG_F64 : TG_F32,
         .loss = tr->regression ? TG_LOSS_MSE_LAST : TG_LOSS_XENT_SUM,
     };
+    if (tr->ck) TRY(tg_checkpoint_check_model_size(tr->ck, &mc));
     TRY(tg_model_new(&mc, &tr->model));
 
     struct tg_optim_config oc;

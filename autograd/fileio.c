@@ -107,6 +107,20 @@ static char *temp_name(const char *path)
     return t;
 }
 
+/* Does the directory part of path exist ("." for a bare name)? Tells "no such directory"
+ * from a directory that refuses the name (/proc says ENOENT for both). */
+static int parent_exists(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash) return 1;
+    size_t n = slash == path ? 1 : (size_t)(slash - path);
+    char *dir = strndup(path, n);
+    struct stat st;
+    int ok = dir && stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
+    free(dir);
+    return ok;
+}
+
 enum tg_status tg_file_check_writable(const char *fn, const char *what, const char *path)
 {
     struct stat st;
@@ -127,7 +141,8 @@ enum tg_status tg_file_check_writable(const char *fn, const char *what, const ch
     free(tmp);
     if (fd < 0 && e != EEXIST) /* EEXIST: our own name is taken, so the directory takes files */
         return tg_error(TG_ERR_IO, "%s%s %s cannot be written: %s", prefix(fn).s, what, path,
-                        e == ENOENT ? "its directory does not exist" : strerror(e));
+                        e == ENOENT && !parent_exists(path) ? "its directory does not exist"
+                                                            : strerror(e));
     return TG_OK;
 }
 
@@ -153,7 +168,8 @@ enum tg_status tg_atomic_open(struct tg_atomic *a, const char *fn, const char *p
         a->tmp = NULL;
         tg_atomic_abort(a);
         return tg_error(TG_ERR_IO, "%scannot write %s: %s", prefix(fn).s, path,
-                        e == ENOENT ? "its directory does not exist" : strerror(e));
+                        e == ENOENT && !parent_exists(path) ? "its directory does not exist"
+                                                            : strerror(e));
     }
     return TG_OK;
 }

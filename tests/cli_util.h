@@ -4,6 +4,7 @@
 #ifndef TG_CLI_UTIL_H
 #define TG_CLI_UTIL_H
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,13 +36,16 @@ static void cli_slurp(const char *path, char *buf, size_t n)
     if (f) fclose(f);
 }
 
-/* Run tapegrad with argv (argv[0] is the program name, NULL-terminated). */
+/* Run tapegrad with argv (argv[0] is the program name, NULL-terminated). Under a file-size
+ * limit (which would cut files short) stdout goes to /dev/null and stderr through a pipe. */
 static struct run *run_tapegrad_argv(const char *const *argv)
 {
     static struct run r;
     memset(&r, 0, sizeof r);
     char out[] = "/tmp/tg_cli_out_XXXXXX", err[] = "/tmp/tg_cli_err_XXXXXX";
-    int fo = mkstemp(out), fe = mkstemp(err);
+    int limited = cli_fsize_limit >= 0, pfd[2] = {-1, -1};
+    int fo = limited ? open("/dev/null", O_WRONLY) : mkstemp(out);
+    int fe = limited ? (pipe(pfd) == 0 ? pfd[1] : -1) : mkstemp(err);
     assert_true(fo >= 0 && fe >= 0);
     fflush(stdout);
     pid_t pid = fork();
@@ -49,7 +53,7 @@ static struct run *run_tapegrad_argv(const char *const *argv)
     if (pid == 0) {
         dup2(fo, 1);
         dup2(fe, 2);
-        if (cli_fsize_limit >= 0) {
+        if (limited) {
             struct rlimit rl = {(rlim_t)cli_fsize_limit, (rlim_t)cli_fsize_limit};
             signal(SIGXFSZ, SIG_IGN); /* the write then fails with EFBIG instead of killing */
             setrlimit(RLIMIT_FSIZE, &rl);
@@ -58,13 +62,24 @@ static struct run *run_tapegrad_argv(const char *const *argv)
         execv(TAPEGRAD, (char *const *)argv);
         _exit(127);
     }
+    close(fo), close(fe);
+    if (limited) { /* drain as it runs: a full pipe would stop the child */
+        size_t n = 0;
+        ssize_t got;
+        while ((got = read(pfd[0], r.err + n, n + 1 < sizeof r.err ? sizeof r.err - 1 - n : 0)) > 0)
+            n += (size_t)got;
+        char sink[256];
+        while (read(pfd[0], sink, sizeof sink) > 0) {}
+        close(pfd[0]);
+    }
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
-    close(fo), close(fe);
     r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-    cli_slurp(out, r.out, sizeof r.out);
-    cli_slurp(err, r.err, sizeof r.err);
-    unlink(out), unlink(err);
+    if (!limited) {
+        cli_slurp(out, r.out, sizeof r.out);
+        cli_slurp(err, r.err, sizeof r.err);
+        unlink(out), unlink(err);
+    }
     return &r;
 }
 
@@ -93,6 +108,23 @@ static void assert_one_line_error(const struct run *r, const char *frag, ...)
     va_start(ap, frag);
     for (const char *f = frag; f; f = va_arg(ap, const char *))
         if (!strstr(r->err, f)) fail_msg("stderr lacks '%s': %s", f, r->err);
+    va_end(ap);
+}
+
+/* Exit 1 and the last line of stderr (a run that failed midway may have printed progress
+ * before it) is one "tapegrad …" line containing every given fragment. */
+static inline void assert_last_line_error(const struct run *r, const char *frag, ...)
+{
+    if (r->status != 1) fail_msg("exit status %d, expected 1 (stderr: %s)", r->status, r->err);
+    size_t len = strlen(r->err);
+    if (len < 2 || r->err[len - 1] != '\n') fail_msg("stderr does not end in a line: '%s'", r->err);
+    const char *last = r->err + len - 1;
+    while (last > r->err && last[-1] != '\n' && last[-1] != '\r') last--;
+    if (strncmp(last, "tapegrad ", 9) != 0) fail_msg("last line does not start with 'tapegrad ': %s", last);
+    va_list ap;
+    va_start(ap, frag);
+    for (const char *f = frag; f; f = va_arg(ap, const char *))
+        if (!strstr(last, f)) fail_msg("last line lacks '%s': %s", f, last);
     va_end(ap);
 }
 

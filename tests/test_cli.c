@@ -26,6 +26,7 @@
 #include "tapegrad_safetensors.h"
 #include "test_util.h"
 #include "cli_util.h"
+#include "st_edit.h"
 
 #define FIXTURES TG_SOURCE_DIR "/tests/fixtures/torch"
 
@@ -284,40 +285,11 @@ static void test_grad_wrong_cell(void **state)
     rm_dir(g.dir);
 }
 
-/* Copy every tensor of src into a writer, replacing or dropping one; returns the saved path. */
+/* src with tensor `name` replaced (or dropped when data is NULL), saved as dst. */
 static void rewrite(const char *src, const char *dst, const char *name, enum tg_st_dtype dt, int ndim,
                     const int64_t *shape, const void *data)
 {
-    struct tg_st_file *f;
-    if (tg_st_read(src, &f) != TG_OK) fail_msg("%s", tg_last_error());
-    struct tg_st_writer *w = tg_st_writer_new();
-    for (int i = 0; i < tg_st_count(f); i++) {
-        const struct tg_st_tensor *t = tg_st_at(f, i);
-        if (strcmp(t->name, name) == 0) continue;
-        tg_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
-    }
-    if (data) tg_st_writer_add(w, name, dt, ndim, shape, data);
-    if (tg_st_writer_save(w, dst) != TG_OK) fail_msg("%s", tg_last_error());
-    tg_st_writer_free(w);
-    tg_st_close(f);
-}
-
-/* A copy of src with element i of float64 tensor `name` set to v. */
-static void poison(const char *src, const char *dst, const char *name, size_t i, double v)
-{
-    struct tg_st_file *f;
-    if (tg_st_read(src, &f) != TG_OK) fail_msg("%s", tg_last_error());
-    const struct tg_st_tensor *t = tg_st_find(f, name);
-    assert_non_null(t);
-    assert_int_equal(t->dtype, TG_ST_F64);
-    assert_true(i < t->nbytes / 8);
-    double *d = malloc(t->nbytes);
-    assert_non_null(d);
-    memcpy(d, t->data, t->nbytes);
-    d[i] = v;
-    rewrite(src, dst, name, TG_ST_F64, t->ndim, t->shape, d);
-    free(d);
-    tg_st_close(f);
+    st_rewrite(src, dst, name, dt, ndim, shape, data, NULL, NULL);
 }
 
 /* Issue 17: NaN or infinite weights (or inputs) gave NaN gradients written as a result. */
@@ -331,12 +303,12 @@ static void test_grad_nonfinite_params(void **state)
     snprintf(p, sizeof p, "%s/P.safetensors", g.dir);
     snprintf(d, sizeof d, "%s/D.safetensors", g.dir);
     /* lstm_l2_f64: H 5, so rnn.weight_hh_l1 is [20, 5]; element 7 is [1, 2] */
-    poison(CASE_P("lstm_l2_f64"), p, "rnn.weight_hh_l1", 7, NAN);
+    st_set_element(CASE_P("lstm_l2_f64"), p, "rnn.weight_hh_l1", 7, NAN);
     expect_grad_error(&g, "lstm", p, CASE_D("lstm_l2_f64"), "'rnn.weight_hh_l1' is not finite",
                       "nan at [1, 2]");
-    poison(CASE_P("lstm_l2_f64"), p, "out.bias", 0, -INFINITY);
+    st_set_element(CASE_P("lstm_l2_f64"), p, "out.bias", 0, -INFINITY);
     expect_grad_error(&g, "lstm", p, CASE_D("lstm_l2_f64"), "'out.bias' is not finite", "-inf at [0]");
-    poison(CASE_D("lstm_l2_f64"), d, "x", 3, INFINITY);
+    st_set_element(CASE_D("lstm_l2_f64"), d, "x", 3, INFINITY);
     expect_grad_error(&g, "lstm", CASE_P("lstm_l2_f64"), d, "'x' is not finite", "D.safetensors");
     rm_dir(g.dir);
 }

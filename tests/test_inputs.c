@@ -31,6 +31,7 @@
 #include "tapegrad_train.h"
 #include "test_util.h"
 #include "cli_util.h"
+#include "st_edit.h"
 
 static char dir[64];
 static char good[128]; /* a small reber checkpoint at step 3 */
@@ -94,39 +95,6 @@ static int teardown(void **state)
     if (d) closedir(d);
     rmdir(dir);
     return 0;
-}
-
-/* A copy of the safetensors file src at dst, with element i of tensor `name` set to v (when
- * name is not NULL) and metadata key set to value (when key is not NULL). */
-static void edit(const char *src, const char *dst, const char *name, size_t i, double v,
-                 const char *key, const char *value)
-{
-    struct tg_st_file *f;
-    if (tg_st_read(src, &f) != TG_OK) fail_msg("%s", tg_last_error());
-    struct tg_st_writer *w = tg_st_writer_new();
-    for (int k = 0; k < tg_st_count(f); k++) {
-        const struct tg_st_tensor *t = tg_st_at(f, k);
-        unsigned char *d = malloc(t->nbytes + 8);
-        assert_non_null(d);
-        memcpy(d, t->data, t->nbytes);
-        if (name && strcmp(t->name, name) == 0) {
-            assert_true(i < t->nbytes / tg_st_dtype_size(t->dtype));
-            if (t->dtype == TG_ST_F32) ((float *)d)[i] = (float)v;
-            else if (t->dtype == TG_ST_F64) ((double *)d)[i] = v;
-            else if (t->dtype == TG_ST_I64) ((int64_t *)d)[i] = (int64_t)v;
-            else fail_msg("edit: %s is I32", name);
-        }
-        tg_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, d);
-        free(d);
-    }
-    for (int k = 0; k < tg_st_meta_count(f); k++) {
-        const char *mk = tg_st_meta_key(f, k);
-        tg_st_writer_meta(w, mk, tg_st_meta(f, mk));
-    }
-    if (key) tg_st_writer_meta(w, key, value);
-    if (tg_st_writer_save(w, dst) != TG_OK) fail_msg("%s", tg_last_error());
-    tg_st_writer_free(w);
-    tg_st_close(f);
 }
 
 static long ckpt_step_or_fail(const char *path)
@@ -322,17 +290,17 @@ static void test_nonfinite_checkpoint(void **state)
     (void)state;
     need_binary();
     const char *bad = in_dir("nan.st");
-    edit(good, bad, "rnn.weight_hh_l0", 5, NAN, NULL, NULL); /* [16, 4]: element 5 is [1, 1] */
+    st_set_element(good, bad, "rnn.weight_hh_l0", 5, NAN); /* [16, 4]: element 5 is [1, 1] */
     struct run *r = run_tapegrad("train", "--resume", bad, "--steps", "5", NULL);
     assert_one_line_error(r, "'rnn.weight_hh_l0' is not finite", "nan at [1, 1]", NULL);
-    edit(good, bad, "optim.exp_avg_sq.out.bias", 0, INFINITY, NULL, NULL);
+    st_set_element(good, bad, "optim.exp_avg_sq.out.bias", 0, INFINITY);
     r = run_tapegrad("train", "--resume", bad, "--steps", "5", NULL);
     assert_one_line_error(r, "'optim.exp_avg_sq.out.bias' is not finite", "inf", NULL);
-    edit(text, bad, "embed.weight", 0, -INFINITY, NULL, NULL);
+    st_set_element(text, bad, "embed.weight", 0, -INFINITY);
     r = run_tapegrad("sample", "--checkpoint", bad, "--length", "20", NULL);
     assert_one_line_error(r, "'embed.weight' is not finite", "-inf at [0, 0]", NULL);
     assert_string_equal(r->out, ""); /* nothing sampled */
-    edit(text, bad, "state.h_l0", 3, NAN, NULL, NULL);
+    st_set_element(text, bad, "state.h_l0", 3, NAN);
     r = run_tapegrad("train", "--resume", bad, "--steps", "5", "--data", corpus, NULL);
     assert_one_line_error(r, "'state.h_l0' is not finite", NULL);
     unlink(bad);
@@ -344,12 +312,12 @@ static void test_messages(void **state)
     need_binary();
     const char *bad = in_dir("edited.st");
     /* a negative text cursor is the tensor's fault, not the metadata's */
-    edit(text, bad, "train.cursor", 0, -5, NULL, NULL);
+    st_set_element(text, bad, "train.cursor", 0, -5);
     struct run *r = run_tapegrad("sample", "--checkpoint", bad, NULL);
     assert_one_line_error(r, "tensor 'train.cursor' is -5", NULL);
     assert_null(strstr(r->err, "metadata"));
     /* the step is written twice; the two must agree */
-    edit(good, bad, NULL, 0, 0, "step", "7");
+    st_rewrite(good, bad, NULL, 0, 0, NULL, NULL, "step", "7");
     r = run_tapegrad("train", "--resume", bad, "--steps", "9", NULL);
     assert_one_line_error(r, "metadata 'step' is 7", "'train.step' is 3", NULL);
     /* resuming to a total already reached ran nothing and exited 0 */

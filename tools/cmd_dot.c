@@ -14,6 +14,7 @@
 #include "cli.h"
 #include "tapegrad_models.h"
 #include "tapegrad_dot.h"
+#include "tapegrad_fileio.h"
 
 static const char *const CMD = "dot";
 
@@ -26,39 +27,13 @@ static const char *const USAGE =
     "--cell NAME [--steps T] [--layers L] [--hidden H] [--input I] [--batch B] [--backward] "
     "[--values] [--collapse] [--window K] [--fused] [--seed S] --out FILE(.dot|.svg|.png)";
 
-/* Write n bytes to path atomically (temp file in the same directory, then rename). */
+/* Write n bytes to path atomically (temp file in the same directory, fsync, rename). */
 static int write_atomic(const char *path, const char *buf, size_t n)
 {
-    size_t len = strlen(path);
-    char *tmp = malloc(len + 8);
-    if (!tmp) return cli_fail(CMD, "out of memory");
-    memcpy(tmp, path, len);
-    memcpy(tmp + len, ".XXXXXX", 8);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        int e = errno;
-        free(tmp);
-        return cli_fail(CMD, "cannot write '%s': %s", path, strerror(e));
-    }
-    mode_t mask = umask(0);
-    umask(mask);
-    int bad = fchmod(fd, 0666 & ~mask) != 0;
-    size_t done = 0;
-    while (!bad && done < n) {
-        ssize_t w = write(fd, buf + done, n - done);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) bad = 1;
-        else done += (size_t)w;
-    }
-    int e = errno;
-    if (close(fd) != 0 && !bad) bad = 1, e = errno;
-    if (!bad && rename(tmp, path) != 0) bad = 1, e = errno;
-    if (bad) {
-        unlink(tmp);
-        free(tmp);
-        return cli_fail(CMD, "cannot write '%s': %s", path, strerror(e));
-    }
-    free(tmp);
+    struct tg_atomic a;
+    if (tg_atomic_open(&a, NULL, path) != TG_OK) return cli_fail(CMD, "%s", tg_last_error());
+    fwrite(buf, 1, n, a.f); /* a short write shows in the commit's ferror check */
+    if (tg_atomic_commit(&a) != TG_OK) return cli_fail(CMD, "%s", tg_last_error());
     return 0;
 }
 

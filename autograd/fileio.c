@@ -97,13 +97,13 @@ int tg_file_same(const char *a, const char *b)
     return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
-/* "<path>.tmp.<pid>" (malloc'd): the temporary name every atomic writer here uses, which
- * tg_checkpoint_clean_temps recognises when a killed run leaves one behind. */
-static char *temp_name(const char *path)
+/* "<path>.<kind>.<pid>" (malloc'd). Kind "tmp" is the temporary name every atomic writer here
+ * uses, which tg_checkpoint_clean_temps recognises when a killed run leaves one behind. */
+static char *temp_name(const char *path, const char *kind)
 {
-    size_t n = strlen(path) + 32;
+    size_t n = strlen(path) + strlen(kind) + 32;
     char *t = malloc(n);
-    if (t) snprintf(t, n, "%s.tmp.%ld", path, (long)getpid());
+    if (t) snprintf(t, n, "%s.%s.%ld", path, kind, (long)getpid());
     return t;
 }
 
@@ -127,10 +127,11 @@ enum tg_status tg_file_check_writable(const char *fn, const char *what, const ch
     if (stat(path, &st) == 0 && kind(st.st_mode))
         return tg_error(TG_ERR_IO, "%s%s %s is %s; give a file name%s", prefix(fn).s, what, path,
                         kind(st.st_mode), S_ISDIR(st.st_mode) ? " (inside it, if you like)" : "");
-    /* Probe: create the temporary file a save would create, then remove it. access(W_OK) would
-     * not do: root passes it where the create fails (/proc), and it ignores read-only mounts
-     * on some systems. */
-    char *tmp = temp_name(path);
+    /* Probe: create a file beside path, as a save will, then remove it. access(W_OK) would not
+     * do: root passes it where the create fails (/proc), and it ignores read-only mounts on
+     * some systems. The name is not a save's ("<path>.tmp.<pid>"): a save's temporary file
+     * means a save is under way, to anyone watching (the kill-during-save test does). */
+    char *tmp = temp_name(path, "probe");
     if (!tmp) return tg_error(TG_ERR_NOMEM, "%sout of memory", prefix(fn).s);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     int e = errno;
@@ -153,7 +154,7 @@ enum tg_status tg_atomic_open(struct tg_atomic *a, const char *fn, const char *p
     struct stat st;
     if (stat(path, &st) == 0 && kind(st.st_mode))
         return tg_error(TG_ERR_IO, "%s%s is %s, not a file to write", prefix(fn).s, path, kind(st.st_mode));
-    a->tmp = temp_name(path);
+    a->tmp = temp_name(path, "tmp");
     a->path = strdup(path);
     if (!a->tmp || !a->path) {
         tg_atomic_abort(a);

@@ -44,7 +44,7 @@ enum tg_status tg_file_read(const char *fn, const char *path, size_t max, unsign
 
 /* Can a file be written at `path`? No if it is a directory or another non-regular file, or if
  * its directory does not exist or refuses a new file (probed by creating and removing
- * "<path>.tmp.<pid>", the name the atomic writers use). `what` names the path in the message
+ * "<path>.probe.<pid>" beside it). `what` names the path in the message
  * (e.g. "--checkpoint"). TG_ERR_IO with the reason. */
 enum tg_status tg_file_check_writable(const char *fn, const char *what, const char *path);
 

@@ -69,7 +69,7 @@ static int run_dir(const char *dir, int *count)
         snprintf(names[n++], len, "%s/%s", dir, e->d_name);
     }
     closedir(d);
-    qsort(names, n, sizeof *names, cmp_str);
+    if (n) qsort(names, n, sizeof *names, cmp_str); /* names is NULL for an empty directory */
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         struct stat sb;

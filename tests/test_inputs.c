@@ -169,6 +169,7 @@ static void test_checkpoint_path_first(void **state)
     r = run_tapegrad("train", "--checkpoint", dir, "--steps", "50", "--overwrite", NULL);
     assert_one_line_error(r, "is a directory", NULL);
     /* the probe leaves nothing behind */
+    assert_int_equal(count_containing(".probe."), 0);
     assert_int_equal(count_containing(".tmp."), 0);
 }
 

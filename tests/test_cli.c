@@ -3,9 +3,11 @@
  * check: passes for all nine cells at the default sizes; --perturb (the report's self-test) makes
  *        it fail and name the tensor, the time step and the gate block; an unknown cell and bad
  *        flags give exit 1 and one line on stderr.
- * grad:  a missing file, a truncated file, the wrong --cell, labels out of range, a misshapen
- *        or missing tensor and an unwritable output each give exit 1, one line on stderr naming
- *        the file and tensor, and no output file (an existing one is left untouched).
+ * grad:  a missing file, a truncated file, the wrong --cell, labels out of range (the message
+ *        counts time steps 1..T), a misshapen or missing tensor, parameters or inputs that are
+ *        not finite, an output that is an input (also through a link) and an unwritable output
+ *        each give exit 1, one line on stderr naming the file and tensor, and no output file
+ *        (an existing one is left untouched).
  *
  * Test functions are named test_check_* and test_grad_* by subcommand. */
 #include <dirent.h>

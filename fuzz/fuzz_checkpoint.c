@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "fuzz_util.h"
+#include "st_mutator.h" /* libFuzzer build only: mutations that keep the header JSON */
 #include "tapegrad_train.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

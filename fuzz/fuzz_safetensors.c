@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "fuzz_util.h"
+#include "st_mutator.h" /* libFuzzer build only: mutations that keep the header JSON */
 #include "tapegrad_safetensors.h"
 
 /* Tensors larger than this are looked at, not copied: the copy would only measure memcpy. */

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "tapegrad_fileio.h"
 #include "tapegrad_safetensors.h"
 
 /* Tensor bytes are copied between file and memory as they are: the format is little-endian. */
@@ -132,43 +134,6 @@ struct tg_st_file {
     struct st_entry *e; /* sorted by name */
     struct st_kv *meta; /* sorted by key; key and value share one allocation */
 };
-
-/* The whole file into one malloc'd buffer (a file that changes meanwhile is read up to the
- * size it had when opened: our writer never changes a file in place). */
-static enum tg_status read_all(const char *path, unsigned char **out, size_t *out_size)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return RFAIL(TG_ERR_IO, NULL, "cannot open: %s", strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) st.st_mode = 0;
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return RFAIL(TG_ERR_IO, NULL, "%s",
-                     S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
-    }
-    size_t cap = (size_t)st.st_size, len = 0;
-    unsigned char *buf = malloc(cap ? cap : 1);
-    if (!buf) {
-        close(fd);
-        return RFAIL(TG_ERR_NOMEM, NULL, "out of memory for %zu bytes", cap);
-    }
-    while (len < cap) {
-        ssize_t r = read(fd, buf + len, cap - len);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-            int err = errno;
-            free(buf);
-            close(fd);
-            return RFAIL(TG_ERR_IO, NULL, "read failed: %s", strerror(err));
-        }
-        if (r == 0) break;
-        len += (size_t)r;
-    }
-    close(fd);
-    *out = buf;
-    *out_size = len;
-    return TG_OK;
-}
 
 static int cmp_entry_offset(const void *a, const void *b)
 {
@@ -356,7 +321,10 @@ enum tg_status tg_st_read(const char *path, struct tg_st_file **out)
         free(f);
         return RFAIL(TG_ERR_NOMEM, NULL, "out of memory");
     }
-    enum tg_status st = read_all(path, &f->buf, &f->size);
+    /* The whole file into one buffer, read to its end; a FIFO or device is refused before it
+     * is read (a file that changes meanwhile is read as it is then: our writer never changes a
+     * file in place). */
+    enum tg_status st = tg_file_read("tg_st_read", path, SIZE_MAX, &f->buf, &f->size);
     if (st == TG_OK) st = parse_file(f);
     if (st != TG_OK) {
         tg_st_close(f);
@@ -440,6 +408,33 @@ static double elem_f64(const struct tg_st_tensor *t, size_t i)
     case TG_ST_I32: return ((const int32_t *)t->data)[i];
     default: return (double)((const int64_t *)t->data)[i];
     }
+}
+
+/* "[3]", "[1, 2]": the index of flat element i in shape (row-major). */
+static struct shape_str fmt_index(const struct tg_st_tensor *t, int64_t i)
+{
+    int64_t idx[TG_ST_MAX_DIMS];
+    for (int k = t->ndim - 1; k >= 0; k--) {
+        idx[k] = t->shape[k] ? i % t->shape[k] : 0;
+        i = t->shape[k] ? i / t->shape[k] : 0;
+    }
+    return fmt_shape(t->ndim, idx);
+}
+
+enum tg_status tg_st_check_finite(const struct tg_st_file *f, const struct tg_st_tensor *t,
+                                  const char *what)
+{
+    if (!f || !t) return tg_error(TG_ERR_VALUE, "tg_st_check_finite: file or tensor is NULL");
+    if (t->dtype != TG_ST_F32 && t->dtype != TG_ST_F64) return TG_OK;
+    int64_t n = tg_st_numel(t);
+    for (int64_t i = 0; i < n; i++) {
+        double v = elem_f64(t, (size_t)i);
+        if (!isfinite(v))
+            return tg_error(TG_ERR_FORMAT, "%s %s: tensor '%s' is not finite: %g at %s (refusing "
+                            "weights that are not finite)", what, f->path, safe(t->name).s, v,
+                            fmt_index(t, i).s);
+    }
+    return TG_OK;
 }
 
 enum tg_status tg_st_get_tensor(const struct tg_st_file *f, const char *name,

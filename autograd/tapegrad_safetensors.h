@@ -109,6 +109,12 @@ enum tg_status tg_st_get_i64(const struct tg_st_file *f, const char *name, int64
 enum tg_status tg_st_get_f64(const struct tg_st_file *f, const char *name, double *dst,
                              size_t n, int exp_ndim, const int64_t *exp_shape);
 
+/* TG_OK if every element of the float tensor t (of file f) is finite; otherwise TG_ERR_FORMAT
+ * and "<what> <path>: tensor '<name>' is not finite: nan at [i, j] (refusing weights that are
+ * not finite)", naming the first such element. Integer tensors are always finite. */
+enum tg_status tg_st_check_finite(const struct tg_st_file *f, const struct tg_st_tensor *t,
+                                  const char *what);
+
 /* ------------------------------------------------------------------ writing */
 
 struct tg_st_writer;

@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -186,6 +187,14 @@ static enum tg_status bad(const struct tg_checkpoint *c, const char *key)
                     tg_st_path(c->f), key);
 }
 
+/* A scalar state tensor whose value cannot be (the metadata is fine; the tensor is not). */
+static enum tg_status bad_value(const struct tg_checkpoint *c, const char *name, int64_t v,
+                                const char *why)
+{
+    return tg_error(TG_ERR_FORMAT, "checkpoint %s: tensor '%s' is %" PRId64 ", %s",
+                    tg_st_path(c->f), name, v, why);
+}
+
 static enum tg_status get_str(const struct tg_checkpoint *c, const char *key, const char **out)
 {
     const char *v = tg_st_meta(c->f, key);
@@ -312,13 +321,20 @@ static enum tg_status parse(struct tg_checkpoint *c)
     int64_t v[4];
     const int64_t one[1] = {1}, four[1] = {4};
     TRY(tg_st_get_i64(c->f, "train.step", v, 1, 1, one));
-    if (v[0] < 0) return bad(c, "train.step");
+    if (v[0] < 0) return bad_value(c, "train.step", v[0], "expected a step count >= 0");
     c->st.step = (long)v[0];
+    /* The step is written twice (metadata for people and tools, the tensor for the trainer);
+     * a file in which they differ was edited or damaged, and which one is right is unknown. */
+    long meta_step;
+    TRY(get_long(c, "step", 0, LONG_MAX, &meta_step));
+    if (meta_step != c->st.step)
+        return tg_error(TG_ERR_FORMAT, "checkpoint %s: metadata 'step' is %ld but tensor "
+                        "'train.step' is %ld", tg_st_path(c->f), meta_step, c->st.step);
     TRY(tg_st_get_i64(c->f, "train.optim_steps", v, 1, 1, one));
-    if (v[0] < 0) return bad(c, "train.optim_steps");
+    if (v[0] < 0) return bad_value(c, "train.optim_steps", v[0], "expected a step count >= 0");
     c->st.optim_steps = (long)v[0];
     TRY(tg_st_get_i64(c->f, "train.cursor", v, 1, 1, one));
-    if (v[0] < 0) return bad(c, "train.cursor");
+    if (v[0] < 0) return bad_value(c, "train.cursor", v[0], "expected a text position >= 0");
     c->st.cursor = v[0];
     TRY(tg_st_get_i64(c->f, "train.rng", v, 4, 1, four));
     for (int k = 0; k < 4; k++) c->st.rng.s[k] = (uint64_t)v[k];
@@ -362,7 +378,8 @@ void tg_checkpoint_model_dims(const struct tg_checkpoint *c, int *input, int *vo
 }
 
 /* One tensor of the file into x: present, of x's dtype exactly (a float64 file does not load
- * into a float32 run silently), of x's shape. */
+ * into a float32 run silently), finite (a NaN or infinite weight, moment or carried state
+ * would only give NaN losses or garbage samples later, far from the cause), of x's shape. */
 static enum tg_status load_tensor(const struct tg_checkpoint *c, const char *name,
                                   struct tg_tensor *x, int ndim, const int64_t *shape)
 {
@@ -372,6 +389,7 @@ static enum tg_status load_tensor(const struct tg_checkpoint *c, const char *nam
     if (t->dtype != st_dtype(x->dtype))
         return tg_error(TG_ERR_FORMAT, "checkpoint %s: tensor '%s' is %s, the model is %s",
                         tg_st_path(c->f), name, tg_st_dtype_name(t->dtype), tg_dtype_name(x->dtype));
+    TRY(tg_st_check_finite(c->f, t, "checkpoint"));
     return tg_st_get_tensor(c->f, name, x, ndim, shape);
 }
 
@@ -429,6 +447,47 @@ enum tg_status tg_checkpoint_load_optim(const struct tg_checkpoint *c, struct tg
     return tg_optim_set_steps(o, c->st.optim_steps);
 }
 
+/* a += b, saturating: sizes from a damaged file may claim anything */
+static int64_t sat_add(int64_t a, int64_t b) { return a > INT64_MAX - b ? INT64_MAX : a + b; }
+
+static int64_t sat_mul(int64_t a, int64_t b)
+{
+    int64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? INT64_MAX : r;
+}
+
+enum tg_status tg_checkpoint_check_model_size(const struct tg_checkpoint *c,
+                                              const struct tg_model_config *mc)
+{
+    if (!c || !mc || !mc->cell) return tg_error(TG_ERR_VALUE, "tg_checkpoint_check_model_size: NULL argument");
+    /* What the file holds: every float tensor (validated, so the sum is at most its size). */
+    int64_t have = 0;
+    for (int i = 0; i < tg_st_count(c->f); i++) {
+        const struct tg_st_tensor *t = tg_st_at(c->f, i);
+        if (t->dtype == TG_ST_F32 || t->dtype == TG_ST_F64) have += tg_st_numel(t);
+    }
+    /* What the model would allocate, counted as tg_model_new lays it out (stopping as soon as
+     * it is too much: a million layers need not be counted to the end). */
+    int64_t need = sat_add(sat_mul(mc->vocab, mc->input), sat_mul(mc->outputs, sat_add(mc->hidden, 1)));
+    for (int l = 0; l < mc->layers && need <= have; l++) {
+        for (int s = 0; s < mc->cell->n_params; s++) {
+            int rows, cols;
+            if (!tg_param_spec_dims(&mc->cell->params[s], l ? mc->hidden : mc->input, mc->hidden,
+                                    &rows, &cols))
+                need = INT64_MAX;
+            else
+                need = sat_add(need, (int64_t)rows * cols);
+        }
+    }
+    if (need > have)
+        return tg_error(TG_ERR_FORMAT, "checkpoint %s: its metadata (cell %s, hidden %d, layers %d, "
+                        "input %d, vocab %d, outputs %d) describes more weights than the %" PRId64
+                        " numbers the file holds (damaged or edited metadata?)", tg_st_path(c->f),
+                        mc->cell->name, mc->hidden, mc->layers, mc->input, mc->vocab, mc->outputs,
+                        have);
+    return TG_OK;
+}
+
 enum tg_status tg_checkpoint_new_model(const struct tg_checkpoint *c, const struct tg_cell *cell_def,
                                        struct tg_model **out)
 {
@@ -447,6 +506,7 @@ enum tg_status tg_checkpoint_new_model(const struct tg_checkpoint *c, const stru
         .loss = is_xent ? TG_LOSS_XENT_SUM : TG_LOSS_MSE_LAST,
     };
     struct tg_model *m;
+    TRY(tg_checkpoint_check_model_size(c, &mc)); /* before allocating what the metadata says */
     TRY(tg_model_new(&mc, &m));
     enum tg_status st = tg_checkpoint_load_model(c, m);
     if (st != TG_OK) {

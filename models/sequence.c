@@ -248,7 +248,8 @@ enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
             for (int k = 0; k < ns; k++) {
                 if (!next[k]) {
                     char what[96];
-                    snprintf(what, sizeof what, "cell '%s' at step %d (1-based), layer %d", cell->name, s + 1, l);
+                    snprintf(what, sizeof what, "cell '%s' at time step %d of %d, layer %d", cell->name,
+                             s + 1, T, l); /* steps counted 1..T, as in check and dot */
                     return fail_from_tape(t, what);
                 }
                 state[k] = next[k];

@@ -247,6 +247,12 @@ void tg_checkpoint_model_dims(const struct tg_checkpoint *c, int *input, int *vo
 enum tg_status tg_checkpoint_load_model(const struct tg_checkpoint *c, struct tg_model *m);
 /* Copy the optimizer state tensors and step count into o (same configuration and parameters). */
 enum tg_status tg_checkpoint_load_optim(const struct tg_checkpoint *c, struct tg_optim *o);
+/* Does the file hold at least as many numbers as a model of configuration mc has weights?
+ * TG_ERR_FORMAT otherwise. Checked before such a model is allocated, so that a file whose
+ * metadata claims a huge size (hidden 60000 over tensors of H = 2) is refused instead of
+ * making us allocate gigabytes. tg_checkpoint_new_model and the trainer call it. */
+enum tg_status tg_checkpoint_check_model_size(const struct tg_checkpoint *c,
+                                              const struct tg_model_config *mc);
 /* Build a model from a checkpoint alone (for sampling): cell by name (built-in, or cell_def if
  * its name matches), sizes and dtype from the metadata, parameters loaded. */
 enum tg_status tg_checkpoint_new_model(const struct tg_checkpoint *c, const struct tg_cell *cell_def,

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tapegrad_fileio.h"
 #include "tapegrad_tasks.h"
 
 struct tg_task {
@@ -147,40 +148,12 @@ int tg_reber_generate(struct tg_rng *rng, int embedded, int32_t *sym, int cap)
 static enum tg_status read_text(struct tg_task *task)
 {
     const char *path = task->path;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return tg_error(TG_ERR_IO, "tg_task_new: cannot open text file '%s': %s", path,
-                        strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    uint8_t *buf = malloc(cap);
-    if (!buf) {
-        fclose(f);
-        return tg_error(TG_ERR_NOMEM, "tg_task_new: out of memory reading '%s'", path);
-    }
-    for (;;) {
-        if (n == cap) {
-            if (cap > (size_t)TG_TEXT_MAX_BYTES) break;
-            uint8_t *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return tg_error(TG_ERR_NOMEM, "tg_task_new: out of memory reading '%s'", path);
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    int bad = ferror(f);
-    int err = errno;
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return tg_error(TG_ERR_IO, "tg_task_new: cannot read text file '%s': %s", path,
-                        strerror(err));
-    }
+    uint8_t *buf;
+    size_t n;
+    /* A regular file only (a FIFO would block forever), read to its end. */
+    enum tg_status st = tg_file_read("tg_task_new: text file", path, (size_t)TG_TEXT_MAX_BYTES,
+                                     &buf, &n);
+    if (st != TG_OK) return st;
     if (n > (size_t)TG_TEXT_MAX_BYTES) {
         free(buf);
         return tg_error(TG_ERR_VALUE, "tg_task_new: text file '%s' is larger than the %ld MiB cap",

@@ -13,8 +13,10 @@
 #include <time.h>
 
 #include "tapegrad_dist.h"
+#include "tapegrad_fileio.h"
 #include "tapegrad_flow.h"
 #include "tapegrad_train.h"
+#include "train_log.h"
 
 #define EVAL_BATCH 128                    /* held-out sequences per forward pass */
 #define EVAL_SEED 0x5eedf00dcafe1234ULL   /* the held-out set's own stream, apart from training */
@@ -38,7 +40,7 @@ struct tg_trainer {
     struct tg_metrics train_m, eval_m;
     int have_eval;
     long eval_step;               /* the step eval_m was measured at (−1: never) */
-    FILE *log;
+    struct train_log log;         /* log.f is NULL when there is none */
     /* micro-batches and ranks (see tapegrad_train.h) */
     int rank, nranks, lead;       /* lead: rank 0, which alone logs and checkpoints */
     int k0, kn;                   /* this rank's micro-batches [k0, k0 + kn) */
@@ -214,7 +216,7 @@ static enum tg_status validate(const struct tg_train_config *c)
 void tg_trainer_free(struct tg_trainer *tr)
 {
     if (!tr) return;
-    if (tr->log) fclose(tr->log);
+    train_log_close(&tr->log);
     tg_batch_free(&tr->batch);
     tg_batch_free(&tr->eval_batch);
     tg_batch_free(&tr->sub);
@@ -232,30 +234,40 @@ void tg_trainer_free(struct tg_trainer *tr)
     free(tr);
 }
 
-static int same_file(const char *a, const char *b)
+/* The files of a run, checked before any training: a checkpoint that can only be written at
+ * the end must be writable now (not a directory, its directory present and taking files), and
+ * no output may be one of the inputs (or the other output) under another name. */
+static enum tg_status check_paths(const struct tg_train_config *c)
 {
-    struct stat sa, sb;
-    if (stat(a, &sa) != 0 || stat(b, &sb) != 0) return strcmp(a, b) == 0;
-    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    if (c->checkpoint) TRY(tg_file_check_writable(NULL, "checkpoint", c->checkpoint));
+    const struct { const char *flag, *path; } in[] = {
+        {"--data", c->data}, {"--resume", c->resume}, {"--checkpoint", c->checkpoint}};
+    for (int i = 0; i < 3; i++) {
+        if (i == 0 && tg_file_same(c->checkpoint, in[i].path))
+            return tg_error(TG_ERR_VALUE, "checkpoint '%s' is the same file as %s '%s'", c->checkpoint,
+                            in[i].flag, in[i].path);
+        if (tg_file_same(c->log_path, in[i].path))
+            return tg_error(TG_ERR_VALUE, "log '%s' is the same file as %s '%s'", c->log_path,
+                            in[i].flag, in[i].path);
+    }
+    return TG_OK;
 }
 
 static enum tg_status open_log(struct tg_trainer *tr, int append)
 {
     const struct tg_train_config *c = &tr->cfg;
-    tr->log = fopen(c->log_path, append ? "a" : "w");
-    if (!tr->log)
-        return tg_error(TG_ERR_IO, "cannot open log '%s': %s", c->log_path, strerror(errno));
-    if (ftell(tr->log) > 0) return TG_OK;
+    TRY(train_log_open(&tr->log, c->log_path, append));
+    if (!tr->log.fresh) return TG_OK; /* appending to a log that has its header */
     struct tg_metrics m;
     tg_metrics_reset(tr->task, &m);
-    fprintf(tr->log, "step,loss,smooth_loss,grad_norm");
-    for (int l = 0; l < c->layers; l++) fprintf(tr->log, ",gnorm_l%d", l);
-    fprintf(tr->log, ",gnorm_out");
-    for (int i = 0; i < m.n; i++) fprintf(tr->log, ",%s", m.names[i]);
-    for (int i = 0; i < m.n; i++) fprintf(tr->log, ",eval_%s", m.names[i]);
-    fprintf(tr->log, ",tokens,seconds\n");
-    return fflush(tr->log) == 0 ? TG_OK
-                                : tg_error(TG_ERR_IO, "cannot write log '%s'", c->log_path);
+    FILE *f = tr->log.f;
+    fprintf(f, "step,loss,smooth_loss,grad_norm");
+    for (int l = 0; l < c->layers; l++) fprintf(f, ",gnorm_l%d", l);
+    fprintf(f, ",gnorm_out");
+    for (int i = 0; i < m.n; i++) fprintf(f, ",%s", m.names[i]);
+    for (int i = 0; i < m.n; i++) fprintf(f, ",eval_%s", m.names[i]);
+    fprintf(f, ",tokens,seconds\n");
+    return train_log_flush(&tr->log);
 }
 
 /* K > 1: the micro-batch buffer and the slots; this rank's share. */
@@ -308,6 +320,7 @@ static enum tg_status build(struct tg_trainer *tr)
         .outputs = tg_task_out_dim(tr->task), .dtype = strcmp(c->dtype, "f64") == 0 ? TG_F64 : TG_F32,
         .loss = tr->regression ? TG_LOSS_MSE_LAST : TG_LOSS_XENT_SUM,
     };
+    if (tr->ck) TRY(tg_checkpoint_check_model_size(tr->ck, &mc));
     TRY(tg_model_new(&mc, &tr->model));
 
     struct tg_optim_config oc;
@@ -390,6 +403,13 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
             r.progress_ctx = cfg->progress_ctx;
             *c = r;
             if (c->cell_def && strcmp(c->cell_def->name, c->cell) != 0) c->cell_def = NULL;
+            /* --steps is the total to reach: at or below the saved step nothing would run, and
+             * a run that does nothing and exits 0 looks like one that trained. */
+            long done = tg_checkpoint_state(tr->ck)->step;
+            if (c->steps && c->steps <= done)
+                st = tg_error(TG_ERR_VALUE, "checkpoint %s is at step %ld already and --steps %ld "
+                              "counts the resumed steps too, so nothing would run (ask for more than "
+                              "%ld steps)", cfg->resume, done, c->steps, done);
         }
     }
     if (st == TG_OK) {
@@ -405,8 +425,9 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
         if (!tr->owned_data) st = tg_error(TG_ERR_NOMEM, "tg_trainer_new: out of memory");
         c->data = tr->owned_data;
     }
+    if (st == TG_OK) st = check_paths(c);
     if (st == TG_OK && tr->lead && c->checkpoint && !c->overwrite &&
-        !(c->resume && same_file(c->resume, c->checkpoint))) {
+        !(c->resume && tg_file_same(c->resume, c->checkpoint))) {
         struct stat sb;
         if (stat(c->checkpoint, &sb) == 0)
             st = tg_error(TG_ERR_VALUE, "checkpoint '%s' already exists (continue it with --resume "
@@ -786,7 +807,7 @@ enum tg_status tg_trainer_save(struct tg_trainer *tr, const char *path)
 
 static void log_row(struct tg_trainer *tr, int evaluated, double seconds)
 {
-    FILE *f = tr->log;
+    FILE *f = tr->log.f;
     fprintf(f, "%ld,%.9g,%.9g,%.9g", tr->step, tr->loss, tr->smooth_loss, tr->grad_norm);
     for (int l = 0; l <= tr->cfg.layers; l++) fprintf(f, ",%.9g", tr->gnorm[l]);
     for (int i = 0; i < tr->train_m.n; i++) fprintf(f, ",%.9g", tr->train_m.values[i]);
@@ -837,11 +858,11 @@ enum tg_status tg_trainer_run(struct tg_trainer *tr, struct tg_train_result *res
             res->checkpoint_written = 1;
         }
         double secs = now_s() - t0;
-        if (tr->log) {
+        if (tr->log.f) {
             log_row(tr, evaluated, secs);
-            if (ferror(tr->log)) {
+            /* every row is flushed: a failure is seen (and cleaned up) at the step it hit */
+            if ((st = train_log_flush(&tr->log)) != TG_OK) {
                 tr->failed_alone = tr->nranks > 1;
-                st = tg_error(TG_ERR_IO, "cannot write log '%s'", c->log_path);
                 break;
             }
         }
@@ -857,7 +878,7 @@ enum tg_status tg_trainer_run(struct tg_trainer *tr, struct tg_train_result *res
             c->progress(&p, c->progress_ctx);
         }
     }
-    if (tr->log) fflush(tr->log);
+    if (st == TG_OK && tr->log.f) st = train_log_flush(&tr->log);
     /* Stopped outside a step (before the first, or after the last, whose checkpoint the loop
      * already wrote): nothing new to save. */
     if (st == TG_OK && c->stop && *c->stop) res->interrupted = 1;
@@ -992,10 +1013,16 @@ enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int voca
             /* p ∝ exp(logit/τ) at the last position */
             const struct tg_tensor *l = res.logits;
             double mx = -INFINITY, s = 0;
-            for (int j = 0; j < vocab_n; j++) {
+            for (int j = 0; j < vocab_n && st == TG_OK; j++) {
                 p[j] = tg_get(l, l->rows - 1, j) / temperature;
                 if (p[j] > mx) mx = p[j];
+                /* finite weights can still overflow (1e38 in float32): a NaN would make the
+                 * draw below pick the last symbol every time, silently */
+                if (!isfinite(p[j]))
+                    st = tg_error(TG_ERR_VALUE, "tg_sample_text: the model's output for symbol %d "
+                                  "is %g at sampled character %ld (weights too large?)", j, p[j], k + 1);
             }
+            if (st != TG_OK) break;
             for (int j = 0; j < vocab_n; j++) s += (p[j] = exp(p[j] - mx));
             double u = tg_rng_uniform(rng) * s;
             int pick = vocab_n - 1;

@@ -3,13 +3,16 @@
  * check: passes for all nine cells at the default sizes; --perturb (the report's self-test) makes
  *        it fail and name the tensor, the time step and the gate block; an unknown cell and bad
  *        flags give exit 1 and one line on stderr.
- * grad:  a missing file, a truncated file, the wrong --cell, labels out of range, a misshapen
- *        or missing tensor and an unwritable output each give exit 1, one line on stderr naming
- *        the file and tensor, and no output file (an existing one is left untouched).
+ * grad:  a missing file, a truncated file, the wrong --cell, labels out of range (the message
+ *        counts time steps 1..T), a misshapen or missing tensor, parameters or inputs that are
+ *        not finite, an output that is an input (also through a link) and an unwritable output
+ *        each give exit 1, one line on stderr naming the file and tensor, and no output file
+ *        (an existing one is left untouched).
  *
  * Test functions are named test_check_* and test_grad_* by subcommand. */
 #include <dirent.h>
 #include <fcntl.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,80 +27,10 @@
 #include "tapegrad_models.h"
 #include "tapegrad_safetensors.h"
 #include "test_util.h"
+#include "cli_util.h"
+#include "st_edit.h"
 
-#define TAPEGRAD TG_BUILD_DIR "/tools/tapegrad"
 #define FIXTURES TG_SOURCE_DIR "/tests/fixtures/torch"
-
-/* ------------------------------------------------------------ running the program */
-
-struct run {
-    int status;          /* exit status (128 if it did not exit normally) */
-    char out[32768];     /* stdout, truncated */
-    char err[4096];      /* stderr, truncated */
-};
-
-static void slurp(const char *path, char *buf, size_t n)
-{
-    FILE *f = fopen(path, "r");
-    size_t got = f ? fread(buf, 1, n - 1, f) : 0;
-    buf[got] = '\0';
-    if (f) fclose(f);
-}
-
-/* Run tapegrad with the NULL-terminated arguments after the program name. */
-static struct run *run_tapegrad(const char *arg0, ...)
-{
-    const char *argv[40] = {"tapegrad", arg0};
-    int n = 2;
-    va_list ap;
-    va_start(ap, arg0);
-    while (n < 39 && (argv[n] = va_arg(ap, const char *)) != NULL) n++;
-    va_end(ap);
-    argv[n] = NULL;
-
-    static struct run r;
-    memset(&r, 0, sizeof r);
-    char out[] = "/tmp/tg_cli_out_XXXXXX", err[] = "/tmp/tg_cli_err_XXXXXX";
-    int fo = mkstemp(out), fe = mkstemp(err);
-    assert_true(fo >= 0 && fe >= 0);
-    fflush(stdout);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fo, 1);
-        dup2(fe, 2);
-        execv(TAPEGRAD, (char *const *)argv);
-        _exit(127);
-    }
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    close(fo), close(fe);
-    r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-    slurp(out, r.out, sizeof r.out);
-    slurp(err, r.err, sizeof r.err);
-    unlink(out), unlink(err);
-    return &r;
-}
-
-/* Exit 1 and exactly one non-empty line on stderr that contains every given fragment. */
-static void assert_one_line_error(const struct run *r, const char *frag, ...)
-{
-    if (r->status != 1) fail_msg("exit status %d, expected 1 (stderr: %s)", r->status, r->err);
-    size_t len = strlen(r->err);
-    if (len < 2 || r->err[len - 1] != '\n' || strchr(r->err, '\n') != r->err + len - 1)
-        fail_msg("stderr is not one line: '%s'", r->err);
-    if (strncmp(r->err, "tapegrad ", 9) != 0) fail_msg("stderr does not start with 'tapegrad ': %s", r->err);
-    va_list ap;
-    va_start(ap, frag);
-    for (const char *f = frag; f; f = va_arg(ap, const char *))
-        if (!strstr(r->err, f)) fail_msg("stderr lacks '%s': %s", f, r->err);
-    va_end(ap);
-}
-
-static void need_binary(void)
-{
-    if (access(TAPEGRAD, X_OK) != 0) fail_msg("%s is not built", TAPEGRAD);
-}
 
 /* ------------------------------------------------------------ check */
 
@@ -354,22 +287,71 @@ static void test_grad_wrong_cell(void **state)
     rm_dir(g.dir);
 }
 
-/* Copy every tensor of src into a writer, replacing or dropping one; returns the saved path. */
+/* src with tensor `name` replaced (or dropped when data is NULL), saved as dst. */
 static void rewrite(const char *src, const char *dst, const char *name, enum tg_st_dtype dt, int ndim,
                     const int64_t *shape, const void *data)
 {
-    struct tg_st_file *f;
-    if (tg_st_read(src, &f) != TG_OK) fail_msg("%s", tg_last_error());
-    struct tg_st_writer *w = tg_st_writer_new();
-    for (int i = 0; i < tg_st_count(f); i++) {
-        const struct tg_st_tensor *t = tg_st_at(f, i);
-        if (strcmp(t->name, name) == 0) continue;
-        tg_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
+    st_rewrite(src, dst, name, dt, ndim, shape, data, NULL, NULL);
+}
+
+/* Issue 17: NaN or infinite weights (or inputs) gave NaN gradients written as a result. */
+static void test_grad_nonfinite_params(void **state)
+{
+    (void)state;
+    need_binary();
+    struct gdir g;
+    gdir_new(&g);
+    char p[160], d[160];
+    snprintf(p, sizeof p, "%s/P.safetensors", g.dir);
+    snprintf(d, sizeof d, "%s/D.safetensors", g.dir);
+    /* lstm_l2_f64: H 5, so rnn.weight_hh_l1 is [20, 5]; element 7 is [1, 2] */
+    st_set_element(CASE_P("lstm_l2_f64"), p, "rnn.weight_hh_l1", 7, NAN);
+    expect_grad_error(&g, "lstm", p, CASE_D("lstm_l2_f64"), "'rnn.weight_hh_l1' is not finite",
+                      "nan at [1, 2]");
+    st_set_element(CASE_P("lstm_l2_f64"), p, "out.bias", 0, -INFINITY);
+    expect_grad_error(&g, "lstm", p, CASE_D("lstm_l2_f64"), "'out.bias' is not finite", "-inf at [0]");
+    st_set_element(CASE_D("lstm_l2_f64"), d, "x", 3, INFINITY);
+    expect_grad_error(&g, "lstm", CASE_P("lstm_l2_f64"), d, "'x' is not finite", "D.safetensors");
+    rm_dir(g.dir);
+}
+
+/* Issue 17: `grad --out P --params P` replaced the parameters with the gradients and exited 0.
+ * An output that is an input, by any name (a hard link, a symbolic link), is refused. */
+static void test_grad_out_is_an_input(void **state)
+{
+    (void)state;
+    need_binary();
+    struct gdir g;
+    gdir_new(&g);
+    char p[160], d[160], hard[160], soft[160];
+    snprintf(p, sizeof p, "%s/P.safetensors", g.dir);
+    snprintf(d, sizeof d, "%s/D.safetensors", g.dir);
+    snprintf(hard, sizeof hard, "%s/hard.safetensors", g.dir);
+    snprintf(soft, sizeof soft, "%s/soft.safetensors", g.dir);
+    size_t np, nd;
+    char *pb = tg_test_read_file(CASE_P("lstm_l2_f64"), &np), *db = tg_test_read_file(CASE_D("lstm_l2_f64"), &nd);
+    assert_true(pb && db);
+    write_file(p, pb, np);
+    write_file(d, db, nd);
+    assert_int_equal(link(p, hard), 0);
+    assert_int_equal(symlink(d, soft), 0);
+    const char *outs[4] = {p, hard, d, soft};
+    for (int i = 0; i < 4; i++) {
+        struct run *r = run_tapegrad("grad", "--cell", "lstm", "--params", p, "--data", d, "--out", outs[i], NULL);
+        assert_one_line_error(r, "same file as", i < 2 ? "--params" : "--data", NULL);
     }
-    if (data) tg_st_writer_add(w, name, dt, ndim, shape, data);
-    if (tg_st_writer_save(w, dst) != TG_OK) fail_msg("%s", tg_last_error());
-    tg_st_writer_free(w);
-    tg_st_close(f);
+    size_t n;
+    char *now = tg_test_read_file(p, &n);
+    assert_true(now && n == np && memcmp(now, pb, n) == 0);
+    free(now);
+    now = tg_test_read_file(d, &n);
+    assert_true(now && n == nd && memcmp(now, db, n) == 0);
+    free(now);
+    free(pb);
+    free(db);
+    unlink(hard);
+    unlink(soft);
+    rm_dir(g.dir);
 }
 
 static void test_grad_labels_out_of_range(void **state)
@@ -384,7 +366,8 @@ static void test_grad_labels_out_of_range(void **state)
     snprintf(d, sizeof d, "%s/D.safetensors", g.dir);
     y[7] = 7;
     rewrite(CASE_D("lstm_l2_f64"), d, "y", TG_ST_I64, 2, shape, y);
-    expect_grad_error(&g, "lstm", CASE_P("lstm_l2_f64"), d, "'y'", "[3, 1]");
+    /* the index is y's own (0-based); the time step is counted 1..T like everywhere else */
+    expect_grad_error(&g, "lstm", CASE_P("lstm_l2_f64"), d, "'y'", "y[3, 1] (time step 4 of 5, batch row 1)");
     y[7] = -1;
     rewrite(CASE_D("lstm_l2_f64"), d, "y", TG_ST_I64, 2, shape, y);
     expect_grad_error(&g, "lstm", CASE_P("lstm_l2_f64"), d, "label -1", "D.safetensors");
@@ -539,6 +522,8 @@ int main(void)
         cmocka_unit_test(test_grad_truncated_params),
         cmocka_unit_test(test_grad_wrong_cell),
         cmocka_unit_test(test_grad_labels_out_of_range),
+        cmocka_unit_test(test_grad_nonfinite_params),
+        cmocka_unit_test(test_grad_out_is_an_input),
         cmocka_unit_test(test_grad_misshapen_or_missing_tensor),
         cmocka_unit_test(test_grad_unwritable_output),
         cmocka_unit_test(test_grad_output_layout),

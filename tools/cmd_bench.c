@@ -50,6 +50,7 @@ static int omp_get_max_threads(void) { return 1; }
 #include "bench.h"
 #include "cli.h"
 #include "tapegrad.h"
+#include "tapegrad_fileio.h"
 #include "tapegrad_models.h"
 #include "tapegrad_manual.h"
 #include "tapegrad_optim.h"
@@ -513,9 +514,10 @@ static void json_timing(FILE *f, const char *key, const struct timing *t, const 
     fprintf(f, ", \"alloc_sites\": \"%s\"}", t->sites);
 }
 
-static int write_json(FILE *f, const char *path, const struct result *res, int n,
+static int write_json(struct tg_atomic *a, const struct result *res, int n,
                       const struct bench_opts *o, double peak, double check)
 {
+    FILE *f = a->f;
     const char *core = getenv("OPENBLAS_CORETYPE");
     fprintf(f, "{\"tool\": \"tapegrad bench\", \"threads\": %d, \"blas_flavour\": \"%s\", "
             "\"openblas_parallel\": %d, \"openblas_core\": \"%s\", \"openblas_coretype_env\": %s%s%s, "
@@ -545,20 +547,32 @@ static int write_json(FILE *f, const char *path, const struct result *res, int n
                 i + 1 < n ? "," : "");
     }
     fprintf(f, " ]\n}\n");
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad) return cli_fail("bench", "error writing '%s'", path), -1;
+    if (tg_atomic_commit(a) != TG_OK) return cli_fail("bench", "--json: %s", tg_last_error()), -1;
     return 0;
 }
 
 /* ------------------------------------------------------------------- command */
 
+/* Split a comma list in place. −1: more than max items; −2: an empty item (a trailing or
+ * doubled comma, which strtok would have skipped silently). */
 static int split_list(char *s, const char **items, int max)
 {
     int n = 0;
-    for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ","))
-        if (n < max) items[n++] = tok;
-        else return -1;
-    return n;
+    for (char *tok = s;; tok++) {
+        char *comma = strchr(tok, ',');
+        if (comma) *comma = '\0';
+        if (!*tok) return -2;
+        if (n == max) return -1;
+        items[n++] = tok;
+        if (!comma) return n;
+        tok = comma;
+    }
+}
+
+static int list_fail(const char *flag, const char *arg, int n)
+{
+    if (n == -2) return cli_fail("bench", "%s '%s' has an empty item (a trailing or doubled comma?)", flag, arg);
+    return cli_fail("bench", "%s: more than %d items", flag, MAX_CONFIGS);
 }
 
 int cmd_bench(int argc, char **argv)
@@ -600,6 +614,7 @@ int cmd_bench(int argc, char **argv)
     snprintf(cbuf, sizeof cbuf, "%s", strcmp(cell_arg, "all") == 0 ? "lstm,gru,rnn_tanh" : cell_arg);
     const char *items[MAX_CONFIGS];
     int n = split_list(cbuf, items, MAX_CONFIGS);
+    if (n < 0) return list_fail("--cell", cell_arg, n);
     for (int i = 0; i < n; i++) {
         int k = -1;
         for (int j = 0; j < MAX_CELLS; j++)
@@ -618,7 +633,7 @@ int cmd_bench(int argc, char **argv)
             return cli_fail("bench", "--config: list too long");
         }
         n = split_list(gbuf, items, MAX_CONFIGS);
-        if (n < 0) return cli_fail("bench", "--config: more than %d configs", MAX_CONFIGS);
+        if (n < 0) return list_fail("--config", config_arg, n);
         for (int i = 0; i < n; i++) {
             int e = parse_config(items[i], &cfgs[ncfg]);
             if (e == -1)
@@ -630,8 +645,10 @@ int cmd_bench(int argc, char **argv)
     }
     if (ncfg == 0 && !o.scaling) return cli_fail("bench", "--config none without --scaling: nothing to run");
 
-    FILE *jf = json ? fopen(json, "w") : NULL;   /* now, not after minutes of measuring */
-    if (json && !jf) return cli_fail("bench", "cannot write --json file '%s'", json);
+    /* Opened now, not after minutes of measuring; written whole at the end or not at all
+     * (a temporary file renamed over it), so a failure leaves no empty or partial file. */
+    struct tg_atomic jf = {0};
+    if (json && tg_atomic_open(&jf, NULL, json) != TG_OK) return cli_fail("bench", "--json: %s", tg_last_error());
 
     /* threads: our OpenMP loops and OpenBLAS's pool, the same count */
     omp_set_num_threads(o.threads);
@@ -670,7 +687,7 @@ int cmd_bench(int argc, char **argv)
     int nres = ncfg * ncell, nscal = o.scaling ? (int)(sizeof SCALING_T / sizeof SCALING_T[0]) : 0;
     struct result *res = calloc((size_t)(nres + nscal + 1), sizeof *res);
     if (!res) {
-        if (jf) fclose(jf);
+        tg_atomic_abort(&jf);
         return cli_fail("bench", "out of memory");
     }
     int rc = 0, k = 0;
@@ -692,10 +709,9 @@ int cmd_bench(int argc, char **argv)
     if (rc == 0 && nscal) print_scaling(res + nres, nscal);
     if (rc == 0) {
         printf("\nprocess threads at the end: %d\n", (int)proc_kib("Threads"));
-        if (jf && write_json(jf, json, res, k, &o, peak, check) != 0) rc = 1;
-        jf = NULL;
+        if (jf.f && write_json(&jf, res, k, &o, peak, check) != 0) rc = 1;
     }
-    if (jf) fclose(jf);
+    tg_atomic_abort(&jf); /* after a commit: nothing left to do */
     free(res);
     return rc;
 }

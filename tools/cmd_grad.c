@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "tapegrad_fileio.h"
 #include "tapegrad_models.h"
 #include "tapegrad_safetensors.h"
 
@@ -205,7 +206,8 @@ static int read_data(const struct tg_st_file *f, const struct layout *lo, struct
         free(labels);
         return cli_fail(CMD, "out of memory for x (T=%d, B=%d)", d->T, d->B);
     }
-    if (tg_st_get_f64(f, "x", d->x, nx, 0, NULL) != TG_OK || tg_st_get_i64(f, "y", labels, ny, 0, NULL) != TG_OK) {
+    if (tg_st_check_finite(f, x, "--data") != TG_OK || tg_st_get_f64(f, "x", d->x, nx, 0, NULL) != TG_OK ||
+        tg_st_get_i64(f, "y", labels, ny, 0, NULL) != TG_OK) {
         free(labels);
         return cli_fail(CMD, "%s", tg_last_error());
     }
@@ -213,8 +215,11 @@ static int read_data(const struct tg_st_file *f, const struct layout *lo, struct
         if (labels[i] < 0 || labels[i] >= lo->V) {
             int64_t v = labels[i];
             free(labels);
-            return cli_fail(CMD, "%s: tensor 'y': label %" PRId64 " at [%zu, %zu] (t, b) is outside [0, %d) "
-                            "(V = %d from out.weight)", path, v, i / (size_t)d->B, i % (size_t)d->B, lo->V, lo->V);
+            /* y[t, b] is a 0-based index; the time step is said as people count, 1..T */
+            return cli_fail(CMD, "%s: tensor 'y': label %" PRId64 " at y[%zu, %zu] (time step %zu of %d, "
+                            "batch row %zu) is outside [0, %d) (V = %d from out.weight)", path, v,
+                            i / (size_t)d->B, i % (size_t)d->B, i / (size_t)d->B + 1, d->T,
+                            i % (size_t)d->B, lo->V, lo->V);
         }
         d->y[i] = (int32_t)labels[i];
     }
@@ -290,6 +295,14 @@ int cmd_grad(int argc, char **argv)
         return cli_fail(CMD, "--cell %s has no PyTorch module; grad takes rnn_tanh, rnn_relu, lstm or gru",
                         cell->name);
 
+    /* The output replaces its file whole: if that file is an input (by any name: compared by
+     * device and inode), the input would be gone. */
+    const char *same = tg_file_same(out, ppath) ? "--params" : tg_file_same(out, dpath) ? "--data" : NULL;
+    if (same)
+        return cli_fail(CMD, "--out %s is the same file as %s %s; writing the gradients there would "
+                        "destroy an input (give another --out)", out, same, !strcmp(same, "--data") ? dpath : ppath);
+    if (tg_file_check_writable(NULL, "--out", out) != TG_OK) return cli_fail(CMD, "%s", tg_last_error());
+
     struct tg_st_file *pf = NULL, *df = NULL;
     struct layout lo = {0};
     struct data d = {0};
@@ -310,7 +323,9 @@ int cmd_grad(int argc, char **argv)
         goto done;
     }
     for (int k = 0; k < lo.n; k++) {
-        if (tg_st_get_tensor(pf, lo.p[k].name, m->params[k], lo.p[k].ndim, lo.p[k].shape) != TG_OK) {
+        /* Non-finite weights would give NaN gradients that look like a result. */
+        if (tg_st_check_finite(pf, tg_st_find(pf, lo.p[k].name), "--params") != TG_OK ||
+            tg_st_get_tensor(pf, lo.p[k].name, m->params[k], lo.p[k].ndim, lo.p[k].shape) != TG_OK) {
             rc = cli_fail(CMD, "%s", tg_last_error());
             goto done;
         }

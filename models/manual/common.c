@@ -199,8 +199,9 @@ static enum tg_status check_args(const char *fn, enum tg_manual_cell c,
     const size_t tb = (size_t)d->T * d->B;
     for (size_t r = 0; r < tb; r++)
         if (y[r] < -1 || y[r] >= d->V)
-            return tg_error(TG_ERR_VALUE, "%s: label %d at step %zu, sequence %zu outside [-1, %d)",
-                            fn, (int)y[r], r / (size_t)d->B, r % (size_t)d->B, d->V);
+            return tg_error(TG_ERR_VALUE, "%s: label %d at time step %zu of %d (batch row %zu) "
+                            "outside [-1, %d)", fn, (int)y[r], r / (size_t)d->B + 1, d->T,
+                            r % (size_t)d->B, d->V);
     return TG_OK;
 }
 

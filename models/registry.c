@@ -50,3 +50,16 @@ int tg_param_spec_dims(const struct tg_param_spec *s, int in, int hidden, int *r
     *cols = fits ? (int)c : 0;
     return fits;
 }
+
+int tg_param_spec_ndim(const struct tg_param_spec *s)
+{
+    if (s->ndim == 1 || s->ndim == 2) return s->ndim;
+    const struct tg_param_shape *p = &s->shape;
+    return p->r_h == 0 && p->r_in == 0 && p->r_1 == 1 && strstr(s->name, "bias") ? 1 : 2;
+}
+
+enum tg_status tg_cell_check(const struct tg_cell *cell, int in, int hidden)
+{
+    if (!cell) return tg_error(TG_ERR_VALUE, "tg_cell_check: no cell given");
+    return cell->check ? cell->check(cell->ctx, in, hidden) : TG_OK;
+}

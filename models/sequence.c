@@ -48,6 +48,11 @@ enum tg_status tg_model_new(const struct tg_model_config *cfg, struct tg_model *
                         cfg->outputs, cfg->vocab);
     if (cfg->dtype != TG_F32 && cfg->dtype != TG_F64)
         return tg_error(TG_ERR_DTYPE, "tg_model_new: unknown dtype %d", (int)cfg->dtype);
+    if (!cfg->cell->step && !cfg->cell->step_ctx)
+        return tg_error(TG_ERR_VALUE, "tg_model_new: cell '%s' has no step function", cfg->cell->name);
+    for (int l = 0; l < cfg->layers && l < 2; l++)
+        if (tg_cell_check(cfg->cell, l == 0 ? cfg->input : cfg->hidden, cfg->hidden) != TG_OK)
+            return TG_ERR_FORMAT;
     struct tg_model *m = calloc(1, sizeof *m);
     if (!m) return tg_error(TG_ERR_NOMEM, "tg_model_new: out of memory");
     m->cfg = *cfg;
@@ -221,10 +226,11 @@ enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
         /* The layer's whole input as one T·B-row matrix: the first layer's X, or the stacked
          * outputs of the layer below. With an input hook, project it once (one GEMM). */
         struct tg_tensor *Xl = X;
-        if (cell->input) {
+        int in = l == 0 ? cfg->input : H, projected = cell->input || cell->input_ctx;
+        if (projected) {
             tg_tape_set_tag(t, -1, l);
             if (l > 0) Xl = T == 1 ? hs[0] : tg_concat(t, 0, T, hs);
-            Xl = Xl ? cell->input(t, w, Xl) : NULL;
+            if (Xl) Xl = cell->input ? cell->input(t, w, Xl) : cell->input_ctx(cell->ctx, in, H, t, w, Xl);
             if (!Xl) return fail_from_tape(t, "input projection");
         }
         for (int k = 0; k < ns; k++) {
@@ -238,12 +244,13 @@ enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
         }
         for (int s = 0; s < T; s++) {
             tg_tape_set_tag(t, s, l);
-            struct tg_tensor *x = l == 0 || cell->input ? tg_slice(t, Xl, 0, s * B, (s + 1) * B) : hs[s];
+            struct tg_tensor *x = l == 0 || projected ? tg_slice(t, Xl, 0, s * B, (s + 1) * B) : hs[s];
             next[0] = next[1] = NULL;
             /* One fusion region per step: the cell's elementwise gate math becomes one node
              * that keeps only the new state (autograd/fuse.c); a no-op with fusion off. */
             tg_tape_fuse_begin(t);
-            cell->step(t, w, x, state, next);
+            if (cell->step) cell->step(t, w, x, state, next);
+            else cell->step_ctx(cell->ctx, in, H, t, w, x, state, next);
             if (tg_tape_fuse_end(t, next, ns) != TG_OK) next[0] = next[1] = NULL;
             for (int k = 0; k < ns; k++) {
                 if (!next[k]) {

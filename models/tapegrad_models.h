@@ -39,7 +39,12 @@ struct tg_param_shape { int r_h, r_in, r_1, c_h, c_in, c_1; };
 struct tg_param_spec {
     const char *name;             /* PyTorch's name where one exists, without the _l{k} suffix */
     struct tg_param_shape shape;
+    int ndim;                     /* 1: a vector (1×N, stored 1-D in files); 2: a matrix;
+                                     0: 1-D if it is a single row named *bias* (C cells) */
 };
+
+/* 1 or 2: how a parameter is stored in safetensors files (PyTorch keeps biases 1-D). */
+int tg_param_spec_ndim(const struct tg_param_spec *s);
 
 /* One time step. w: the layer's parameters in spec order; x: B×in; state: n_state tensors of
  * B×H (state[0] is h, the layer's output); writes the new state into next[0..n_state).
@@ -54,16 +59,53 @@ typedef void (*tg_cell_step_fn)(struct tg_tape *t, struct tg_tensor *const *w,
 typedef struct tg_tensor *(*tg_cell_input_fn)(struct tg_tape *t, struct tg_tensor *const *w,
                                               struct tg_tensor *X);
 
+/* The same with a context (a compiled cell file) and the layer's sizes (in = its input width). */
+typedef void (*tg_cell_step_ctx_fn)(const void *ctx, int in, int hidden, struct tg_tape *t,
+                                    struct tg_tensor *const *w, struct tg_tensor *x,
+                                    struct tg_tensor *const *state, struct tg_tensor **next);
+typedef struct tg_tensor *(*tg_cell_input_ctx_fn)(const void *ctx, int in, int hidden,
+                                                  struct tg_tape *t, struct tg_tensor *const *w,
+                                                  struct tg_tensor *X);
+
 struct tg_cell {
     const char *name;
-    const char *equations;        /* one line, for --help and DOT titles */
+    const char *equations;        /* for --help and DOT titles (a cell file's: one per line) */
     int n_state;                  /* 1: h; 2: h and c */
     int gates;                    /* gate blocks stacked in the weights' rows (for reports) */
     int n_params;
     const struct tg_param_spec *params;
     tg_cell_step_fn step;
     tg_cell_input_fn input;       /* NULL: step receives x itself */
+    /* Cells with a context (cell files, tg_cell_parse) leave step NULL and set these: */
+    const void *ctx;
+    tg_cell_step_ctx_fn step_ctx;
+    tg_cell_input_ctx_fn input_ctx; /* NULL: step_ctx receives x itself */
+    /* Optional: check the cell for a layer of these sizes (tg_model_new calls it per layer). */
+    enum tg_status (*check)(const void *ctx, int in, int hidden);
 };
+
+/* ------------------------------------------------------------ cell files */
+
+/* A cell written as equations (docs: the cell language), e.g. models/cells/lstm.cell:
+ *
+ *   state h, c
+ *   param weight_ih[4H, I], weight_hh[4H, H], bias_ih[4H], bias_hh[4H]
+ *   a  = weight_ih @ x + bias_ih + weight_hh @ h + bias_hh
+ *   i  = sigmoid(a[0:H])
+ *   ...
+ *   h' = o * tanh(c')
+ *
+ * compiled into a struct tg_cell whose step records ordinary ops (parts that read only x and
+ * parameters are hoisted into the input projection). Errors, here and when a model is built
+ * for concrete sizes, are one line "FILE:LINE:COL: message" in tg_last_error(); NULL then. */
+struct tg_cell *tg_cell_parse(const char *text, size_t len, const char *path);
+struct tg_cell *tg_cell_load(const char *path);
+void tg_cell_free(struct tg_cell *cell);  /* a parsed cell (anything else: ignored) */
+/* A parsed cell's file text and path (NULL for C cells). */
+const char *tg_cell_source(const struct tg_cell *cell, size_t *len);
+const char *tg_cell_path(const struct tg_cell *cell);
+/* Check a cell for a layer of input width `in` and hidden width H (TG_OK for C cells). */
+enum tg_status tg_cell_check(const struct tg_cell *cell, int in, int hidden);
 
 /* The nine built-in cells: rnn_tanh, rnn_relu, lstm, gru, gru_cho, lstm_peephole,
  * lstm_coupled, lstm_dlbook, mgu. */

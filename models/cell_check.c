@@ -12,38 +12,50 @@
 
 #include "cell_prog.h"
 
-/* TEMPORARY until issue 10's ops land on main (removed at the rebase) */
-#pragma weak tg_div
-#pragma weak tg_exp
-#pragma weak tg_log
-#pragma weak tg_sqrt
-#pragma weak tg_abs
-#pragma weak tg_softplus
-#pragma weak tg_row_sum
-#pragma weak tg_row_mean
-
-static double sigmoid_d(double v) { return 1.0 / (1.0 + exp(-v)); }
-static double relu_d(double v) { return v > 0 ? v : 0.0; }
-static double softplus_d(double v) { return v > 0 ? v + log1p(exp(-v)) : log1p(exp(v)); }
-static double ident_d(double v) { return v; }
-
-/* The functions of the language, each the op of the same name. */
-const struct cl_func cl_funcs[] = {
-    {"sigmoid", tg_sigmoid, sigmoid_d, 0}, {"tanh", tg_tanh, tanh, 0},
-    {"relu", tg_relu, relu_d, 0},          {"exp", tg_exp, exp, 0},
-    {"log", tg_log, log, 0},               {"sqrt", tg_sqrt, sqrt, 0},
-    {"abs", tg_abs, fabs, 0},              {"softplus", tg_softplus, softplus_d, 0},
-    {"sum", tg_row_sum, ident_d, 1},       {"mean", tg_row_mean, ident_d, 1},
-};
-const int cl_n_funcs = (int)(sizeof cl_funcs / sizeof cl_funcs[0]);
-
-static const char FUNC_LIST[] = "sigmoid, tanh, relu, exp, log, sqrt, abs, softplus, sum, mean";
-
-static int find_func(const char *name)
+/* Functions are the op table's one-input elementwise ops under their own names (tanh, exp,
+ * softplus, …), and the per-sequence reductions sum and mean (ops row_sum, row_mean). */
+int cl_func_lookup(const char *name)
 {
-    for (int k = 0; k < cl_n_funcs; k++)
-        if (strcmp(cl_funcs[k].name, name) == 0) return k;
+    if (strcmp(name, "sum") == 0) return TG_OP_ROW_SUM;
+    if (strcmp(name, "mean") == 0) return TG_OP_ROW_MEAN;
+    enum tg_op op = tg_op_lookup(name);
+    if (op < TG_OP_COUNT && tg_op_is_elementwise(op) && tg_op_arity(op) == 1 && op != TG_OP_AFFINE)
+        return (int)op;
     return -1;
+}
+
+int cl_func_is_reduction(int op) { return op == TG_OP_ROW_SUM || op == TG_OP_ROW_MEAN; }
+
+static int find_func(const char *name) { return cl_func_lookup(name); }
+
+static const char *func_list(char *buf, size_t n)
+{
+    size_t k = 0;
+    buf[0] = 0;
+    for (int op = 0; op < TG_OP_COUNT && k < n; op++) {
+        if (cl_func_lookup(tg_op_name((enum tg_op)op)) != op) continue;
+        k += (size_t)snprintf(buf + k, n - k, "%s%s", k ? ", " : "", tg_op_name((enum tg_op)op));
+    }
+    if (k < n) snprintf(buf + k, n - k, ", sum, mean");
+    return buf;
+}
+
+/* f(v) for a number v, computed by the op itself on a 1×1 float64 tensor, so that a folded
+ * constant is exactly what the op would give at run time. */
+static double fold(int op, double v)
+{
+    if (cl_func_is_reduction(op)) return v;
+    struct tg_tape *t = tg_tape_new(0);
+    if (!t) return NAN;
+    tg_tape_set_no_grad(t, 1);
+    struct tg_tensor *x = tg_tensor_new(t, 1, 1, TG_F64), *y = NULL;
+    if (x) {
+        tg_set(x, 0, 0, v);
+        y = tg_ew_apply(t, (enum tg_op)op, x, NULL);
+    }
+    double r = y ? tg_get(y, 0, 0) : NAN;
+    tg_tape_free(t);
+    return r;
 }
 
 #define ERR(e, ...) cl_error_at(c->f, (e)->line, (e)->col, __VA_ARGS__)
@@ -205,19 +217,19 @@ static int analyze(struct cfile *c, const struct cl_expr *e)
     case CL_CALL: {
         int k = find_func(e->name);
         if (k < 0) {
+            char fl[256];
             if (find_sym(c, e->name) >= 0)
-                return ERR(e, "'%s' is not a function (functions: %s)", e->name, FUNC_LIST);
-            return ERR(e, "unknown function '%s' (functions: %s)", e->name, FUNC_LIST);
+                return ERR(e, "'%s' is not a function (functions: %s)", e->name, func_list(fl, sizeof fl));
+            return ERR(e, "unknown function '%s' (functions: %s)", e->name, func_list(fl, sizeof fl));
         }
         if (e->n_args != 1)
             return ERR(e, "%s takes one argument, got %d", e->name, e->n_args);
-        if (!cl_funcs[k].op) return ERR(e, "%s is not available yet (TEMPORARY)", e->name);
         if (analyze(c, e->args[0]) || no_matrix(c, e->args[0])) return -1;
         *in = c->info[e->args[0]->id];
         in->sym = -1;
         in->fn = k;
-        if (in->kind == K_NUM) in->num = cl_funcs[k].fold(in->num);
-        else if (cl_funcs[k].reduce) in->kind = K_SCAL, in->n = (struct lf){0, 0, 1};
+        if (in->kind == K_NUM) in->num = fold(k, in->num);
+        else if (cl_func_is_reduction(k)) in->kind = K_SCAL, in->n = (struct lf){0, 0, 1};
         return 0;
     }
     case CL_SLICE: {

@@ -19,8 +19,6 @@
 
 #include "cell_prog.h"
 
-#pragma weak tg_div /* TEMPORARY until issue 10's ops land */
-
 /* ------------------------------------------------------------- planning */
 
 struct planner {
@@ -267,7 +265,7 @@ static int emit_uncached(struct planner *pl, int input, const struct cl_expr *e)
     case CL_CALL: {
         int a = emit(pl, input, e->args[0]);
         if (a < 0) return -1;
-        if (cl_funcs[in->fn].reduce && c->info[e->args[0]->id].kind == K_SCAL) return a;
+        if (cl_func_is_reduction(in->fn) && c->info[e->args[0]->id].kind == K_SCAL) return a;
         return add_ins(pl, p, (struct ins){.op = I_FN, .a = a, .b = in->fn, .label = label_of(pl, e)});
     }
     case CL_SLICE: {
@@ -400,9 +398,12 @@ static struct tg_tensor *run_ins(const struct cfile *c, const struct ins *in, st
     case I_ADD: return tg_add(t, a, s[in->b]);
     case I_SUB: return tg_sub(t, a, s[in->b]);
     case I_MUL: return tg_mul(t, a, s[in->b]);
-    case I_DIV: return tg_div ? tg_div(t, a, s[in->b]) : NULL;
+    case I_DIV: return tg_div(t, a, s[in->b]);
     case I_AFFINE: return tg_affine(t, a, in->alpha, in->beta);
-    case I_FN: return cl_funcs[in->b].op(t, a);
+    case I_FN:
+        if (in->b == TG_OP_ROW_SUM) return tg_row_sum(t, a);
+        if (in->b == TG_OP_ROW_MEAN) return tg_row_mean(t, a);
+        return tg_ew_apply(t, (enum tg_op)in->b, a, NULL);
     case I_SLICE:
     case I_ROWSLICE:
         if (!a) return NULL;

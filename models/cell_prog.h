@@ -32,17 +32,12 @@ struct cinfo {
     struct lf n;                /* K_VEC: units; K_MAT: rows */
     struct lf cols;             /* K_MAT */
     int sym;                    /* CL_NAME: its symbol */
-    int fn;                     /* CL_CALL: index into cl_funcs */
+    int fn;                     /* CL_CALL: its op (enum tg_op) */
 };
 
-struct cl_func {
-    const char *name;
-    struct tg_tensor *(*op)(struct tg_tape *, struct tg_tensor *);
-    double (*fold)(double);
-    int reduce;                 /* 1: B×n → B×1 (sum, mean) */
-};
-extern const struct cl_func cl_funcs[];
-extern const int cl_n_funcs;
+/* A function name's op (enum tg_op), or −1; sum and mean reduce B×n to B×1. */
+int cl_func_lookup(const char *name);
+int cl_func_is_reduction(int op);
 
 enum iop {
     I_ARG, I_XP, I_MATMUL, I_ADDMM, I_ADD, I_SUB, I_MUL, I_DIV, I_AFFINE, I_FN, I_SLICE,

@@ -171,6 +171,57 @@ static void test_files_vs_finite_differences(void **state)
     }
 }
 
+/* Cells from the literature written only as files, against finite differences (1 and 2 layers):
+ * the language's every function, scalars per sequence, broadcasting and vector parameters. */
+static const char *const LITERATURE[][2] = {
+    {"indrnn", "state h\nparam weight_ih[H, I], weight_hh[H], bias_ih[H]\n"
+               "h' = relu(weight_ih @ x + bias_ih + weight_hh * h)\n"},
+    {"janet", "state h, c\nparam W[2H, I], U[2H, H], b[2H]\n"
+              "a = W @ x + U @ h + b\nf = sigmoid(a[0:H])\nc' = f * c + (1 - f) * tanh(a[H:2H])\nh' = c'\n"},
+    {"ln_lstm", "state h, c\nparam weight_ih[4H, I], weight_hh[4H, H], bias[4H], gamma[4H], beta[4H]\n"
+                "a = weight_ih @ x + weight_hh @ h + bias\nm = mean(a)\nd = a - m\n"
+                "n = d / sqrt(mean(d * d) + 1e-5) * gamma + beta\n"
+                "c' = sigmoid(n[H:2H]) * c + sigmoid(n[0:H]) * tanh(n[2H:3H])\n"
+                "h' = sigmoid(n[3H:4H]) * tanh(c')\n"},
+    {"every", "cell every\nstate h, s\nparam W[2H, I + H], b[2H], v[H]\n"
+              "a = W @ [x, h] + b\np = softplus(a[0:H]) + exp(-abs(a[H:2H])) + 0.5\n"
+              "q = log(p) / sqrt(p) - sum(p) / 8 + mean(relu(a[0:H]))\n"
+              "s' = tanh(q) * v + sigmoid(s) - 1 / (2 + s * s)\nh' = -s' * 0.25 + 3 * tanh(h) / 3\n"},
+};
+
+static void test_literature_cells_vs_finite_differences(void **state)
+{
+    (void)state;
+    for (size_t k = 0; k < sizeof LITERATURE / sizeof LITERATURE[0]; k++) {
+        for (int L = 1; L <= 2; L++) {
+            struct tg_cell *fc = tg_cell_parse(LITERATURE[k][1], strlen(LITERATURE[k][1]), LITERATURE[k][0]);
+            if (!fc) fail_msg("%s", tg_last_error());
+            struct run r;
+            run_model(&r, fc, 3, 2, 3, 4, L, 1, 99 + k);
+            static double x[64];
+            static int32_t y[16];
+            struct tg_rng g;
+            tg_rng_seed(&g, 3 + k);
+            for (int i = 0; i < 18; i++) x[i] = 2 * tg_rng_uniform(&g) - 1;
+            for (int i = 0; i < 6; i++) y[i] = (int32_t)tg_rng_below(&g, 3);
+            fd_batch = (struct tg_seq_batch){.T = 3, .B = 2, .x = x, .labels = y};
+            struct tg_tensor *xs[64];
+            int nx = 0;
+            for (int i = 0; i < r.m->n_params; i++) xs[nx++] = r.m->params[i];
+            for (int i = 0; i < r.n_init; i++) xs[nx++] = r.init[i];
+            struct tg_gradcheck_opts o = {.tol = 1e-7, .skip_kinks = 1};
+            struct tg_gradcheck_report rep;
+            assert_int_equal(tg_gradcheck(fd_loss, &r, xs, nx, &o, &rep), TG_OK);
+            printf("# %-8s L=%d vs FD: %ld elements (%ld at kinks), max rel %.2e\n", LITERATURE[k][0], L,
+                   rep.checked, rep.skipped, rep.max_rel);
+            if (!rep.passed) fail_msg("%s: FD rel %.3g", LITERATURE[k][0], rep.max_rel);
+            assert_true(rep.checked > 40);
+            free_run(&r);
+            tg_cell_free(fc);
+        }
+    }
+}
+
 static void test_load_time(void **state)
 {
     (void)state;
@@ -188,6 +239,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_files_match_c_cells),
         cmocka_unit_test(test_files_vs_finite_differences),
+        cmocka_unit_test(test_literature_cells_vs_finite_differences),
         cmocka_unit_test(test_load_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

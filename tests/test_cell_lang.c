@@ -23,6 +23,8 @@ struct err_case {
 };
 
 static const struct err_case ERRORS[] = {
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h) + sum(h)[0:1]",
+     0, "t.cell:3:20: sum(h)[0:1]: sum(h) is a scalar; only vectors and matrix parameters can be sliced"},
     {"state h\nh' = tanh(W @ h)",
      0, "t.cell:2:11: unknown name 'W'"},
     {"state h\nparam W[H, H]\nh' = tanh(W @ h) +",
@@ -32,7 +34,7 @@ static const struct err_case ERRORS[] = {
     {"state h\nparam W[H, H]\nh' = tanh(W @ h) $ 2",
      0, "t.cell:3:18: unexpected character '$'"},
     {"state h\nparam W[H, H]\nh' = foo(W @ h)",
-     0, "t.cell:3:6: unknown function 'foo' (functions: sigmoid, tanh, relu, exp, log, sqrt, abs, softplus, sum, mean)"},
+     0, "t.cell:3:6: unknown function 'foo' (functions: tanh, sigmoid, relu, exp, log, sqrt, abs, softplus, sum, mean)"},
     {"state h\nparam W[H, H]\nh' = tanh(W @ h, h)",
      0, "t.cell:3:6: tanh takes one argument, got 2"},
     {"state h\nparam W[H, H]\nh' = tanh(W @ a)\na = h",

@@ -514,6 +514,10 @@ static void write_node(struct dot *d, size_t i, const char *ind)
     fputc('n', d->f);
     put_int(d->f, (long long)i);
     fputs(loss ? " [label=\"loss: " : " [label=\"", d->f);
+    if (nd->out->name && !loss) { /* the name a cell file gives it (f, c', a[H:2H]) first */
+        put_esc(d->f, nd->out->name);
+        fputs("\\n", d->f);
+    }
     put_op(d->f, nd);
     put_shape(d->f, nd->out->rows, nd->out->cols);
     put_values(d, nd->out);

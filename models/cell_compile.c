@@ -502,6 +502,19 @@ const char *tg_cell_source(const struct tg_cell *cell, size_t *len)
     return c ? c->f->text : NULL;
 }
 
+const char *tg_cell_state_name(const struct tg_cell *cell, int k)
+{
+    const struct cfile *c = as_file(cell);
+    return c && k >= 0 && k < cell->n_state ? c->syms[c->state_sym[k]].name : NULL;
+}
+
+int tg_cell_same_source(const struct tg_cell *a, const struct tg_cell *b)
+{
+    size_t na, nb;
+    const char *sa = tg_cell_source(a, &na), *sb = tg_cell_source(b, &nb);
+    return sa && sb && na == nb && memcmp(sa, sb, na) == 0;
+}
+
 const char *tg_cell_path(const struct tg_cell *cell)
 {
     const struct cfile *c = as_file(cell);

@@ -33,6 +33,7 @@ struct tg_checkpoint {
     struct tg_optim_config ocfg;
     struct tg_checkpoint_state st;
     int input, vocab_size, outputs;
+    struct tg_cell *cell_file;    /* the cell file the run trained (metadata cell_source) */
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -42,6 +43,20 @@ struct tg_checkpoint {
 static int tensor_ndim(const char *name, const struct tg_tensor *x)
 {
     return x->rows == 1 && strstr(name, "bias") ? 1 : 2;
+}
+
+/* A model parameter's ndim: the cell's declared one (a cell file's [N] is 1-D whatever its
+ * name), else the rule above (embedding, output layer). */
+static int param_ndim(const struct tg_model *m, int i)
+{
+    int s = m->param_spec[i];
+    return s >= 0 ? tg_param_spec_ndim(&m->cfg.cell->params[s]) : tensor_ndim(m->names[i], m->params[i]);
+}
+
+static void shape_for(int ndim, const struct tg_tensor *x, int64_t shape[2])
+{
+    shape[0] = ndim == 1 ? x->cols : x->rows;
+    shape[1] = ndim == 1 ? 0 : x->cols;
 }
 
 static void tensor_shape(const char *name, const struct tg_tensor *x, int64_t shape[2])
@@ -95,9 +110,8 @@ enum tg_status tg_checkpoint_save(const char *path, const struct tg_train_config
     if (!w) return TG_ERR_NOMEM; /* the writer said why */
     int64_t shape[2];
     for (int i = 0; i < m->n_params; i++) {
-        tensor_shape(m->names[i], m->params[i], shape);
-        tg_st_writer_add_tensor(w, m->names[i], m->params[i], tensor_ndim(m->names[i], m->params[i]),
-                                shape);
+        shape_for(param_ndim(m, i), m->params[i], shape);
+        tg_st_writer_add_tensor(w, m->names[i], m->params[i], param_ndim(m, i), shape);
     }
     for (int i = 0; o && i < tg_optim_state_count(o); i++) {
         struct tg_tensor *x = tg_optim_state(o, i);
@@ -125,6 +139,8 @@ enum tg_status tg_checkpoint_save(const char *path, const struct tg_train_config
     tg_st_writer_meta(w, "format", CKPT_FORMAT);
     tg_st_writer_meta(w, "version", CKPT_VERSION);
     tg_st_writer_meta(w, "cell", m->cfg.cell->name);
+    /* a cell file's text, so that --resume and sample need no file (and can refuse another) */
+    if (tg_cell_source(m->cfg.cell, NULL)) tg_st_writer_meta(w, "cell_source", tg_cell_source(m->cfg.cell, NULL));
     tg_st_writer_meta(w, "task", cfg->task);
     if (cfg->data) tg_st_writer_meta(w, "data", cfg->data);
     meta_int(w, "length", cfg->length);
@@ -254,6 +270,14 @@ static enum tg_status parse(struct tg_checkpoint *c)
                         tg_st_path(c->f), ver ? ver : "(none)", CKPT_VERSION);
     const int BIG = 1 << 30;
     TRY(get_str(c, "cell", &cfg->cell));
+    const char *src = tg_st_meta(c->f, "cell_source");
+    if (src) {
+        char where[600];
+        snprintf(where, sizeof where, "%s (cell_source)", tg_st_path(c->f));
+        c->cell_file = tg_cell_parse(src, strlen(src), where);
+        if (!c->cell_file) return TG_ERR_FORMAT; /* the parser's FILE:LINE:COL message */
+        if (strcmp(c->cell_file->name, cfg->cell) != 0) return bad(c, "cell_source");
+    }
     TRY(get_str(c, "task", &cfg->task));
     cfg->data = tg_st_meta(c->f, "data");
     TRY(get_int(c, "length", 0, BIG, &cfg->length));
@@ -363,10 +387,12 @@ void tg_checkpoint_close(struct tg_checkpoint *c)
 {
     if (!c) return;
     tg_st_close(c->f);
+    tg_cell_free(c->cell_file);
     free(c);
 }
 
 const struct tg_train_config *tg_checkpoint_config(const struct tg_checkpoint *c) { return &c->cfg; }
+const struct tg_cell *tg_checkpoint_cell(const struct tg_checkpoint *c) { return c->cell_file; }
 const struct tg_checkpoint_state *tg_checkpoint_state(const struct tg_checkpoint *c) { return &c->st; }
 const struct tg_optim_config *tg_checkpoint_optim_config(const struct tg_checkpoint *c) { return &c->ocfg; }
 
@@ -399,10 +425,17 @@ enum tg_status tg_checkpoint_load_model(const struct tg_checkpoint *c, struct tg
     if (strcmp(m->cfg.cell->name, c->cfg.cell) != 0)
         return tg_error(TG_ERR_FORMAT, "checkpoint %s: written for cell '%s', the model is '%s'",
                         tg_st_path(c->f), c->cfg.cell, m->cfg.cell->name);
+    if (c->cell_file && !tg_cell_same_source(c->cell_file, m->cfg.cell))
+        return tg_error(TG_ERR_FORMAT, "checkpoint %s: written for another definition of cell '%s' "
+                        "(the cell file's text differs from the one saved in the checkpoint)",
+                        tg_st_path(c->f), c->cfg.cell);
+    if (!c->cell_file && tg_cell_source(m->cfg.cell, NULL))
+        return tg_error(TG_ERR_FORMAT, "checkpoint %s: written for the built-in cell '%s', the model "
+                        "is the cell file %s", tg_st_path(c->f), c->cfg.cell, tg_cell_path(m->cfg.cell));
     int64_t shape[2];
     for (int i = 0; i < m->n_params; i++) {
-        tensor_shape(m->names[i], m->params[i], shape);
-        TRY(load_tensor(c, m->names[i], m->params[i], tensor_ndim(m->names[i], m->params[i]), shape));
+        shape_for(param_ndim(m, i), m->params[i], shape);
+        TRY(load_tensor(c, m->names[i], m->params[i], param_ndim(m, i), shape));
     }
     /* The carried state: all of it or none. */
     int n = m->cfg.layers * m->cfg.cell->n_state;
@@ -493,8 +526,8 @@ enum tg_status tg_checkpoint_new_model(const struct tg_checkpoint *c, const stru
 {
     if (!c || !out) return tg_error(TG_ERR_VALUE, "tg_checkpoint_new_model: NULL argument");
     *out = NULL;
-    const struct tg_cell *cell = cell_def && strcmp(cell_def->name, c->cfg.cell) == 0
-                                     ? cell_def : tg_cell_find(c->cfg.cell);
+    const struct tg_cell *cell = cell_def && strcmp(cell_def->name, c->cfg.cell) == 0 ? cell_def
+                                 : c->cell_file ? c->cell_file : tg_cell_find(c->cfg.cell);
     if (!cell)
         return tg_error(TG_ERR_FORMAT, "checkpoint %s: unknown cell '%s' (built-in: %s)",
                         tg_st_path(c->f), c->cfg.cell, tg_cell_names());

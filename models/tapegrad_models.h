@@ -104,6 +104,10 @@ void tg_cell_free(struct tg_cell *cell);  /* a parsed cell (anything else: ignor
 /* A parsed cell's file text and path (NULL for C cells). */
 const char *tg_cell_source(const struct tg_cell *cell, size_t *len);
 const char *tg_cell_path(const struct tg_cell *cell);
+/* A parsed cell's name for state k ("h", "c"); NULL for C cells. */
+const char *tg_cell_state_name(const struct tg_cell *cell, int k);
+/* Do two cells have the same file text (both parsed from equal sources)? */
+int tg_cell_same_source(const struct tg_cell *a, const struct tg_cell *b);
 /* Check a cell for a layer of input width `in` and hidden width H (TG_OK for C cells). */
 enum tg_status tg_cell_check(const struct tg_cell *cell, int in, int hidden);
 

@@ -236,6 +236,9 @@ enum tg_status tg_checkpoint_save(const char *path, const struct tg_train_config
 enum tg_status tg_checkpoint_open(const char *path, struct tg_checkpoint **out);
 void tg_checkpoint_close(struct tg_checkpoint *c);
 /* The saved configuration (strings live as long as c) and scalar state. */
+/* The cell file a checkpoint was trained with (its text is in the metadata), or NULL for a
+ * built-in cell. Lives as long as the checkpoint is open. */
+const struct tg_cell *tg_checkpoint_cell(const struct tg_checkpoint *c);
 const struct tg_train_config *tg_checkpoint_config(const struct tg_checkpoint *c);
 const struct tg_checkpoint_state *tg_checkpoint_state(const struct tg_checkpoint *c);
 /* The saved optimizer configuration. */

@@ -350,7 +350,8 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
         if (st == TG_OK) {
             const struct tg_train_config *s = tg_checkpoint_config(tr->ck);
             struct tg_train_config r = *s;       /* what is trained: the checkpoint's */
-            r.cell_def = cfg->cell_def;
+            /* a cell file comes from the checkpoint unless given, and must then be the same */
+            r.cell_def = cfg->cell_def ? cfg->cell_def : tg_checkpoint_cell(tr->ck);
             r.data = cfg->data ? cfg->data : s->data;
             r.steps = cfg->steps;                 /* how long and what along the way: ours */
             r.until_solved = cfg->until_solved;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "tapegrad_models.h"
 
 void cli_sanitize(char *s)
 {
@@ -122,4 +123,31 @@ int cli_parse(const char *cmd, const char *usage, int argc, char **argv,
         if (set_value(cmd, f, v) != 0) return -1;
     }
     return 0;
+}
+
+const struct tg_cell *cli_cell(const char *cmd, const char *spec, struct tg_cell **owned)
+{
+    *owned = NULL;
+    if (cli_has_ext(spec, ".cell") || strchr(spec, '/')) {
+        *owned = tg_cell_load(spec);
+        if (!*owned) cli_fail(cmd, "%s", tg_last_error());
+        return *owned;
+    }
+    const struct tg_cell *c = tg_cell_find(spec);
+    if (!c) cli_fail(cmd, "%s (or a cell file: --cell FILE.cell)", tg_last_error());
+    return c;
+}
+
+int cli_cell_is_builtin_layout(const struct tg_cell *cell)
+{
+    const struct tg_cell *b = tg_cell_find(cell->name);
+    tg_error_clear();
+    if (!b || b->n_params != cell->n_params || b->n_state != cell->n_state) return 0;
+    for (int k = 0; k < b->n_params; k++) {
+        const struct tg_param_spec *p = &b->params[k], *q = &cell->params[k];
+        if (strcmp(p->name, q->name) != 0 || memcmp(&p->shape, &q->shape, sizeof p->shape) != 0 ||
+            tg_param_spec_ndim(p) != tg_param_spec_ndim(q))
+            return 0;
+    }
+    return 1;
 }

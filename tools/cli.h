@@ -28,6 +28,15 @@ int cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf
 /* Does path end in ext (".dot", …)? */
 int cli_has_ext(const char *path, const char *ext);
 
+struct tg_cell;
+/* --cell NAME or FILE.cell (a path: it ends in .cell or holds a '/'): the built-in cell, or the
+ * file loaded and compiled into *owned (free with tg_cell_free; NULL for a built-in). On error
+ * prints "tapegrad CMD: FILE:LINE:COL: …" and returns NULL. */
+const struct tg_cell *cli_cell(const char *cmd, const char *spec, struct tg_cell **owned);
+/* Is a cell file a re-statement of the built-in cell of its name (same parameters and
+ * shapes)? Then that cell's hand-derived oracle and gate names apply to it. */
+int cli_cell_is_builtin_layout(const struct tg_cell *cell);
+
 int cmd_check(int argc, char **argv);
 int cmd_grad(int argc, char **argv);
 int cmd_dot(int argc, char **argv);

@@ -620,17 +620,23 @@ int cmd_check(int argc, char **argv)
         return 0;
     }
     if (!cell_name) return cli_fail(CMD, "--cell is required (one of: %s)", tg_cell_names());
-    const struct tg_cell *cell = tg_cell_find(cell_name);
-    if (!cell) return cli_fail(CMD, "%s", tg_last_error());
     if (perturb && pstep > T)
         return cli_fail(CMD, "--perturb-step %d is beyond --steps %d", pstep, T);
+    struct tg_cell *owned;
+    const struct tg_cell *cell = cli_cell(CMD, cell_name, &owned);
+    if (!cell) return 1;
 
     struct check c = {.cell = cell, .T = T, .B = B, .I = I, .H = H, .L = L, .V = V,
                       .fd_elems = fd_elems, .pk = -1, .pstep = pstep, .pby = pby};
-    c.manual = tg_manual_cell_from_name(cell->name);
+    /* a cell file gets the oracle of the built-in cell it restates (same parameters) */
+    c.manual = !owned || cli_cell_is_builtin_layout(cell) ? tg_manual_cell_from_name(cell->name) : -1;
     struct tg_model_config cfg = {.cell = cell, .input = I, .hidden = H, .layers = L, .outputs = V,
                                   .dtype = TG_F64, .loss = TG_LOSS_XENT_SUM};
-    if (tg_model_new(&cfg, &c.m) != TG_OK) return cli_fail(CMD, "%s", tg_last_error());
+    if (tg_model_new(&cfg, &c.m) != TG_OK) {
+        cli_fail(CMD, "%s", tg_last_error());
+        tg_cell_free(owned);
+        return 1;
+    }
     int rc = 1;
     c.x = malloc(sizeof *c.x * (size_t)T * B * I);
     c.y = malloc(sizeof *c.y * (size_t)T * B);
@@ -660,5 +666,6 @@ out:
     free(c.x);
     free(c.y);
     tg_model_free(c.m);
+    tg_cell_free(owned);
     return rc;
 }

@@ -71,7 +71,9 @@ static double step_term_norm(void *ctx, const struct tg_node *use, const struct 
     return NAN;
 }
 
-int cmd_dot(int argc, char **argv)
+static struct tg_cell *owned_cell; /* a --cell FILE.cell, freed by cmd_dot */
+
+static int cmd_dot_main(int argc, char **argv)
 {
     const char *cell_name = NULL, *out = NULL;
     int T = 3, L = 1, H = 4, I = 3, B = 1, backward = 0, values = 0, collapse = 0, window = 0,
@@ -79,7 +81,7 @@ int cmd_dot(int argc, char **argv)
     const char *loss = NULL;
     long seed = 1;
     const struct cli_flag flags[] = {
-        {"cell", CLI_STR, &cell_name, "recurrent cell (rnn_tanh, lstm, gru, ...)", 1, 0},
+        {"cell", CLI_STR, &cell_name, "recurrent cell: a built-in name (rnn_tanh, lstm, gru, ...) or FILE.cell", 1, 0},
         {"steps", CLI_INT, &T, "time steps T to unroll (default 3)", 1, 100000},
         {"layers", CLI_INT, &L, "stacked layers L (default 1)", 1, 64},
         {"hidden", CLI_INT, &H, "hidden width H (default 4)", 1, 4096},
@@ -108,11 +110,11 @@ int cmd_dot(int argc, char **argv)
     if (strcmp(format, "dot") != 0 && !tg_dot_can_render())
         return cli_fail(CMD, "this tapegrad was built without Graphviz, so it cannot write .%s; "
                              "use .dot and run Graphviz's dot on it", format);
-    const struct tg_cell *cell = tg_cell_find(cell_name);
-    if (!cell) return cli_fail(CMD, "unknown cell '%s' (expected one of %s)", cell_name, tg_cell_names());
     if (loss && strcmp(loss, "all") != 0 && strcmp(loss, "last") != 0)
         return cli_fail(CMD, "--loss must be 'all' or 'last', got '%s'", loss);
     int loss_last = loss && strcmp(loss, "last") == 0;
+    const struct tg_cell *cell = cli_cell(CMD, cell_name, &owned_cell);
+    if (!cell) return 1;
 
     struct dot_run r;
     memset(&r, 0, sizeof r);
@@ -140,8 +142,11 @@ int cmd_dot(int argc, char **argv)
     for (int l = 0; l < L; l++)
         for (int k = 0; k < ns; k++) {
             char *nm = r.names + 32 * (l * ns + k);
-            if (L > 1) snprintf(nm, 32, "%c0 layer %d", k ? 'c' : 'h', l);
-            else snprintf(nm, 32, "%c0", k ? 'c' : 'h');
+            const char *sn = tg_cell_state_name(cell, k);
+            char dflt[2] = {k ? 'c' : 'h', 0};
+            if (!sn) sn = dflt;
+            if (L > 1) snprintf(nm, 32, "%.16s0 layer %d", sn, l % 1000);
+            else snprintf(nm, 32, "%.20s0", sn);
             r.init[l * ns + k] = tg_tensor_new_heap(B, H, TG_F64);
             if (!r.init[l * ns + k]) {
                 run_free(&r);
@@ -200,5 +205,13 @@ int cmd_dot(int argc, char **argv)
     free(pic);
     tg_flow_free(flow);
     run_free(&r);
+    return rc;
+}
+
+int cmd_dot(int argc, char **argv)
+{
+    int rc = cmd_dot_main(argc, argv);
+    tg_cell_free(owned_cell);
+    owned_cell = NULL;
     return rc;
 }

@@ -426,8 +426,9 @@ static struct tg_tensor *run(const struct cfile *c, const struct prog *p, int ou
                              struct tg_tensor *const *args, int H, int I, struct tg_tape *t,
                              struct tg_tensor **outs, const int *out_slots, int n_out)
 {
-    struct tg_tensor **s = tg_tape_alloc(t, (size_t)(p->n > 0 ? p->n : 1) * sizeof *s);
-    if (!s) return NULL;
+    /* slots on the stack, so a file cell's tape holds exactly what the C cell's holds */
+    struct tg_tensor *stack[256], **s = stack;
+    if (p->n > 256 && !(s = tg_tape_alloc(t, (size_t)p->n * sizeof *s))) return NULL;
     enum tg_dtype dt = args[0] ? args[0]->dtype : TG_F64;
     int pass = c->input_out < 0 || c->n_blocks == 1;
     for (int k = 0; k < p->n; k++) {

@@ -313,11 +313,17 @@ fail:
 
 /* ----------------------------------------------------------- one measurement */
 
+static const struct tg_cell *file_cell; /* --cell FILE.cell */
+static struct tg_cell *owned_file;
+
+static double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
+
 static int bench_one(const char *cell_name, const struct config *c, const char *series,
                      const struct bench_opts *o, int with_sgemm, struct result *r)
 {
     const int T = c->T, B = c->B, H = c->H, G = cell_gates(cell_name);
-    const struct tg_cell *cell = tg_cell_find(cell_name);
+    /* --cell FILE.cell: the file's model is timed against the built-in cell of its name */
+    const struct tg_cell *cell = file_cell ? file_cell : tg_cell_find(cell_name);
     int mc = tg_manual_cell_from_name(cell_name);
     if (!cell || mc < 0) return cli_fail("bench", "unknown cell '%s'", cell_name), -1;
     memset(r, 0, sizeof *r);
@@ -356,6 +362,34 @@ static int bench_one(const char *cell_name, const struct config *c, const char *
     tg_model_init_uniform(ad.m, &rng);
     if (tg_optim_new(&ocfg, ad.m->params, ad.m->n_params, &ad.opt) != TG_OK) goto lib_fail;
     ad.batch = (struct tg_seq_batch){T, B, x, NULL, y, NULL};
+
+    if (file_cell) {
+        /* the built-in C cell with the same initial weights, timed alternately with the file */
+        struct ad_ctx c2 = {0};
+        struct tg_model_config m2 = mcfg;
+        m2.cell = tg_cell_find(cell_name);
+        int ok = tg_model_new(&m2, &c2.m) == TG_OK && (c2.t = tg_tape_new(0)) != NULL;
+        for (int p = 0; ok && p < c2.m->n_params; p++) ok = tg_tensor_copy(c2.m->params[p], ad.m->params[p]) == TG_OK;
+        if (ok) tg_tape_set_fusion(c2.t, o->fusion);
+        ok = ok && tg_optim_new(&ocfg, c2.m->params, c2.m->n_params, &c2.opt) == TG_OK;
+        c2.batch = ad.batch;
+        struct timing tf, tc;
+        ok = ok && time_steps(ad_step, &ad, ad.t, o, 1, &tf) == 0 && time_steps(ad_step, &c2, c2.t, o, 1, &tc) == 0;
+        ok = ok && time_alternating(ad_step, &c2, ad_step, &ad, o, &tc, &tf) == 0;
+        if (ok) {
+            printf("%-8s %-12s file %s: %8.3f ms/step   built-in: %8.3f ms/step   file/built-in %.3f   "
+                   "tape %.2f / %.2f MiB   loss %.9g / %.9g\n", cell_name, c->name, tg_cell_path(file_cell),
+                   tf.med, tc.med, tf.med / tc.med, mib((double)ad.arena_bwd), mib((double)c2.arena_bwd),
+                   ad.first_loss, c2.first_loss);
+            r->ad = tf, r->man = tc, r->have_man = 0;
+            r->loss_ad = ad.first_loss, r->nodes = tg_tape_num_nodes(ad.t);
+            r->arena_fwd = ad.arena_fwd, r->arena_bwd = ad.arena_bwd, r->arena_cap = tg_tape_arena_capacity(ad.t);
+            rc = 0;
+        }
+        tg_optim_free(c2.opt), tg_tape_free(c2.t), tg_model_free(c2.m);
+        if (!ok) goto lib_fail;
+        goto out;
+    }
 
     /* the oracle's parameters: copies of the model's initial ones (same order and shapes) */
     int np = tg_manual_num_params((enum tg_manual_cell)mc, 1);
@@ -414,7 +448,6 @@ out:
 
 /* ------------------------------------------------------------------- output */
 
-static double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
 
 static void fmt_allocs(char *buf, size_t n, double a)
 {
@@ -575,14 +608,14 @@ static int list_fail(const char *flag, const char *arg, int n)
     return cli_fail("bench", "%s: more than %d items", flag, MAX_CONFIGS);
 }
 
-int cmd_bench(int argc, char **argv)
+static int bench_main(int argc, char **argv)
 {
     const char *cell_arg = "all", *config_arg = "all", *json = NULL;
     struct bench_opts o = {.threads = 1, .repeats = 0, .warmup = 2, .seed = 1, .budget = 1.0,
                            .fusion = TG_FUSION_ON};
     const char *fusion_arg = "on";
     const struct cli_flag flags[] = {
-        {"cell", CLI_STR, &cell_arg, "lstm, gru, rnn_tanh, a comma list, or all (default)", 1, 0},
+        {"cell", CLI_STR, &cell_arg, "lstm, gru, rnn_tanh, a comma list, or all (default); or FILE.cell (timed against the built-in cell of its name)", 1, 0},
         {"config", CLI_STR, &config_arg, "T<steps>B<batch>H<hidden>, a comma list, all (default: "
                                          "T50B32H128,T50B32H256,T100B64H512,T35B20H1024,T100B1H8) or none", 1, 0},
         {"threads", CLI_INT, &o.threads, "OpenMP and OpenBLAS threads (default 1)", 1, 256},
@@ -619,6 +652,15 @@ int cmd_bench(int argc, char **argv)
         int k = -1;
         for (int j = 0; j < MAX_CELLS; j++)
             if (strcmp(items[i], STD_CELLS[j]) == 0) k = j;
+        if (k < 0 && n == 1 && cli_has_ext(items[i], ".cell")) {
+            file_cell = cli_cell("bench", items[i], &owned_file);
+            if (!file_cell) return 1;
+            for (int j = 0; j < MAX_CELLS; j++)
+                if (strcmp(file_cell->name, STD_CELLS[j]) == 0) k = j;
+            if (k < 0)
+                return cli_fail("bench", "--cell %s: bench times a file against the built-in cell of "
+                                "its name (lstm, gru, rnn_tanh); this file is cell '%s'", items[i], file_cell->name);
+        }
         if (k < 0) return cli_fail("bench", "--cell: unknown cell '%s' (choose from lstm, gru, rnn_tanh, all)", items[i]);
         if (ncell < MAX_CELLS) cells[ncell++] = STD_CELLS[k];
     }
@@ -713,5 +755,14 @@ int cmd_bench(int argc, char **argv)
     }
     tg_atomic_abort(&jf); /* after a commit: nothing left to do */
     free(res);
+    return rc;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    int rc = bench_main(argc, argv);
+    tg_cell_free(owned_file);
+    owned_file = NULL;
+    file_cell = NULL;
     return rc;
 }

@@ -31,7 +31,7 @@
 
 static const char CMD[] = "grad";
 static const char USAGE[] =
-    "--cell {rnn_tanh,rnn_relu,lstm,gru} --params P.safetensors --data D.safetensors "
+    "--cell {rnn_tanh,rnn_relu,lstm,gru,FILE.cell} --params P.safetensors --data D.safetensors "
     "--out G.safetensors";
 
 #define MAX_ELEMS (((int64_t)1 << 31) - 1) /* per tensor: sizes are ints in the engine */
@@ -168,6 +168,71 @@ static int read_layout(const struct tg_st_file *f, const struct tg_cell *cell, s
     return 0;
 }
 
+/* A cell file's layout: I from x (T, B, I) in D, H solved from the first dimension of a
+ * layer-0 parameter that involves H, L from how many layers of its first parameter P holds,
+ * every shape from the file's declarations (1-D for [N]). */
+static int read_layout_file(const struct tg_st_file *f, const struct tg_st_file *df,
+                            const struct tg_cell *cell, struct layout *lo)
+{
+    const char *path = tg_st_path(f);
+    char name[96];
+    const struct tg_st_tensor *x = tg_st_find(df, "x"), *ow = tg_st_find(f, "out.weight");
+    if (!x || x->ndim != 3 || x->shape[2] < 1 || x->shape[2] > 1 << 24)
+        return cli_fail(CMD, "%s: tensor 'x' is missing or not (T, B, I) with I >= 1", tg_st_path(df));
+    if (!ow || ow->ndim != 2 || ow->shape[0] < 1 || ow->shape[0] > 1 << 24 || ow->shape[1] < 1 || ow->shape[1] > 1 << 24)
+        return cli_fail(CMD, "%s: tensor 'out.weight' is missing or not [V, H]", path);
+    lo->I = (int)x->shape[2];
+    lo->V = (int)ow->shape[0];
+    lo->H = (int)ow->shape[1];
+    lo->dt = ow->dtype;
+    if (!is_float(lo->dt))
+        return cli_fail(CMD, "%s: tensor 'out.weight' is %s, expected F32 or F64", path, tg_st_dtype_name(lo->dt));
+    lo->L = 0;
+    for (;;) {
+        snprintf(name, sizeof name, "rnn.%s_l%d", cell->params[0].name, lo->L);
+        if (!tg_st_find(f, name) || lo->L >= 64) break;
+        lo->L++;
+    }
+    if (lo->L == 0)
+        return cli_fail(CMD, "%s: tensor 'rnn.%s_l0' is missing (the first parameter of %s)", path,
+                        cell->params[0].name, tg_cell_path(cell));
+    if (tg_cell_check(cell, lo->I, lo->H) != TG_OK) return cli_fail(CMD, "%s", tg_last_error());
+    lo->n = lo->L * cell->n_params + 2;
+    lo->p = calloc((size_t)lo->n, sizeof *lo->p);
+    if (!lo->p) return cli_fail(CMD, "out of memory");
+    int k = 0;
+    for (int l = 0; l < lo->L; l++) {
+        for (int s = 0; s < cell->n_params; s++, k++) {
+            const struct tg_param_spec *sp = &cell->params[s];
+            int rows, cols;
+            if (!tg_param_spec_dims(sp, l == 0 ? lo->I : lo->H, lo->H, &rows, &cols))
+                return cli_fail(CMD, "%s: sizes I=%d, H=%d give %s a shape that is not positive", path,
+                                lo->I, lo->H, sp->name);
+            struct pspec *p = &lo->p[k];
+            snprintf(p->name, sizeof p->name, "rnn.%s_l%d", sp->name, l);
+            p->ndim = tg_param_spec_ndim(sp);
+            p->shape[0] = p->ndim == 1 ? cols : rows;
+            p->shape[1] = cols;
+        }
+    }
+    lo->p[k] = (struct pspec){"out.weight", 2, {lo->V, lo->H}};
+    lo->p[k + 1] = (struct pspec){"out.bias", 1, {lo->V, 0}};
+    char why[160];
+    snprintf(why, sizeof why, "%s, L = %d, I = %d from x, H = %d and V = %d from out.weight",
+             tg_cell_path(cell), lo->L, lo->I, lo->H, lo->V);
+    for (int i = 0; i < lo->n; i++)
+        if (check_tensor(f, &lo->p[i], lo->dt, why)) return 1;
+    for (int i = 0; i < tg_st_count(f); i++) {
+        const char *tn = tg_st_at(f, i)->name;
+        int known = 0;
+        for (int j = 0; j < lo->n && !known; j++) known = strcmp(tn, lo->p[j].name) == 0;
+        if (!known)
+            return cli_fail(CMD, "%s: unexpected tensor '%s' (expected only the parameters of %s)",
+                            path, tn, why);
+    }
+    return 0;
+}
+
 /* x (T, B, I) as doubles and y (T, B) as int32 labels in [0, V). */
 struct data {
     int T, B;
@@ -255,7 +320,10 @@ static int write_result(const char *out, const struct tg_cell *cell, const struc
     const int64_t shape[3] = {L, B, H};
     for (int k = 0; k < ns; k++) {
         for (int l = 0; l < L; l++) memcpy(buf + l * layer, res->final[l * ns + k]->data, layer);
-        tg_st_writer_add(w, k == 0 ? "h_n" : "c_n", lo->dt, 3, shape, buf);
+        char sname[64];
+        const char *sn = tg_cell_state_name(cell, k); /* a cell file's: h_n, then s_n per state */
+        snprintf(sname, sizeof sname, "%s_n", sn ? sn : k == 0 ? "h" : "c");
+        tg_st_writer_add(w, sname, lo->dt, 3, shape, buf);
     }
     free(buf);
     enum tg_status st = tg_st_writer_save(w, out);
@@ -263,12 +331,14 @@ static int write_result(const char *out, const struct tg_cell *cell, const struc
     return st == TG_OK ? 0 : cli_fail(CMD, "%s", tg_last_error());
 }
 
-int cmd_grad(int argc, char **argv)
+static struct tg_cell *owned_cell; /* --cell FILE.cell */
+
+static int grad_main(int argc, char **argv)
 {
     const char *cell_name = NULL, *ppath = NULL, *dpath = NULL, *out = NULL;
     int anomaly = 0;
     const struct cli_flag flags[] = {
-        {"cell", CLI_STR, &cell_name, "rnn_tanh, rnn_relu, lstm or gru (must match the parameters)", 1, 0},
+        {"cell", CLI_STR, &cell_name, "rnn_tanh, rnn_relu, lstm or gru (must match the parameters), or FILE.cell", 1, 0},
         {"params", CLI_STR, &ppath, "state_dict of the model: rnn.weight_ih_l0, ..., out.weight, out.bias", 1, 0},
         {"data", CLI_STR, &dpath, "x (T, B, I) float and y (T, B) int64 labels", 1, 0},
         {"out", CLI_STR, &out, "where to write loss, the gradients, h_n (and c_n)", 1, 0},
@@ -286,10 +356,10 @@ int cmd_grad(int argc, char **argv)
     }
     const char *missing = !cell_name ? "--cell" : !ppath ? "--params" : !dpath ? "--data" : !out ? "--out" : NULL;
     if (missing) return cli_fail(CMD, "%s is required (see tapegrad grad --help)", missing);
-    const struct tg_cell *cell = tg_cell_find(cell_name);
-    if (!cell) return cli_fail(CMD, "%s", tg_last_error());
+    const struct tg_cell *cell = cli_cell(CMD, cell_name, &owned_cell);
+    if (!cell) return 1;
     static const char *const supported[] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};
-    int ok = 0;
+    int ok = owned_cell != NULL;
     for (int i = 0; i < 4; i++) ok |= strcmp(cell->name, supported[i]) == 0;
     if (!ok)
         return cli_fail(CMD, "--cell %s has no PyTorch module; grad takes rnn_tanh, rnn_relu, lstm or gru",
@@ -313,7 +383,8 @@ int cmd_grad(int argc, char **argv)
         rc = cli_fail(CMD, "%s", tg_last_error());
         goto done;
     }
-    if (read_layout(pf, cell, &lo) || read_data(df, &lo, &d)) goto done;
+    if ((owned_cell ? read_layout_file(pf, df, cell, &lo) : read_layout(pf, cell, &lo)) || read_data(df, &lo, &d))
+        goto done;
 
     struct tg_model_config cfg = {.cell = cell, .input = lo.I, .hidden = lo.H, .layers = lo.L,
                                   .outputs = lo.V, .dtype = lo.dt == TG_ST_F32 ? TG_F32 : TG_F64,
@@ -347,5 +418,13 @@ done:
     free(d.y);
     tg_st_close(pf);
     tg_st_close(df);
+    return rc;
+}
+
+int cmd_grad(int argc, char **argv)
+{
+    int rc = grad_main(argc, argv);
+    tg_cell_free(owned_cell);
+    owned_cell = NULL;
     return rc;
 }

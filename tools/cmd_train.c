@@ -136,7 +136,9 @@ static int flag_given(int argc, char **argv, const char *name)
     return 0;
 }
 
-int cmd_train(int argc, char **argv)
+static struct tg_cell *owned_cell; /* --cell FILE.cell */
+
+static int train_main(int argc, char **argv)
 {
     const char *cell = NULL, *task = NULL, *data = NULL, *optimizer = NULL, *checkpoint = NULL;
     const char *resume = NULL, *log = NULL, *compare = NULL, *dtype = NULL, *init = NULL;
@@ -148,7 +150,7 @@ int cmd_train(int argc, char **argv)
     long print_every = 100;
     double lr = 0, clip_value = 0, clip_norm = 0, forget_bias = 0, momentum = 0;
     const struct cli_flag flags[] = {
-        {"cell", CLI_STR, &cell, "recurrent cell [lstm]", 0, -1},
+        {"cell", CLI_STR, &cell, "recurrent cell: a built-in name or FILE.cell [lstm]", 0, -1},
         {"task", CLI_STR, &task, "reber, adding, copy or text [reber]", 0, -1},
         {"data", CLI_STR, &data, "text file for --task text", 0, -1},
         {"length", CLI_INT, &length, "adding: T [100]; copy: delay [20]; reber: longest string [40]", 2, 1e7},
@@ -195,8 +197,13 @@ int cmd_train(int argc, char **argv)
     if (threads > 0) set_threads(threads);
     else if (!getenv("OMP_NUM_THREADS")) set_threads(1);
 
+    const struct tg_cell *cell_def = NULL;
+    if (cell && (cli_has_ext(cell, ".cell") || strchr(cell, '/'))) {
+        if (!(cell_def = cli_cell("train", cell, &owned_cell))) return 1;
+        cell = NULL;
+    }
     struct tg_train_config cfg = {
-        .cell = cell, .task = task, .data = data, .length = length, .batch = batch,
+        .cell = cell, .cell_def = cell_def, .task = task, .data = data, .length = length, .batch = batch,
         .hidden = hidden, .layers = layers, .embed = embed, .seq = seq, .dtype = dtype,
         .optimizer = optimizer, .lr = lr, .momentum = momentum, .clip_value = clip_value,
         .clip_norm = clip_norm, .loss = loss, .init = init, .forget_bias = forget_bias,
@@ -353,4 +360,12 @@ int cmd_train(int argc, char **argv)
     if (res.checkpoint_written) printf("checkpoint: %s (step %ld)\n", rc->checkpoint, res.steps);
     tg_trainer_free(tr);
     return 0;
+}
+
+int cmd_train(int argc, char **argv)
+{
+    int rc = train_main(argc, argv);
+    tg_cell_free(owned_cell);
+    owned_cell = NULL;
+    return rc;
 }

@@ -69,18 +69,22 @@ int cl_error_at(const struct cl_file *f, int line, int col, const char *fmt, ...
 const char *cl_expr_text(const struct cl_file *f, const struct cl_expr *e, char *buf, size_t n)
 {
     size_t k = 0;
-    int space = 0;
-    for (int i = e->start; i < e->end && k + 4 < n; i++) {
+    int space = 0, cut = 0;
+    for (int i = e->start; i < e->end; i++) {
         char ch = f->text[i];
         if (ch == ' ' || ch == '\t' || ch == '\r') {
             space = 1;
             continue;
         }
+        if (k + (space && k > 0) + 1 + 4 > n) { /* room for this, "..." and the NUL */
+            cut = 1;
+            break;
+        }
         if (space && k > 0) buf[k++] = ' ';
         space = 0;
         buf[k++] = ch;
     }
-    if (k + 4 >= n && e->end > e->start) memcpy(buf + k, "...", 3), k += 3;
+    if (cut) memcpy(buf + k, "...", 3), k += 3;
     buf[k] = 0;
     return buf;
 }

@@ -393,6 +393,13 @@ void tg_checkpoint_close(struct tg_checkpoint *c)
 
 const struct tg_train_config *tg_checkpoint_config(const struct tg_checkpoint *c) { return &c->cfg; }
 const struct tg_cell *tg_checkpoint_cell(const struct tg_checkpoint *c) { return c->cell_file; }
+
+struct tg_cell *tg_checkpoint_take_cell(struct tg_checkpoint *c)
+{
+    struct tg_cell *cell = c->cell_file;
+    c->cell_file = NULL;
+    return cell;
+}
 const struct tg_checkpoint_state *tg_checkpoint_state(const struct tg_checkpoint *c) { return &c->st; }
 const struct tg_optim_config *tg_checkpoint_optim_config(const struct tg_checkpoint *c) { return &c->ocfg; }
 

@@ -239,6 +239,8 @@ void tg_checkpoint_close(struct tg_checkpoint *c);
 /* The cell file a checkpoint was trained with (its text is in the metadata), or NULL for a
  * built-in cell. Lives as long as the checkpoint is open. */
 const struct tg_cell *tg_checkpoint_cell(const struct tg_checkpoint *c);
+/* The same, handed over: the caller frees it with tg_cell_free (after any model using it). */
+struct tg_cell *tg_checkpoint_take_cell(struct tg_checkpoint *c);
 const struct tg_train_config *tg_checkpoint_config(const struct tg_checkpoint *c);
 const struct tg_checkpoint_state *tg_checkpoint_state(const struct tg_checkpoint *c);
 /* The saved optimizer configuration. */

@@ -194,6 +194,7 @@ void tg_trainer_free(struct tg_trainer *tr)
     tg_task_free(tr->task);
     tg_task_free(tr->eval_task);
     tg_checkpoint_close(tr->ck);
+    tg_cell_free(tr->owned_cell);   /* after the model that uses it */
     free(tr->owned_data);
     free(tr->gnorm);
     free(tr);
@@ -400,6 +401,8 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
                           "%s, or pass --overwrite to start over)", c->checkpoint, c->checkpoint);
     }
     if (st == TG_OK) st = build(tr);
+    /* a cell file from the checkpoint outlives it: the model runs it */
+    if (tr->ck && c->cell_def == tg_checkpoint_cell(tr->ck)) tr->owned_cell = tg_checkpoint_take_cell(tr->ck);
     tg_checkpoint_close(tr->ck); /* everything is restored; the names are static */
     tr->ck = NULL;
     if (st != TG_OK) {

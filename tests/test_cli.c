@@ -509,6 +509,128 @@ static void test_cli_stdout_failure_and_control_chars(void **state)
     assert_ptr_equal(strchr(r->err, '\n'), r->err + strlen(r->err) - 1);
 }
 
+/* ------------------------------------------------------ --cell FILE.cell everywhere */
+
+#define CELLS TG_SOURCE_DIR "/models/cells"
+
+/* check on the shipped files: the four with an oracle use it, every one agrees */
+static void test_cell_file_check(void **state)
+{
+    (void)state;
+    need_binary();
+    const char *with_oracle[] = {"rnn_tanh", "lstm", "gru", "gru_cho"};
+    for (int k = 0; k < 4; k++) {
+        char path[512];
+        snprintf(path, sizeof path, CELLS "/%s.cell", with_oracle[k]);
+        struct run *r = run_tapegrad("check", "--cell", path, NULL);
+        if (r->status != 0) fail_msg("check --cell %s: %s%s", path, r->out, r->err);
+        assert_non_null(strstr(r->out, "agrees with the hand-derived BPTT and with finite differences"));
+    }
+    struct run *r = run_tapegrad("check", "--cell", CELLS "/mgu.cell", NULL);
+    assert_int_equal(r->status, 0);
+    assert_non_null(strstr(r->out, "PASS"));
+    /* a bad file: its error, one line */
+    char bad[] = "/tmp/tg_cli_bad_XXXXXX.cell";
+    int fd = mkstemps(bad, 5);
+    assert_true(fd >= 0);
+    const char text[] = "state h\nparam W[H, H]\nh' = tanh(W @ [h, x])\n";
+    assert_int_equal(write(fd, text, sizeof text - 1), (ssize_t)(sizeof text - 1));
+    close(fd);
+    r = run_tapegrad("check", "--cell", bad, "--hidden", "6", "--input", "4", NULL);
+    assert_one_line_error(r, ":3:11: W @ [h, x]: W has 6 columns but [h, x] has 10 units (H = 6, I = 4)", NULL);
+    r = run_tapegrad("dot", "--cell", "/nonexistent/x.cell", "--out", "/tmp/tg_never.dot", NULL);
+    assert_one_line_error(r, "/nonexistent/x.cell: cannot open the cell file", NULL);
+    unlink(bad);
+}
+
+/* dot: names from the file, equations in the title */
+static void test_cell_file_dot(void **state)
+{
+    (void)state;
+    need_binary();
+    char out[] = "/tmp/tg_cli_dot_XXXXXX.dot";
+    int fd = mkstemps(out, 4);
+    assert_true(fd >= 0);
+    close(fd);
+    struct run *r = run_tapegrad("dot", "--cell", CELLS "/lstm.cell", "--steps", "2", "--out", out, NULL);
+    if (r->status != 0) fail_msg("%s", r->err);
+    char *dot = tg_test_read_file(out, NULL);
+    assert_non_null(dot);
+    assert_non_null(strstr(dot, "label=\"lstm: a = weight_ih @ x + bias_ih + weight_hh @ h + bias_hh\\n"));
+    assert_non_null(strstr(dot, "[label=\"c'\\nadd"));
+    assert_non_null(strstr(dot, "[label=\"f\\nsigmoid"));
+    assert_non_null(strstr(dot, "[label=\"a[H:2H]\\nslice cols"));
+    free(dot);
+    unlink(out);
+}
+
+/* grad through a file gives the built-in cell's bytes; states are named after the file's */
+static void test_cell_file_grad(void **state)
+{
+    (void)state;
+    need_binary();
+    const char *cases[][2] = {{"lstm_l2_f64", "lstm"}, {"gru_l2_f32", "gru"}};
+    for (int k = 0; k < 2; k++) {
+        char p[512], d[512], cell[512];
+        snprintf(p, sizeof p, FIXTURES "/%s/params.safetensors", cases[k][0]);
+        snprintf(d, sizeof d, FIXTURES "/%s/data.safetensors", cases[k][0]);
+        snprintf(cell, sizeof cell, CELLS "/%s.cell", cases[k][1]);
+        const char *outs[2] = {"/tmp/tg_cli_g_builtin.st", "/tmp/tg_cli_g_file.st"};
+        struct run *r = run_tapegrad("grad", "--cell", cases[k][1], "--params", p, "--data", d, "--out", outs[0], NULL);
+        assert_int_equal(r->status, 0);
+        r = run_tapegrad("grad", "--cell", cell, "--params", p, "--data", d, "--out", outs[1], NULL);
+        if (r->status != 0) fail_msg("%s", r->err);
+        struct tg_st_file *a, *b;
+        assert_int_equal(tg_st_read(outs[0], &a), TG_OK);
+        assert_int_equal(tg_st_read(outs[1], &b), TG_OK);
+        assert_int_equal(tg_st_count(a), tg_st_count(b));
+        for (int i = 0; i < tg_st_count(a); i++) {
+            const struct tg_st_tensor *ta = tg_st_at(a, i), *tb = tg_st_find(b, ta->name);
+            if (!tb) fail_msg("%s: file output lacks %s", cases[k][0], ta->name);
+            assert_int_equal(ta->ndim, tb->ndim);
+            assert_int_equal(ta->nbytes, tb->nbytes);
+            if (memcmp(ta->data, tb->data, ta->nbytes) != 0) fail_msg("%s: %s differs", cases[k][0], ta->name);
+        }
+        tg_st_close(a);
+        tg_st_close(b);
+        unlink(outs[0]);
+        unlink(outs[1]);
+    }
+}
+
+/* train with a file, resume without it, refuse another file; sample needs no file */
+static void test_cell_file_train_resume_sample(void **state)
+{
+    (void)state;
+    need_binary();
+    char dir[] = "/tmp/tg_cli_cellrun_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char ck[600], other[600];
+    snprintf(ck, sizeof ck, "%s/run.st", dir);
+    snprintf(other, sizeof other, "%s/gru.cell", dir);
+    struct run *r = run_tapegrad("train", "--cell", CELLS "/gru.cell", "--task", "text", "--data",
+                                 TG_SOURCE_DIR "/README.md", "--steps", "4", "--hidden", "8",
+                                 "--batch", "2", "--seq", "5", "--checkpoint", ck, NULL);
+    if (r->status != 0) fail_msg("%s", r->err);
+    r = run_tapegrad("train", "--resume", ck, "--steps", "6", NULL);
+    if (r->status != 0) fail_msg("resume without the file: %s", r->err);
+    r = run_tapegrad("sample", "--checkpoint", ck, "--length", "20", NULL);
+    if (r->status != 0) fail_msg("sample: %s", r->err);
+    /* the same cell name, another definition (z and 1 − z swapped) */
+    FILE *f = fopen(other, "w");
+    assert_non_null(f);
+    fputs("cell gru\nstate h\nparam weight_ih[3H, I], weight_hh[3H, H], bias_ih[3H], bias_hh[3H]\n"
+          "gi = weight_ih @ x + bias_ih\ngh = weight_hh @ h + bias_hh\nr = sigmoid(gi[0:H] + gh[0:H])\n"
+          "z = sigmoid(gi[H:2H] + gh[H:2H])\nn = tanh(gi[2H:3H] + r * gh[2H:3H])\n"
+          "h' = z * n + (1 - z) * h\n", f);
+    fclose(f);
+    r = run_tapegrad("train", "--cell", other, "--resume", ck, "--steps", "8", NULL);
+    assert_one_line_error(r, "written for another definition of cell 'gru'", NULL);
+    r = run_tapegrad("train", "--cell", CELLS "/gru.cell", "--resume", ck, "--steps", "8", NULL);
+    if (r->status != 0) fail_msg("resume with the same file: %s", r->err);
+    unlink(ck), unlink(other), rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -527,6 +649,10 @@ int main(void)
         cmocka_unit_test(test_grad_misshapen_or_missing_tensor),
         cmocka_unit_test(test_grad_unwritable_output),
         cmocka_unit_test(test_grad_output_layout),
+        cmocka_unit_test(test_cell_file_check),
+        cmocka_unit_test(test_cell_file_dot),
+        cmocka_unit_test(test_cell_file_grad),
+        cmocka_unit_test(test_cell_file_train_resume_sample),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,6 +23,56 @@ struct err_case {
 };
 
 static const struct err_case ERRORS[] = {
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h) + aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+     0, "t.cell:3:20: name longer than 48 characters"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h) * 10000000000000000000000000000000000000000000000000000000000000000000000",
+     0, "t.cell:3:20: number longer than 63 characters"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h)^2",
+     0, "t.cell:3:18: expected 'T' after '^' (a transpose is written W^T)"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h) + []",
+     0, "t.cell:3:21: empty concatenation"},
+    {"state h\nparam W[H, H]\nh' = tanh()",
+     0, "t.cell:3:11: empty argument list"},
+    {"state h\nparam W[H, H], b[H]\nh' = b + 0 * sum(b)\nq = W @ h",
+     0, "t.cell:3:6: b + 0 * sum(b): the next value of state h reads neither x nor a state, so it is not one value per sequence"},
+    {"state h\nparam W[2H, H]\nh' = tanh(W @ h)",
+     1, "t.cell:3:6: tanh(W @ h): the next value of state h has 8 units, but a state has H = 4 (I = 3)"},
+    {"state h\nparam W[H, H]\ntanh = W @ h\nh' = tanh",
+     0, "t.cell:3:1: cannot assign to 'tanh': it is a function"},
+    {"state h, exp\nparam W[H, H]\nh' = tanh(W @ h)",
+     0, "t.cell:1:10: 'exp' is already a function"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h) * I",
+     0, "t.cell:3:20: I is a size; it can appear only inside [ ] (a slice or a parameter's shape)"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h[0:H/2])",
+     0, "t.cell:3:19: H/2 is not a size (sizes are numbers, H and I with +, -, * and parentheses)"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ 2)",
+     0, "t.cell:3:15: W @ 2: right of '@' stands a vector, and 2 is a number"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ W)",
+     0, "t.cell:3:15: W @ W: right of '@' stands a vector, and W is a matrix parameter"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h)\nstate c",
+     0, "t.cell:4:1: a second 'state' line (the first is line 1)"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h) + -h[H:0]",
+     1, "t.cell:3:21: h[H:0]: the slice 4:0 is empty; it must lie within h's 4 units (H = 4, I = 3)"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h",
+     0, "t.cell:3:16: expected ')' to close the argument list, found end of line"},
+    {"state h'\nparam W[H, H]\nh' = tanh(W @ h)",
+     0, "t.cell:1:7: a state name cannot end in a prime: 'h''"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h) + c'",
+     0, "t.cell:3:20: unknown name 'c'' (only a state's next value is written with a prime)"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h)\ncell",
+     0, "t.cell:4:5: expected a cell name, found end of line"},
+    {"state h\nparam W[H, H]\nh' = h(W @ h)",
+     0, "t.cell:3:6: 'h' is not a function (functions: tanh, sigmoid, relu, exp, log, sqrt, abs, softplus, sum, mean)"},
+    {"state\nparam W[H, H]\nh' = tanh(W @ h)",
+     0, "t.cell:1:6: expected a state name, found end of line"},
+    {"state h\nparam\nh' = h",
+     0, "t.cell:2:6: expected a parameter name, found end of line"},
+    {"state h\nparam W[H, 0]\nh' = tanh(W @ h)",
+     1, "t.cell:2:12: parameter W: size 0 is 0, not positive (H = 4, I = 3)"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h) + [h, x][0:H+I+1]",
+     1, "t.cell:3:20: [h, x][0:H+I+1]: slice 0:8 is outside [h, x]'s 7 units (H = 4, I = 3)"},
+    {"state h\nparam W[H, H]\nh' = tanh(W @ h) + relu",
+     0, "t.cell:3:20: relu is a function; write relu(v)"},
     {"state h\nparam W[H, H]\nh' = tanh(W @ h) + sum(h)[0:1]",
      0, "t.cell:3:20: sum(h)[0:1]: sum(h) is a scalar; only vectors and matrix parameters can be sliced"},
     {"state h\nh' = tanh(W @ h)",
@@ -137,7 +187,10 @@ static void test_every_error_kind(void **state)
         assert_null(strchr(tg_last_error(), '\n'));
         tg_cell_free(c);
     }
-    printf("# %d error cases: line, column and message as expected\n", n);
+    const char nul[] = "state h\nparam W[H, H]\nh' = tanh(W @ h) + \0\n";
+    assert_null(tg_cell_parse(nul, sizeof nul - 1, "t.cell"));
+    assert_string_equal(tg_last_error(), "t.cell:3:20: NUL byte in the file");
+    printf("# %d error cases: line, column and message as expected\n", n + 1);
 }
 
 static const char LSTM[] =

@@ -126,12 +126,10 @@ enum tg_status tg_gradcheck(tg_loss_fn fn, void *ctx, struct tg_tensor **xs, int
                     }
                 }
                 double nci = (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * hc);
-                if (cand[ci] == o.step) memcpy(f_at_step, f, sizeof f), h_step = hc;
-                if (ci == 0) {
+                if (ci == 0 || fabs(nci - prev) < best) {
+                    if (ci > 0) best = fabs(nci - prev);
                     num = nci;
-                } else if (fabs(nci - prev) < best) {
-                    best = fabs(nci - prev);
-                    num = nci;
+                    memcpy(f_at_step, f, sizeof f), h_step = hc; /* the kink test's window */
                 }
                 prev = nci;
             }

@@ -223,6 +223,55 @@ static void test_literature_cells_vs_finite_differences(void **state)
     }
 }
 
+/* tg_gradcheck's verdicts: a gradient missing a part of relative size 5e-7 fails at every step
+ * a caller may pass; one that checked no element does not pass. */
+static double wrong_scale;
+static struct tg_tensor *wrong_W;
+
+static struct tg_tensor *wrong_loss(struct tg_tape *t, void *ctx)
+{
+    (void)ctx;
+    /* sum(W⊙W) + s·sum(W⊙detach(W)): autodiff misses s·W of the true gradient (2 + 2s)·W */
+    struct tg_tensor *a = tg_sum(t, tg_mul(t, wrong_W, wrong_W));
+    struct tg_tensor *d = tg_detach(t, wrong_W);
+    struct tg_tensor *b = tg_sum(t, tg_mul(t, wrong_W, d));
+    return tg_add(t, a, tg_affine(t, b, wrong_scale, 0));
+}
+
+static struct tg_tensor *kink_loss(struct tg_tape *t, void *ctx)
+{
+    (void)ctx;
+    return tg_sum(t, tg_relu(t, wrong_W));
+}
+
+static void test_gradcheck_verdicts(void **state)
+{
+    (void)state;
+    wrong_W = tg_param_new("W", 3, 4, TG_F64);
+    struct tg_rng g;
+    tg_rng_seed(&g, 8);
+    tg_tensor_uniform(wrong_W, &g, 0.5, 1.5);
+    const double steps[] = {0, 3.8e-7, 1e-5, 1e-2};
+    for (int k = 0; k < 4; k++) {
+        struct tg_gradcheck_opts o = {.tol = 1e-7, .step = steps[k]};
+        struct tg_gradcheck_report rep;
+        wrong_scale = 1e-6;
+        assert_int_equal(tg_gradcheck(wrong_loss, NULL, &wrong_W, 1, &o, &rep), TG_OK);
+        if (rep.passed) fail_msg("step %g: a wrong gradient passed (max rel %.3g)", steps[k], rep.max_rel);
+        wrong_scale = 0;
+        assert_int_equal(tg_gradcheck(wrong_loss, NULL, &wrong_W, 1, &o, &rep), TG_OK);
+        if (!rep.passed) fail_msg("step %g: a right gradient failed (max rel %.3g)", steps[k], rep.max_rel);
+    }
+    tg_tensor_fill(wrong_W, 0.0); /* every element on relu's kink: all skipped */
+    struct tg_gradcheck_opts o = {.skip_kinks = 1};
+    struct tg_gradcheck_report rep;
+    assert_int_equal(tg_gradcheck(kink_loss, NULL, &wrong_W, 1, &o, &rep), TG_OK);
+    assert_int_equal(rep.checked, 0);
+    assert_int_equal(rep.skipped, 12);
+    assert_false(rep.passed);
+    tg_tensor_free(wrong_W);
+}
+
 static void test_load_time(void **state)
 {
     (void)state;
@@ -241,6 +290,7 @@ int main(void)
         cmocka_unit_test(test_files_match_c_cells),
         cmocka_unit_test(test_files_vs_finite_differences),
         cmocka_unit_test(test_literature_cells_vs_finite_differences),
+        cmocka_unit_test(test_gradcheck_verdicts),
         cmocka_unit_test(test_load_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -87,6 +87,59 @@ struct layout {
     struct pspec *p;
 };
 
+/* With lo's sizes and dtype known: count the layers (rnn.<first parameter>_l0, _l1, …), list
+ * every tensor P must hold with its shape (1-D for vectors, as PyTorch stores biases), and check
+ * that P holds exactly those. why_fmt describes the model, with %d for L. */
+static int expect_params(const struct tg_st_file *f, const struct tg_cell *cell, struct layout *lo,
+                         const char *why_fmt)
+{
+    const char *path = tg_st_path(f);
+    char name[96];
+    lo->L = 0;
+    for (;;) {
+        snprintf(name, sizeof name, "rnn.%s_l%d", cell->params[0].name, lo->L);
+        if (!tg_st_find(f, name) || lo->L >= 64) break;
+        lo->L++;
+    }
+    if (lo->L == 0)
+        return cli_fail(CMD, "%s: tensor 'rnn.%s_l0' is missing (the first parameter of cell %s)", path,
+                        cell->params[0].name, cell->name);
+    lo->n = lo->L * cell->n_params + 2;
+    lo->p = calloc((size_t)lo->n, sizeof *lo->p);
+    if (!lo->p) return cli_fail(CMD, "out of memory");
+    int k = 0;
+    for (int l = 0; l < lo->L; l++) {
+        for (int s = 0; s < cell->n_params; s++, k++) {
+            const struct tg_param_spec *sp = &cell->params[s];
+            int rows, cols;
+            if (!tg_param_spec_dims(sp, l == 0 ? lo->I : lo->H, lo->H, &rows, &cols))
+                return cli_fail(CMD, "%s: sizes I=%d, H=%d give %s a shape that is not positive or too large",
+                                path, lo->I, lo->H, sp->name);
+            struct pspec *p = &lo->p[k];
+            snprintf(p->name, sizeof p->name, "rnn.%s_l%d", sp->name, l);
+            p->ndim = tg_param_spec_ndim(sp);
+            p->shape[0] = p->ndim == 1 ? cols : rows;
+            p->shape[1] = cols;
+        }
+    }
+    lo->p[k] = (struct pspec){"out.weight", 2, {lo->V, lo->H}};
+    lo->p[k + 1] = (struct pspec){"out.bias", 1, {lo->V, 0}};
+    char why[200];
+    snprintf(why, sizeof why, why_fmt, lo->L);
+    for (int i = 0; i < lo->n; i++)
+        if (check_tensor(f, &lo->p[i], lo->dt, why)) return 1;
+    /* Anything else is a model we would silently get wrong (projections, other modules). */
+    for (int i = 0; i < tg_st_count(f); i++) {
+        const char *tn = tg_st_at(f, i)->name;
+        int known = 0;
+        for (int j = 0; j < lo->n && !known; j++) known = strcmp(tn, lo->p[j].name) == 0;
+        if (!known)
+            return cli_fail(CMD, "%s: unexpected tensor '%s' (a %d-layer %s model has only "
+                            "rnn.*_l0..l%d, out.weight and out.bias)", path, tn, lo->L, cell->name, lo->L - 1);
+    }
+    return 0;
+}
+
 static int read_layout(const struct tg_st_file *f, const struct tg_cell *cell, struct layout *lo)
 {
     const char *path = tg_st_path(f);
@@ -124,48 +177,9 @@ static int read_layout(const struct tg_st_file *f, const struct tg_cell *cell, s
                         "*H = %" PRId64 " rows (H = %d from rnn.weight_hh_l0)%s", path,
                         shape_str(wih->ndim, wih->shape, a, sizeof a), cell->name, G, G * H, lo->H, hint);
     }
-    char name[64];
-    lo->L = 0;
-    for (;;) {
-        snprintf(name, sizeof name, "rnn.weight_ih_l%d", lo->L);
-        if (!tg_st_find(f, name) || lo->L >= 64) break;
-        lo->L++;
-    }
-    lo->n = lo->L * cell->n_params + 2;
-    lo->p = calloc((size_t)lo->n, sizeof *lo->p);
-    if (!lo->p) return cli_fail(CMD, "out of memory");
-    int k = 0;
-    for (int l = 0; l < lo->L; l++) {
-        for (int s = 0; s < cell->n_params; s++, k++) {
-            const struct tg_param_spec *sp = &cell->params[s];
-            int rows, cols;
-            if (!tg_param_spec_dims(sp, l == 0 ? lo->I : lo->H, lo->H, &rows, &cols))
-                return cli_fail(CMD, "%s: sizes I=%d, H=%d give %s a shape too large to handle",
-                                path, lo->I, lo->H, sp->name);
-            struct pspec *p = &lo->p[k];
-            snprintf(p->name, sizeof p->name, "rnn.%s_l%d", sp->name, l);
-            int bias = sp->shape.r_h == 0 && sp->shape.r_in == 0 && sp->shape.r_1 == 1;
-            p->ndim = bias ? 1 : 2;
-            p->shape[0] = bias ? cols : rows;
-            p->shape[1] = cols;
-        }
-    }
-    lo->p[k] = (struct pspec){"out.weight", 2, {lo->V, lo->H}};
-    lo->p[k + 1] = (struct pspec){"out.bias", 1, {lo->V, 0}};
     char why[96];
-    snprintf(why, sizeof why, "%s, L = %d, I = %d, H = %d, V = %d", cell->name, lo->L, lo->I, lo->H, lo->V);
-    for (int i = 0; i < lo->n; i++)
-        if (check_tensor(f, &lo->p[i], lo->dt, why)) return 1;
-    /* Anything else is a model we would silently get wrong (projections, other modules). */
-    for (int i = 0; i < tg_st_count(f); i++) {
-        const char *tn = tg_st_at(f, i)->name;
-        int known = 0;
-        for (int j = 0; j < lo->n && !known; j++) known = strcmp(tn, lo->p[j].name) == 0;
-        if (!known)
-            return cli_fail(CMD, "%s: unexpected tensor '%s' (a %d-layer %s model has only "
-                            "rnn.*_l0..l%d, out.weight and out.bias)", path, tn, lo->L, cell->name, lo->L - 1);
-    }
-    return 0;
+    snprintf(why, sizeof why, "%s, L = %%d, I = %d, H = %d, V = %d", cell->name, lo->I, lo->H, lo->V);
+    return expect_params(f, cell, lo, why);
 }
 
 /* A cell file's layout: I from x (T, B, I) in D, H solved from the first dimension of a
@@ -174,63 +188,23 @@ static int read_layout(const struct tg_st_file *f, const struct tg_cell *cell, s
 static int read_layout_file(const struct tg_st_file *f, const struct tg_st_file *df,
                             const struct tg_cell *cell, struct layout *lo)
 {
-    const char *path = tg_st_path(f);
-    char name[96];
     const struct tg_st_tensor *x = tg_st_find(df, "x"), *ow = tg_st_find(f, "out.weight");
     if (!x || x->ndim != 3 || x->shape[2] < 1 || x->shape[2] > 1 << 24)
         return cli_fail(CMD, "%s: tensor 'x' is missing or not (T, B, I) with I >= 1", tg_st_path(df));
     if (!ow || ow->ndim != 2 || ow->shape[0] < 1 || ow->shape[0] > 1 << 24 || ow->shape[1] < 1 || ow->shape[1] > 1 << 24)
-        return cli_fail(CMD, "%s: tensor 'out.weight' is missing or not [V, H]", path);
+        return cli_fail(CMD, "%s: tensor 'out.weight' is missing or not [V, H]", tg_st_path(f));
     lo->I = (int)x->shape[2];
     lo->V = (int)ow->shape[0];
     lo->H = (int)ow->shape[1];
     lo->dt = ow->dtype;
     if (!is_float(lo->dt))
-        return cli_fail(CMD, "%s: tensor 'out.weight' is %s, expected F32 or F64", path, tg_st_dtype_name(lo->dt));
-    lo->L = 0;
-    for (;;) {
-        snprintf(name, sizeof name, "rnn.%s_l%d", cell->params[0].name, lo->L);
-        if (!tg_st_find(f, name) || lo->L >= 64) break;
-        lo->L++;
-    }
-    if (lo->L == 0)
-        return cli_fail(CMD, "%s: tensor 'rnn.%s_l0' is missing (the first parameter of %s)", path,
-                        cell->params[0].name, tg_cell_path(cell));
+        return cli_fail(CMD, "%s: tensor 'out.weight' is %s, expected F32 or F64", tg_st_path(f),
+                        tg_st_dtype_name(lo->dt));
     if (tg_cell_check(cell, lo->I, lo->H) != TG_OK) return cli_fail(CMD, "%s", tg_last_error());
-    lo->n = lo->L * cell->n_params + 2;
-    lo->p = calloc((size_t)lo->n, sizeof *lo->p);
-    if (!lo->p) return cli_fail(CMD, "out of memory");
-    int k = 0;
-    for (int l = 0; l < lo->L; l++) {
-        for (int s = 0; s < cell->n_params; s++, k++) {
-            const struct tg_param_spec *sp = &cell->params[s];
-            int rows, cols;
-            if (!tg_param_spec_dims(sp, l == 0 ? lo->I : lo->H, lo->H, &rows, &cols))
-                return cli_fail(CMD, "%s: sizes I=%d, H=%d give %s a shape that is not positive", path,
-                                lo->I, lo->H, sp->name);
-            struct pspec *p = &lo->p[k];
-            snprintf(p->name, sizeof p->name, "rnn.%s_l%d", sp->name, l);
-            p->ndim = tg_param_spec_ndim(sp);
-            p->shape[0] = p->ndim == 1 ? cols : rows;
-            p->shape[1] = cols;
-        }
-    }
-    lo->p[k] = (struct pspec){"out.weight", 2, {lo->V, lo->H}};
-    lo->p[k + 1] = (struct pspec){"out.bias", 1, {lo->V, 0}};
     char why[160];
-    snprintf(why, sizeof why, "%s, L = %d, I = %d from x, H = %d and V = %d from out.weight",
-             tg_cell_path(cell), lo->L, lo->I, lo->H, lo->V);
-    for (int i = 0; i < lo->n; i++)
-        if (check_tensor(f, &lo->p[i], lo->dt, why)) return 1;
-    for (int i = 0; i < tg_st_count(f); i++) {
-        const char *tn = tg_st_at(f, i)->name;
-        int known = 0;
-        for (int j = 0; j < lo->n && !known; j++) known = strcmp(tn, lo->p[j].name) == 0;
-        if (!known)
-            return cli_fail(CMD, "%s: unexpected tensor '%s' (expected only the parameters of %s)",
-                            path, tn, why);
-    }
-    return 0;
+    snprintf(why, sizeof why, "%s, L = %%d, I = %d from x, H = %d and V = %d from out.weight",
+             tg_cell_path(cell), lo->I, lo->H, lo->V);
+    return expect_params(f, cell, lo, why);
 }
 
 /* x (T, B, I) as doubles and y (T, B) as int32 labels in [0, V). */

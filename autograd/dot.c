@@ -675,7 +675,9 @@ static void write_all(struct dot *d)
 {
     FILE *f = d->f;
     fputs("digraph tapegrad {\n", f);
-    fputs("  graph [rankdir=LR, nodesep=0.15, ranksep=0.3, fontname=\"Helvetica\", "
+    /* ordering=out: a node's successors keep the tape's order, so gates sit in the same order
+     * in every step */
+    fputs("  graph [rankdir=LR, ordering=out, nodesep=0.15, ranksep=0.3, fontname=\"Helvetica\", "
           "fontsize=14", f);
     if (d->o.title) {
         fputs(", labelloc=t, label=\"", f);

@@ -33,6 +33,13 @@ static inline struct tg_tensor *tg_weight_block(struct tg_tape *t, struct tg_ten
     return tg_slice(t, w, 0, k * h, (k + 1) * h);
 }
 
+/* x, named for pictures (DOT labels: "f", "c'"); the name is not copied. */
+static inline struct tg_tensor *tg_named(struct tg_tensor *x, const char *name)
+{
+    tg_tensor_set_name(x, name);
+    return x;
+}
+
 /* Hidden width of a step: the state's columns. */
 static inline int tg_hidden_of(struct tg_tensor *const *state) { return state[0] ? state[0]->cols : 0; }
 

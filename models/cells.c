@@ -21,13 +21,13 @@ static struct tg_tensor *rnn_pre(struct tg_tape *t, struct tg_tensor *const *w,
 static void rnn_tanh_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *xp,
                           struct tg_tensor *const *s, struct tg_tensor **next)
 {
-    next[0] = tg_tanh(t, rnn_pre(t, w, xp, s[0]));
+    next[0] = tg_named(tg_tanh(t, rnn_pre(t, w, xp, s[0])), "h'");
 }
 
 static void rnn_relu_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *xp,
                           struct tg_tensor *const *s, struct tg_tensor **next)
 {
-    next[0] = tg_relu(t, rnn_pre(t, w, xp, s[0]));
+    next[0] = tg_named(tg_relu(t, rnn_pre(t, w, xp, s[0])), "h'");
 }
 
 const struct tg_cell tg_cell_rnn_tanh = {
@@ -48,10 +48,10 @@ static void mgu_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_te
                      struct tg_tensor *const *s, struct tg_tensor **next)
 {
     struct tg_tensor *h = s[0];
-    struct tg_tensor *f = tg_sigmoid(t, tg_linear(t, tg_concat2(t, 1, h, x), w[0], w[1]));
+    struct tg_tensor *f = tg_named(tg_sigmoid(t, tg_linear(t, tg_concat2(t, 1, h, x), w[0], w[1])), "f");
     struct tg_tensor *fh = tg_mul(t, f, h);
-    struct tg_tensor *cand = tg_tanh(t, tg_linear(t, tg_concat2(t, 1, fh, x), w[2], w[3]));
-    next[0] = tg_add(t, tg_mul(t, tg_one_minus(t, f), h), tg_mul(t, f, cand));
+    struct tg_tensor *cand = tg_named(tg_tanh(t, tg_linear(t, tg_concat2(t, 1, fh, x), w[2], w[3])), "h~");
+    next[0] = tg_named(tg_add(t, tg_mul(t, tg_one_minus(t, f), h), tg_mul(t, f, cand)), "h'");
 }
 
 const struct tg_cell tg_cell_mgu = {

@@ -25,10 +25,10 @@ static void gru_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_te
     struct tg_tensor *gh = tg_linear(t, h, w[1], w[3]);
     /* gate by gate, so that every elementwise op reads column blocks of gi and gh and the whole
      * step is one fusion region (a σ over both blocks at once would have to be stored first) */
-    struct tg_tensor *r = tg_sigmoid(t, tg_add(t, tg_block(t, gi, 0, H), tg_block(t, gh, 0, H)));
-    struct tg_tensor *z = tg_sigmoid(t, tg_add(t, tg_block(t, gi, 1, H), tg_block(t, gh, 1, H)));
-    struct tg_tensor *n = tg_tanh(t, tg_add(t, tg_block(t, gi, 2, H), tg_mul(t, r, tg_block(t, gh, 2, H))));
-    next[0] = tg_add(t, tg_mul(t, tg_one_minus(t, z), n), tg_mul(t, z, h));
+    struct tg_tensor *r = tg_named(tg_sigmoid(t, tg_add(t, tg_block(t, gi, 0, H), tg_block(t, gh, 0, H))), "r");
+    struct tg_tensor *z = tg_named(tg_sigmoid(t, tg_add(t, tg_block(t, gi, 1, H), tg_block(t, gh, 1, H))), "z");
+    struct tg_tensor *n = tg_named(tg_tanh(t, tg_add(t, tg_block(t, gi, 2, H), tg_mul(t, r, tg_block(t, gh, 2, H)))), "n");
+    next[0] = tg_named(tg_add(t, tg_mul(t, tg_one_minus(t, z), n), tg_mul(t, z, h)), "h'");
 }
 
 const struct tg_cell tg_cell_gru = {
@@ -50,10 +50,10 @@ static void cho_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_te
     struct tg_tensor *h = s[0];
     struct tg_tensor *w_ur = tg_slice(t, w[0], 0, 0, 2 * H), *b_ur = tg_slice(t, w[1], 1, 0, 2 * H);
     struct tg_tensor *ur = tg_sigmoid(t, tg_linear(t, tg_concat2(t, 1, h, x), w_ur, b_ur));
-    struct tg_tensor *u = tg_block(t, ur, 0, H), *r = tg_block(t, ur, 1, H);
+    struct tg_tensor *u = tg_named(tg_block(t, ur, 0, H), "u"), *r = tg_named(tg_block(t, ur, 1, H), "r");
     struct tg_tensor *w_c = tg_weight_block(t, w[0], 2, H), *b_c = tg_block(t, w[1], 2, H);
-    struct tg_tensor *c = tg_tanh(t, tg_linear(t, tg_concat2(t, 1, tg_mul(t, r, h), x), w_c, b_c));
-    next[0] = tg_add(t, tg_mul(t, u, c), tg_mul(t, tg_one_minus(t, u), h));
+    struct tg_tensor *c = tg_named(tg_tanh(t, tg_linear(t, tg_concat2(t, 1, tg_mul(t, r, h), x), w_c, b_c)), "c~");
+    next[0] = tg_named(tg_add(t, tg_mul(t, u, c), tg_mul(t, tg_one_minus(t, u), h)), "h'");
 }
 
 const struct tg_cell tg_cell_gru_cho = {

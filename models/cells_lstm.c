@@ -23,12 +23,12 @@ static void lstm_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_t
 {
     int H = tg_hidden_of(s);
     struct tg_tensor *g = tg_addmm(t, xp, s[0], w[1], 0, 1); /* xp = x W_ihᵀ + b_ih + b_hh */
-    struct tg_tensor *i = tg_sigmoid(t, tg_block(t, g, 0, H));
-    struct tg_tensor *f = tg_sigmoid(t, tg_block(t, g, 1, H));
-    struct tg_tensor *cand = tg_tanh(t, tg_block(t, g, 2, H));
-    struct tg_tensor *o = tg_sigmoid(t, tg_block(t, g, 3, H));
-    next[1] = tg_add(t, tg_mul(t, f, s[1]), tg_mul(t, i, cand));
-    next[0] = tg_mul(t, o, tg_tanh(t, next[1]));
+    struct tg_tensor *i = tg_named(tg_sigmoid(t, tg_block(t, g, 0, H)), "i");
+    struct tg_tensor *f = tg_named(tg_sigmoid(t, tg_block(t, g, 1, H)), "f");
+    struct tg_tensor *cand = tg_named(tg_tanh(t, tg_block(t, g, 2, H)), "g");
+    struct tg_tensor *o = tg_named(tg_sigmoid(t, tg_block(t, g, 3, H)), "o");
+    next[1] = tg_named(tg_add(t, tg_mul(t, f, s[1]), tg_mul(t, i, cand)), "c'");
+    next[0] = tg_named(tg_mul(t, o, tg_tanh(t, next[1])), "h'");
 }
 
 const struct tg_cell tg_cell_lstm = {
@@ -54,13 +54,13 @@ static void peephole_step(struct tg_tape *t, struct tg_tensor *const *w, struct 
     struct tg_tensor *h = s[0], *c = s[1];
     struct tg_tensor *chx[3] = {c, h, x};
     struct tg_tensor *ifg = tg_sigmoid(t, tg_linear(t, tg_concat(t, 1, 3, chx), w[0], w[1]));
-    struct tg_tensor *i = tg_block(t, ifg, 0, H), *f = tg_block(t, ifg, 1, H);
-    struct tg_tensor *g = tg_tanh(t, tg_linear(t, tg_concat2(t, 1, h, x), w[2], w[3]));
-    struct tg_tensor *c2 = tg_add(t, tg_mul(t, f, c), tg_mul(t, i, g));
+    struct tg_tensor *i = tg_named(tg_block(t, ifg, 0, H), "i"), *f = tg_named(tg_block(t, ifg, 1, H), "f");
+    struct tg_tensor *g = tg_named(tg_tanh(t, tg_linear(t, tg_concat2(t, 1, h, x), w[2], w[3])), "g");
+    struct tg_tensor *c2 = tg_named(tg_add(t, tg_mul(t, f, c), tg_mul(t, i, g)), "c'");
     struct tg_tensor *c2hx[3] = {c2, h, x};
-    struct tg_tensor *o = tg_sigmoid(t, tg_linear(t, tg_concat(t, 1, 3, c2hx), w[4], w[5]));
+    struct tg_tensor *o = tg_named(tg_sigmoid(t, tg_linear(t, tg_concat(t, 1, 3, c2hx), w[4], w[5])), "o");
     next[1] = c2;
-    next[0] = tg_mul(t, o, tg_tanh(t, c2));
+    next[0] = tg_named(tg_mul(t, o, tg_tanh(t, c2)), "h'");
 }
 
 const struct tg_cell tg_cell_lstm_peephole = {
@@ -81,11 +81,11 @@ static void coupled_step(struct tg_tape *t, struct tg_tensor *const *w, struct t
 {
     int H = tg_hidden_of(s);
     struct tg_tensor *a = tg_addmm(t, xp, s[0], w[1], 0, 1); /* xp = x W_ihᵀ + b_ih + b_hh */
-    struct tg_tensor *f = tg_sigmoid(t, tg_block(t, a, 0, H));
-    struct tg_tensor *g = tg_tanh(t, tg_block(t, a, 1, H));
-    struct tg_tensor *o = tg_sigmoid(t, tg_block(t, a, 2, H));
-    next[1] = tg_add(t, tg_mul(t, f, s[1]), tg_mul(t, tg_one_minus(t, f), g));
-    next[0] = tg_mul(t, o, tg_tanh(t, next[1]));
+    struct tg_tensor *f = tg_named(tg_sigmoid(t, tg_block(t, a, 0, H)), "f");
+    struct tg_tensor *g = tg_named(tg_tanh(t, tg_block(t, a, 1, H)), "g");
+    struct tg_tensor *o = tg_named(tg_sigmoid(t, tg_block(t, a, 2, H)), "o");
+    next[1] = tg_named(tg_add(t, tg_mul(t, f, s[1]), tg_mul(t, tg_one_minus(t, f), g)), "c'");
+    next[0] = tg_named(tg_mul(t, o, tg_tanh(t, next[1])), "h'");
 }
 
 const struct tg_cell tg_cell_lstm_coupled = {
@@ -111,10 +111,10 @@ static void dlbook_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg
     int H = tg_hidden_of(s);
     /* all four blocks are sigmoids, so one σ over the whole pre-activation */
     struct tg_tensor *a = tg_sigmoid(t, tg_addmm(t, xp, s[0], w[1], 0, 1));
-    struct tg_tensor *f = tg_block(t, a, 0, H), *g = tg_block(t, a, 1, H);
-    struct tg_tensor *in = tg_block(t, a, 2, H), *q = tg_block(t, a, 3, H);
-    next[1] = tg_add(t, tg_mul(t, f, s[1]), tg_mul(t, g, in));
-    next[0] = tg_mul(t, tg_tanh(t, next[1]), q);
+    struct tg_tensor *f = tg_named(tg_block(t, a, 0, H), "f"), *g = tg_named(tg_block(t, a, 1, H), "g");
+    struct tg_tensor *in = tg_named(tg_block(t, a, 2, H), "in"), *q = tg_named(tg_block(t, a, 3, H), "q");
+    next[1] = tg_named(tg_add(t, tg_mul(t, f, s[1]), tg_mul(t, g, in)), "s'");
+    next[0] = tg_named(tg_mul(t, tg_tanh(t, next[1]), q), "h'");
 }
 
 const struct tg_cell tg_cell_lstm_dlbook = {

@@ -561,6 +561,15 @@ static void test_cell_file_dot(void **state)
     assert_non_null(strstr(dot, "[label=\"f\\nsigmoid"));
     assert_non_null(strstr(dot, "[label=\"a[H:2H]\\nslice cols"));
     free(dot);
+    /* the built-in cell: its gates named too, and in the tape's order in every step */
+    r = run_tapegrad("dot", "--cell", "lstm", "--steps", "2", "--out", out, NULL);
+    assert_int_equal(r->status, 0);
+    dot = tg_test_read_file(out, NULL);
+    assert_non_null(dot);
+    assert_non_null(strstr(dot, "graph [rankdir=LR, ordering=out,"));
+    assert_non_null(strstr(dot, "[label=\"f\\nsigmoid"));
+    assert_non_null(strstr(dot, "[label=\"h'\\nmul"));
+    free(dot);
     unlink(out);
 }
 

@@ -21,6 +21,8 @@
 
 /* ------------------------------------------------------------- planning */
 
+enum { MAX_ARGS = 513, MAX_CONCAT = 256 }; /* x + states + parameters; concatenated blocks */
+
 struct planner {
     struct cfile *c;
     int failed;
@@ -343,6 +345,9 @@ int cc_plan(struct cfile *c)
     if (!c->step.memo || !c->input.memo || !c->next_slot)
         return tg_error(TG_ERR_NOMEM, "%s: out of memory compiling the cell", c->f->path), -1;
     c->n_args = 1 + c->cell.n_state + c->cell.n_params;
+    if (c->n_args > MAX_ARGS)
+        return cl_error_at(c->f, 1, 1, "%d states and parameters; at most %d are supported",
+                           c->n_args - 1, MAX_ARGS - 1), -1;
     /* the equations the next states depend on, in the file's order (so gates are recorded,
      * and drawn, in the order they are written), then the next states */
     for (int j = 0; j < c->cell.n_state; j++) mark_live(c, c->syms[c->next_sym[j]].def);
@@ -366,6 +371,9 @@ int cc_plan(struct cfile *c)
     if (pl.failed) return -1;
     c->input_out = -1;
     int only_x = c->n_blocks == 1 && c->blocks[0].key < 0;
+    if (c->n_blocks > MAX_CONCAT)
+        return cl_error_at(c->f, 1, 1, "%d expressions to hoist into the input projection; at most %d "
+                           "are supported", c->n_blocks, MAX_CONCAT), -1;
     if (c->n_blocks > 1) {
         int *list = cl_alloc(c->f, (size_t)c->n_blocks * sizeof *list);
         if (!list) return tg_error(TG_ERR_NOMEM, "%s: out of memory", c->f->path), -1;
@@ -409,7 +417,7 @@ static struct tg_tensor *run_ins(const struct cfile *c, const struct ins *in, st
         if (!a) return NULL;
         return tg_slice(t, a, in->op == I_SLICE, (int)lf_eval(in->lo, H, I), (int)lf_eval(in->hi, H, I));
     case I_CONCAT: {
-        struct tg_tensor *xs[256];
+        struct tg_tensor *xs[MAX_CONCAT];
         for (int k = 0; k < in->n; k++) xs[k] = s[in->list[k]];
         return tg_concat(t, 1, in->n, xs);
     }
@@ -447,8 +455,7 @@ static void file_step(const void *ctx, int in, int hidden, struct tg_tape *t,
 {
     const struct cfile *c = ctx;
     int ns = c->cell.n_state;
-    struct tg_tensor *args[1 + 2 * 256];
-    if (c->n_args > (int)(sizeof args / sizeof args[0])) return;
+    struct tg_tensor *args[MAX_ARGS];
     args[0] = x;
     for (int k = 0; k < ns; k++) args[1 + k] = state[k];
     for (int k = 0; k < c->cell.n_params; k++) args[1 + ns + k] = w[k];
@@ -460,8 +467,7 @@ static struct tg_tensor *file_input(const void *ctx, int in, int hidden, struct 
 {
     const struct cfile *c = ctx;
     int ns = c->cell.n_state;
-    struct tg_tensor *args[1 + 2 * 256];
-    if (c->n_args > (int)(sizeof args / sizeof args[0])) return NULL;
+    struct tg_tensor *args[MAX_ARGS];
     args[0] = X;
     for (int k = 0; k < ns; k++) args[1 + k] = NULL;
     for (int k = 0; k < c->cell.n_params; k++) args[1 + ns + k] = w[k];

@@ -183,6 +183,9 @@ static const char *const LITERATURE[][2] = {
                 "n = d / sqrt(mean(d * d) + 1e-5) * gamma + beta\n"
                 "c' = sigmoid(n[H:2H]) * c + sigmoid(n[0:H]) * tanh(n[2H:3H])\n"
                 "h' = sigmoid(n[3H:4H]) * tanh(c')\n"},
+    {"mut1", "state h\nparam W_xz[H, I], b_z[H], W_xr[H, I], W_hr[H, H], b_r[H], W_hh[H, H], b_h[H]\n"
+             "z = sigmoid(W_xz @ x + b_z)\nr = sigmoid(W_xr @ x + W_hr @ h + b_r)\n"
+             "h' = tanh(W_hh @ (r * h) + tanh(x) + b_h) * z + h * (1 - z)\n"},
     {"every", "cell every\nstate h, s\nparam W[2H, I + H], b[2H], v[H]\n"
               "a = W @ [x, h] + b\np = softplus(a[0:H]) + exp(-abs(a[H:2H])) + 0.5\n"
               "q = log(p) / sqrt(p) - sum(p) / 8 + mean(relu(a[0:H]))\n"
@@ -197,12 +200,12 @@ static void test_literature_cells_vs_finite_differences(void **state)
             struct tg_cell *fc = tg_cell_parse(LITERATURE[k][1], strlen(LITERATURE[k][1]), LITERATURE[k][0]);
             if (!fc) fail_msg("%s", tg_last_error());
             struct run r;
-            run_model(&r, fc, 3, 2, 3, 4, L, 1, 99 + k);
+            run_model(&r, fc, 3, 2, 4, 4, L, 1, 99 + k); /* I = H: MUT1 adds tanh(x) to H units */
             static double x[64];
             static int32_t y[16];
             struct tg_rng g;
             tg_rng_seed(&g, 3 + k);
-            for (int i = 0; i < 18; i++) x[i] = 2 * tg_rng_uniform(&g) - 1;
+            for (int i = 0; i < 24; i++) x[i] = 2 * tg_rng_uniform(&g) - 1;
             for (int i = 0; i < 6; i++) y[i] = (int32_t)tg_rng_below(&g, 3);
             fd_batch = (struct tg_seq_batch){.T = 3, .B = 2, .x = x, .labels = y};
             struct tg_tensor *xs[64];

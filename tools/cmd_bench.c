@@ -377,10 +377,10 @@ static int bench_one(const char *cell_name, const struct config *c, const char *
         ok = ok && time_steps(ad_step, &ad, ad.t, o, 1, &tf) == 0 && time_steps(ad_step, &c2, c2.t, o, 1, &tc) == 0;
         ok = ok && time_alternating(ad_step, &c2, ad_step, &ad, o, &tc, &tf) == 0;
         if (ok) {
-            printf("%-8s %-12s file %s: %8.3f ms/step   built-in: %8.3f ms/step   file/built-in %.3f   "
-                   "tape %.2f / %.2f MiB   loss %.9g / %.9g\n", cell_name, c->name, tg_cell_path(file_cell),
-                   tf.med, tc.med, tf.med / tc.med, mib((double)ad.arena_bwd), mib((double)c2.arena_bwd),
-                   ad.first_loss, c2.first_loss);
+            printf("%-8s %-12s file %s: %8.3f ms/step   built-in: %8.3f ms/step   file/built-in %.3f "
+                   "(fastest steps: %.3f)   tape %.2f / %.2f MiB   loss %.9g / %.9g\n", cell_name, c->name,
+                   tg_cell_path(file_cell), tf.med, tc.med, tf.med / tc.med, tf.min / tc.min,
+                   mib((double)ad.arena_bwd), mib((double)c2.arena_bwd), ad.first_loss, c2.first_loss);
             r->ad = tf, r->man = tc, r->have_man = 0;
             r->loss_ad = ad.first_loss, r->nodes = tg_tape_num_nodes(ad.t);
             r->arena_fwd = ad.arena_fwd, r->arena_bwd = ad.arena_bwd, r->arena_cap = tg_tape_arena_capacity(ad.t);

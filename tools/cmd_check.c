@@ -453,7 +453,16 @@ static int parse_perturb(struct check *c, const char *spec)
 
 static void print_header(const struct check *c, unsigned long long seed)
 {
-    printf("tapegrad check: %s — %s\n", c->cell->name, c->cell->equations);
+    if (!strchr(c->cell->equations, '\n')) {
+        printf("tapegrad check: %s — %s\n", c->cell->name, c->cell->equations);
+    } else { /* a cell file's equations, one per line */
+        printf("tapegrad check: %s (%s)\n  ", c->cell->name, tg_cell_path(c->cell));
+        for (const char *p = c->cell->equations; *p; p++) {
+            if (*p == '\n') fputs("\n  ", stdout);
+            else putchar(*p);
+        }
+        putchar('\n');
+    }
     printf("model: T=%d steps, B=%d sequences, I=%d inputs, H=%d hidden, L=%d layers, V=%d classes;"
            " float64, seed %llu\n", c->T, c->B, c->I, c->H, c->L, c->V, seed);
     printf("compares the gradient of every parameter from autodiff (tg_backward on the unrolled tape) with\n");

@@ -165,7 +165,11 @@ static int block(struct planner *pl, int key, int partial, const struct cl_expr 
     } else {
         slot = partial ? emit_terms(pl, 1, t, n, e) : emit(pl, 1, e);
         const struct cinfo *in = &c->info[e->id];
-        width = in->kind == K_SCAL ? (struct lf){0, 0, 1} : in->n;
+        int vec = in->kind == K_VEC;
+        if (partial) /* the hoisted terms only: one scalar per sequence unless one is a vector */
+            for (int j = vec = 0; j < n; j++)
+                if (c->info[t[j].e->id].kind == K_VEC) vec = 1;
+        width = vec ? in->n : (struct lf){0, 0, 1};
     }
     if (slot < 0) return -1;
     int b = c->n_blocks++;
@@ -205,20 +209,24 @@ static int emit_sum(struct planner *pl, int input, const struct cl_expr *e)
             else s[ns++] = t[j];
         }
         int xp = block(pl, e->id, 1, e, h, nh);
-        /* the step: the block first, then the remaining terms (W_hh @ h folds into addmm) */
+        /* the step: the block first, then the remaining terms (W_hh @ h folds into addmm when
+         * the sum so far is a vector: addmm's addend cannot be one scalar per sequence) */
         r = xp;
         struct prog *p = &pl->c->step;
         double k = 0;
+        int acc_vec = 0;
+        for (int j = 0; j < nh; j++) acc_vec |= pl->c->info[h[j].e->id].kind == K_VEC;
         for (int j = 0; r >= 0 && j < ns; j++) {
             const struct cl_expr *x = s[j].e;
             const struct cinfo *in = &pl->c->info[x->id];
             if (in->kind == K_NUM) {
                 k += s[j].sign * in->num;
-            } else if (x->kind == CL_MATMUL && s[j].sign > 0) {
+            } else if (x->kind == CL_MATMUL && s[j].sign > 0 && acc_vec) {
                 int w = emit(pl, 0, x->a), v = emit(pl, 0, x->b);
                 r = w < 0 || v < 0 ? -1 : add_ins(pl, p, (struct ins){.op = I_ADDMM, .a = r, .b = v, .c = w, .label = label_of(pl, e)});
             } else {
                 r = op2(pl, 0, s[j].sign > 0 ? I_ADD : I_SUB, r, emit(pl, 0, x), e);
+                acc_vec |= in->kind == K_VEC;
             }
         }
         if (r >= 0 && k != 0) r = affine(pl, 0, r, 1.0, k, e);

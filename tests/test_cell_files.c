@@ -186,6 +186,8 @@ static const char *const LITERATURE[][2] = {
     {"mut1", "state h\nparam W_xz[H, I], b_z[H], W_xr[H, I], W_hr[H, H], b_r[H], W_hh[H, H], b_h[H]\n"
              "z = sigmoid(W_xz @ x + b_z)\nr = sigmoid(W_xr @ x + W_hr @ h + b_r)\n"
              "h' = tanh(W_hh @ (r * h) + tanh(x) + b_h) * z + h * (1 - z)\n"},
+    {"scalars", "state h\nparam W[H, H], U[H, I], v[H]\n"  /* blocks of width 1 and H, side by side */
+                "a = tanh(W @ h + mean(x))\nb = sigmoid(U @ x)\nh' = a * b + sum(x) * v\n"},
     {"every", "cell every\nstate h, s\nparam W[2H, I + H], b[2H], v[H]\n"
               "a = W @ [x, h] + b\np = softplus(a[0:H]) + exp(-abs(a[H:2H])) + 0.5\n"
               "q = log(p) / sqrt(p) - sum(p) / 8 + mean(relu(a[0:H]))\n"

@@ -11,6 +11,7 @@
  *
  * Test functions are named test_check_* and test_grad_* by subcommand. */
 #include <dirent.h>
+#include <math.h>
 #include <fcntl.h>
 #include <math.h>
 #include <setjmp.h>
@@ -640,6 +641,86 @@ static void test_cell_file_train_resume_sample(void **state)
     unlink(ck), unlink(other), rmdir(dir);
 }
 
+/* grad for a file of our own: vector parameters ([N], 1-D in P and G), a second state named s
+ * (s_n in G), 2 layers, float32; the loss matches the model run in this process. */
+static void test_cell_file_grad_own_cell(void **state)
+{
+    (void)state;
+    need_binary();
+    const char src[] = "state h, s\nparam weight_ih[H, I], weight_hh[H], bias_ih[H], w_s[H]\n"
+                       "s' = sigmoid(w_s * s + weight_ih @ x)\nh' = relu(weight_ih @ x + bias_ih + weight_hh * h) * s'\n";
+    char dir[] = "/tmp/tg_cli_own_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char cpath[600], ppath[600], dpath[600], gpath[600];
+    snprintf(cpath, sizeof cpath, "%s/indrnn_s.cell", dir);
+    snprintf(ppath, sizeof ppath, "%s/P.st", dir);
+    snprintf(dpath, sizeof dpath, "%s/D.st", dir);
+    snprintf(gpath, sizeof gpath, "%s/G.st", dir);
+    FILE *f = fopen(cpath, "w");
+    assert_non_null(f);
+    fputs(src, f);
+    fclose(f);
+    struct tg_cell *cell = tg_cell_load(cpath);
+    if (!cell) fail_msg("%s", tg_last_error());
+    enum { T = 3, B = 2, I = 3, H = 4, L = 2, V = 5 };
+    struct tg_model_config cfg = {.cell = cell, .input = I, .hidden = H, .layers = L, .outputs = V,
+                                  .dtype = TG_F32, .loss = TG_LOSS_XENT_SUM};
+    struct tg_model *m;
+    assert_int_equal(tg_model_new(&cfg, &m), TG_OK);
+    struct tg_rng rng;
+    tg_rng_seed(&rng, 3);
+    tg_model_init_uniform(m, &rng);
+    struct tg_st_writer *w = tg_st_writer_new();
+    for (int k = 0; k < m->n_params; k++) {
+        struct tg_tensor *p = m->params[k];
+        int vec = m->param_spec[k] >= 0 ? tg_param_spec_ndim(&cell->params[m->param_spec[k]]) == 1
+                                        : strcmp(m->names[k], "out.bias") == 0;
+        int64_t shape[2] = {vec ? p->cols : p->rows, p->cols};
+        tg_st_writer_add_tensor(w, m->names[k], p, vec ? 1 : 2, shape);
+    }
+    assert_int_equal(tg_st_writer_save(w, ppath), TG_OK);
+    tg_st_writer_free(w);
+    float x[T * B * I];
+    double xd[T * B * I];
+    int64_t y[T * B];
+    int32_t y32[T * B];
+    for (int i = 0; i < T * B * I; i++) xd[i] = x[i] = (float)(2 * tg_rng_uniform(&rng) - 1);
+    for (int i = 0; i < T * B; i++) y32[i] = (int32_t)(y[i] = (int64_t)tg_rng_below(&rng, V));
+    w = tg_st_writer_new();
+    int64_t xs[3] = {T, B, I}, ys[2] = {T, B};
+    tg_st_writer_add(w, "x", TG_ST_F32, 3, xs, x);
+    tg_st_writer_add(w, "y", TG_ST_I64, 2, ys, y);
+    assert_int_equal(tg_st_writer_save(w, dpath), TG_OK);
+    tg_st_writer_free(w);
+    struct run *r = run_tapegrad("grad", "--cell", cpath, "--params", ppath, "--data", dpath, "--out", gpath, NULL);
+    if (r->status != 0) fail_msg("%s", r->err);
+    struct tg_st_file *g;
+    assert_int_equal(tg_st_read(gpath, &g), TG_OK);
+    const struct tg_st_tensor *t = tg_st_find(g, "rnn.weight_hh_l1");
+    assert_non_null(t);
+    assert_int_equal(t->ndim, 1);
+    assert_int_equal(t->shape[0], H);
+    assert_int_equal(t->dtype, TG_ST_F32);
+    t = tg_st_find(g, "s_n");
+    assert_non_null(t);
+    assert_int_equal(t->ndim, 3);
+    assert_true(t->shape[0] == L && t->shape[1] == B && t->shape[2] == H);
+    assert_non_null(tg_st_find(g, "h_n"));
+    /* the same loss in this process */
+    struct tg_tape *tp = tg_tape_new(0);
+    struct tg_seq_batch b = {.T = T, .B = B, .x = xd, .labels = y32};
+    struct tg_seq_result res;
+    assert_int_equal(tg_model_forward_from(m, tp, &b, NULL, &res), TG_OK);
+    float loss;
+    memcpy(&loss, tg_st_find(g, "loss")->data, sizeof loss);
+    assert_float_equal(loss, tg_get(res.loss, 0, 0), 1e-5 * fabs(loss));
+    tg_tape_free(tp);
+    tg_st_close(g);
+    tg_model_free(m);
+    tg_cell_free(cell);
+    unlink(cpath), unlink(ppath), unlink(dpath), unlink(gpath), rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -662,6 +743,7 @@ int main(void)
         cmocka_unit_test(test_cell_file_dot),
         cmocka_unit_test(test_cell_file_grad),
         cmocka_unit_test(test_cell_file_train_resume_sample),
+        cmocka_unit_test(test_cell_file_grad_own_cell),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -676,8 +676,10 @@ static void write_all(struct dot *d)
     FILE *f = d->f;
     fputs("digraph tapegrad {\n", f);
     /* ordering=out: a node's successors keep the tape's order, so gates sit in the same order
-     * in every step */
-    fputs("  graph [rankdir=LR, ordering=out, nodesep=0.15, ranksep=0.3, fontname=\"Helvetica\", "
+     * in every step. newrank=true: ranks come from the edges alone, not cluster by cluster, so
+     * steps stand in time order even when one node feeds every step (the input projection of
+     * collapsed or windowed pictures stacked them out of order, t = 1, 6, 7, 2, …) */
+    fputs("  graph [rankdir=LR, newrank=true, ordering=out, nodesep=0.15, ranksep=0.3, fontname=\"Helvetica\", "
           "fontsize=14", f);
     if (d->o.title) {
         fputs(", labelloc=t, label=\"", f);

@@ -567,10 +567,39 @@ static void test_cell_file_dot(void **state)
     assert_int_equal(r->status, 0);
     dot = tg_test_read_file(out, NULL);
     assert_non_null(dot);
-    assert_non_null(strstr(dot, "graph [rankdir=LR, ordering=out,"));
+    assert_non_null(strstr(dot, "graph [rankdir=LR, newrank=true, ordering=out,"));
     assert_non_null(strstr(dot, "[label=\"f\\nsigmoid"));
     assert_non_null(strstr(dot, "[label=\"h'\\nmul"));
     free(dot);
+    /* steps in time order, left to right, also collapsed and windowed (rendered by Graphviz) */
+    const char *layouts[][4] = {{"--collapse", "--steps", "8", NULL}, {"--window", "2", "--steps", "9"},
+                                {"--layers", "2", "--steps", "5"}};
+    char svg[] = "/tmp/tg_cli_dot_XXXXXX.svg";
+    fd = mkstemps(svg, 4);
+    assert_true(fd >= 0);
+    close(fd);
+    for (int k = 0; k < 3; k++) {
+        r = run_tapegrad("dot", "--cell", "lstm", "--backward", "--out", svg, layouts[k][0], layouts[k][1],
+                         layouts[k][2], layouts[k][3], NULL);
+        if (r->status != 0) fail_msg("%s", r->err);
+        char *text = tg_test_read_file(svg, NULL);
+        assert_non_null(text);
+        double prev = -1e9;
+        int n = 0;
+        for (const char *p = text; (p = strstr(p, "<title>cluster_t")) != NULL; p++) {
+            if (strncmp(strpbrk(p + 16, "_<"), "_l", 2) == 0) continue; /* a layer's box */
+            const char *m = strstr(p, " d=\"M");
+            assert_non_null(m);
+            double x = strtod(m + 5, NULL);
+            if (!(x > prev)) fail_msg("%s: step cluster %d is left of the one before (x %g <= %g)",
+                                      layouts[k][0], n, x, prev);
+            prev = x;
+            n++;
+        }
+        assert_true(n >= 4);
+        free(text);
+    }
+    unlink(svg);
     unlink(out);
 }
 

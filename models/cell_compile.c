@@ -26,7 +26,23 @@ enum { MAX_ARGS = 513, MAX_CONCAT = 256 }; /* x + states + parameters; concatena
 struct planner {
     struct cfile *c;
     int failed;
+    int line;                   /* the equation being compiled, for its instructions' origin */
+    const char **origins;       /* "FILE:LINE" per line, made on first use */
+    int n_lines;
 };
+
+static const char *origin_of(struct planner *pl, int line)
+{
+    if (line < 1 || line >= pl->n_lines) return NULL;
+    if (!pl->origins[line]) {
+        char buf[600];
+        snprintf(buf, sizeof buf, "%s:%d", pl->c->f->path, line);
+        char *o = cl_alloc(pl->c->f, strlen(buf) + 1);
+        if (o) memcpy(o, buf, strlen(buf) + 1);
+        pl->origins[line] = o;
+    }
+    return pl->origins[line];
+}
 
 static int add_ins(struct planner *pl, struct prog *p, struct ins in)
 {
@@ -43,6 +59,7 @@ static int add_ins(struct planner *pl, struct prog *p, struct ins in)
         p->ins = ni;
         p->cap = cap;
     }
+    if (!in.origin) in.origin = origin_of(pl, pl->line);
     p->ins[p->n] = in;
     return p->n++;
 }
@@ -322,7 +339,10 @@ static int emit(struct planner *pl, int input, const struct cl_expr *e)
     struct prog *p = input ? &pl->c->input : &pl->c->step;
     if (pl->failed) return -1;
     if (p->memo[e->id]) return p->memo[e->id] - 1;
+    int line = pl->line;
+    pl->line = e->line;
     int r = emit_uncached(pl, input, e);
+    pl->line = line;
     if (r >= 0) p->memo[e->id] = r + 1;
     return r;
 }
@@ -346,6 +366,10 @@ static void mark_live(struct cfile *c, const struct cl_expr *e)
 int cc_plan(struct cfile *c)
 {
     struct planner pl = {.c = c};
+    for (int k = 0; k < c->f->n_stmts; k++)
+        if (c->f->stmts[k].line >= pl.n_lines) pl.n_lines = c->f->stmts[k].line + 1;
+    pl.origins = cl_alloc(c->f, (size_t)(pl.n_lines + 1) * sizeof *pl.origins);
+    if (!pl.origins) return tg_error(TG_ERR_NOMEM, "%s: out of memory compiling the cell", c->f->path), -1;
     int n = c->f->n_exprs > 0 ? c->f->n_exprs : 1;
     c->step.memo = cl_alloc(c->f, (size_t)n * sizeof *c->step.memo);
     c->input.memo = cl_alloc(c->f, (size_t)n * sizeof *c->input.memo);
@@ -447,12 +471,15 @@ static struct tg_tensor *run(const struct cfile *c, const struct prog *p, int ou
     if (p->n > 256 && !(s = tg_tape_alloc(t, (size_t)p->n * sizeof *s))) return NULL;
     enum tg_dtype dt = args[0] ? args[0]->dtype : TG_F64;
     int pass = c->input_out < 0 || c->n_blocks == 1;
+    const char *origin = NULL;
     for (int k = 0; k < p->n; k++) {
         const struct ins *in = &p->ins[k];
+        if (in->origin != origin) tg_tape_set_origin(t, origin = in->origin); /* FILE:LINE */
         s[k] = run_ins(c, in, s, args, H, I, t, dt);
         if (!s[k]) return NULL;
         if (in->label && in->op != I_ARG && !(in->op == I_XP && pass)) tg_tensor_set_name(s[k], in->label);
     }
+    tg_tape_set_origin(t, c->cell.name); /* as the sequence model set it */
     for (int j = 0; j < n_out; j++) outs[j] = s[out_slots[j]];
     return out_slot >= 0 ? s[out_slot] : NULL;
 }

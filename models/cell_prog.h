@@ -51,6 +51,7 @@ struct ins {
     double alpha, beta;         /* I_AFFINE: alpha·a + beta; I_CONST: alpha */
     struct lf lo, hi;           /* I_SLICE, I_ROWSLICE */
     const char *label;          /* the file's name for the result (DOT) */
+    const char *origin;         /* "FILE:LINE" of its equation (anomaly reports) */
 };
 
 struct prog {

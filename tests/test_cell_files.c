@@ -277,6 +277,34 @@ static void test_gradcheck_verdicts(void **state)
     tg_tensor_free(wrong_W);
 }
 
+/* Anomaly mode names the equation: a cell file's ops carry "FILE:LINE" as their origin. */
+static void test_anomaly_names_the_line(void **state)
+{
+    (void)state;
+    const char src[] = "state h\nparam U[H, H]\nlx = log(x)\nh' = tanh(lx + U @ h)\n";
+    struct tg_cell *c = tg_cell_parse(src, strlen(src), "logcell.cell");
+    if (!c) fail_msg("%s", tg_last_error());
+    enum { T = 4, B = 2, H = 3 };
+    struct tg_model_config cfg = {.cell = c, .input = H, .hidden = H, .layers = 1, .outputs = 2,
+                                  .dtype = TG_F64, .loss = TG_LOSS_XENT_SUM};
+    struct tg_model *m;
+    assert_int_equal(tg_model_new(&cfg, &m), TG_OK);
+    double x[T * B * H];
+    int32_t y[T * B] = {0};
+    for (int i = 0; i < T * B * H; i++) x[i] = 0.5 + 0.1 * i;
+    x[(2 * B + 1) * H + 1] = -0.25; /* step 3, sequence 1, unit 1 */
+    struct tg_seq_batch b = {.T = T, .B = B, .x = x, .labels = y};
+    struct tg_tape *t = tg_tape_new(0);
+    tg_tape_set_anomaly(t, 1);
+    struct tg_seq_result res;
+    assert_int_not_equal(tg_model_forward_from(m, t, &b, NULL, &res), TG_OK);
+    printf("# %s\n", tg_last_error());
+    assert_non_null(strstr(tg_last_error(), "log [logcell.cell:3]"));
+    tg_tape_free(t);
+    tg_model_free(m);
+    tg_cell_free(c);
+}
+
 static void test_load_time(void **state)
 {
     (void)state;
@@ -296,6 +324,7 @@ int main(void)
         cmocka_unit_test(test_files_vs_finite_differences),
         cmocka_unit_test(test_literature_cells_vs_finite_differences),
         cmocka_unit_test(test_gradcheck_verdicts),
+        cmocka_unit_test(test_anomaly_names_the_line),
         cmocka_unit_test(test_load_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

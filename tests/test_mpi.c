@@ -4,8 +4,8 @@
  * weighting   one step with K = 2, 4, 8 micro-batches gives the K = 1 gradient to 1e-12 relative
  *             (float64) on every task: Reber's blocks hold different numbers of labelled
  *             positions, copy's hold labels only at the end, adding's loss is a mean of MSEs
- * same bytes  lstm on Reber (clipped by norm) and gru on text with carried TBPTT state (no .cell
- *             files exist yet, so gru is the cell that differs): the checkpoint after a run
+ * same bytes  lstm on Reber (clipped by norm), gru on text with carried TBPTT state, and a cell
+ *             file (examples/cells/ln_lstm.cell, layer norm): the checkpoint after a run
  *             is the same file at -np 1, 2, 3 (an uneven share), 4 and in a plain run with the
  *             same --micro-batches; -np 2 twice gives the same file
  * resume      5 steps at -np 2, resumed at -np 4 to 8, then without mpirun to 10: the bytes of
@@ -142,6 +142,8 @@ static struct run *sh(const char *fmt, ...)
  * would differ between N */
 #define LSTM "--cell lstm --task reber --hidden 8 --batch 8 --micro-batches 4 --dtype f64 --steps 10 " \
              "--eval-every 5 --eval-size 64 --clip-norm 0.05"
+#define LN_LSTM "--cell " TG_SOURCE_DIR "/examples/cells/ln_lstm.cell --task reber --hidden 8 --batch 8 " \
+                "--micro-batches 4 --dtype f64 --steps 6 --eval-every 3 --eval-size 32"
 #define GRU "--cell gru --task text --data " TEXT " --hidden 8 --batch 4 --micro-batches 4 --seq 5 --steps 8 --eval-size 16"
 
 /* Not in the sanitizer build: Open MPI's plugins leak at exit, and once unloaded they leave
@@ -210,6 +212,7 @@ static void check_same_bytes(const char *flags, const char *name)
 
 static void test_same_bytes_lstm(void **state) { (void)state; check_same_bytes(LSTM, "lstm"); }
 static void test_same_bytes_gru_text(void **state) { (void)state; check_same_bytes(GRU, "gru"); }
+static void test_same_bytes_cell_file(void **state) { (void)state; check_same_bytes(LN_LSTM, "ln_lstm"); }
 
 static void test_resume_across_ranks(void **state)
 {
@@ -337,6 +340,7 @@ int main(void)
         cmocka_unit_test(test_micro_batch_errors),
         cmocka_unit_test(test_same_bytes_lstm),
         cmocka_unit_test(test_same_bytes_gru_text),
+        cmocka_unit_test(test_same_bytes_cell_file),
         cmocka_unit_test(test_resume_across_ranks),
         cmocka_unit_test(test_rank0_alone_prints_logs_and_saves),
         cmocka_unit_test(test_ctrl_c_stops_every_rank_at_one_step),

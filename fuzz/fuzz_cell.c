@@ -2,10 +2,10 @@
  * cell_compile.c): any bytes are parsed; a file that loads is checked for small sizes and, if
  * it passes, run forward and backward for two layers, so the compiled program is exercised too.
  *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -I... fuzz/fuzz_cell.c libtapegrad.a ...
- *   ./fuzz_cell fuzz/corpus_cell
+ *   fuzz/run.sh cell 600        (seeds: corpus/cell/, the shipped and literature cells)
  *
- * fuzz_cell_main.c feeds the regression corpus to the same function under gcc (meson test). */
+ * driver.c feeds corpus/cell/ and regressions/cell/ to the same function under gcc (meson
+ * test, suite fuzz). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>

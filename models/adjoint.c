@@ -515,7 +515,7 @@ static void print_lines(struct pr *p)
         const char *cm, *m = merged(p, sym, &cm);
         if (!m && c->syms[sym].kind == SY_INTER) continue; /* no gradient reaches it */
         if (m) emit_line(p, fmt(p, "d%s %s %s", s->target, c->syms[sym].kind == SY_NEXT ? "+=" : "=", m), cm);
-        walk(p, s->expr, fmt(p, "d%s", s->target), 1, fmt(p, "d%s", s->target));
+        walk(p, s->expr, fmt(p, "d%s", s->target), 1, fmt(p, "dsub_%s", s->target));
     }
     /* the leaves last, complete: parameters, x, states */
     static const enum sym_kind order[3] = {SY_PARAM, SY_X, SY_STATE};

@@ -155,10 +155,10 @@ int dv_eval(struct deval *ev, const struct cl_expr *e, struct dval *out)
     switch (e->kind) {
     case CL_NUM: return number(ev, e->num, out);
     case CL_NAME: {
+        if (!strcmp(e->name, "H") || !strcmp(e->name, "I")) /* sizes; in a derivation also numbers */
+            return number(ev, e->name[0] == 'H' ? ev->H : ev->I, out);
         int r = ev->resolve(ev->ctx, e, out);
         if (r <= 0) return r;
-        if (ev->adj && (!strcmp(e->name, "H") || !strcmp(e->name, "I")))
-            return number(ev, e->name[0] == 'H' ? ev->H : ev->I, out);
         return ERRAT(e, "unknown name '%s'", e->name);
     }
     case CL_CALL: {

@@ -481,11 +481,18 @@ static void report_fail(struct dck *d, FILE *out, const char *path, int first)
             if (f->stmts[s].line == Q->lines[j] && !strcmp(f->stmts[s].target, Q->name))
                 fprintf(out, "  %s:%d: %s %s %s\n", path, Q->lines[j], Q->name, f->stmts[s].kind == CL_S_ACCUM ? "+=" : "=",
                         cl_expr_text(f, f->stmts[s].expr, b, sizeof b));
-    for (int j = 0; j < Q->n_reads; j++) {
+    /* the helpers its lines read, and theirs (autodiff has no value for a helper) */
+    int seen[MAXQ] = {0}, stack[MAXQ], sp = 0, nh = 0;
+    for (int j = 0; j < Q->n_reads; j++) stack[sp++] = Q->reads[j], seen[Q->reads[j]] = 1;
+    while (sp > 0) {
+        const struct qty *R = &d->q[stack[--sp]];
         char ln[128];
-        lines_of(&d->q[Q->reads[j]], ln, sizeof ln);
-        fprintf(out, "  (it reads the helper %s, %s:%s, which autodiff cannot check by itself)\n", d->q[Q->reads[j]].name, path, ln);
+        lines_of(R, ln, sizeof ln);
+        fprintf(out, "%s%s (%s:%s)", nh++ ? ", " : "  it reads helpers autodiff cannot check by themselves: ", R->name, path, ln);
+        for (int j = 0; j < R->n_reads; j++)
+            if (!seen[R->reads[j]] && sp < MAXQ) stack[sp++] = R->reads[j], seen[R->reads[j]] = 1;
     }
+    if (nh) fprintf(out, "\n");
     if (Q->param)
         fprintf(out, "  summed over t = %d … 1: worst element [%d, %d] of layer %d: yours %.10g, autodiff %.10g "
                 "(relative error %.2e)\n", d->T, Q->row, Q->col, Q->l, Q->yours, Q->theirs, Q->rel_at);

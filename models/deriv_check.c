@@ -197,7 +197,9 @@ static int adj_resolve(void *ctx, const struct cl_expr *e, struct dval *out)
     if (as >= 0 && c->syms[as].kind == SY_PARAM)
         return cl_error_at(d->adj, e->line, e->col, "%s is a parameter's gradient, summed over steps; a line "
                            "can add to it but not read it", e->name), -1;
-    if (d->iso && as >= 0) {
+    /* isolated: autodiff's value of what dNAME means here; a given ds' no line adds to is just
+     * the given (in env), else the whole gradient */
+    if (d->iso && as >= 0 && (q < 0 || d->q[q].n_lines > 0)) {
         struct tg_tensor *g = ad_grad(d, as);
         if (!g) return -1;
         *out = (struct dval){g->cols == 1 && c->syms[as].kind == SY_INTER ? K_SCAL : K_VEC, g};

@@ -680,7 +680,6 @@ int tg_deriv_check(const struct tg_cell *cell, const char *adj_path, const char 
         rc = 0;
     }
 free_all:
-    if (rc == 3 && d->m) fprintf(stderr, "%s\n", tg_last_error());
     free(x), free(y);
     for (int k = 0; d->chain_ds && k < d->L * d->ns; k++) free(d->chain_ds[k]);
     for (int k = 0; d->chain_dx && k < d->L; k++) free(d->chain_dx[k]);

@@ -608,9 +608,10 @@ static int check_derivation(const char *cell_name, const char *path, int T, int 
     if (!cell) return 2;
     struct tg_deriv_opts o = {.T = T, .B = B, .I = I, .H = H, .L = L, .V = V, .seed = (unsigned long long)seed};
     int rc = tg_deriv_check(cell, path, NULL, &o, stdout);
-    if (rc >= 2) {
+    if (rc >= 2) { /* an error in the file (2) or any other (3): exit 2, not 1 (a wrong line) */
         fflush(stdout);
         fprintf(stderr, "%s\n", tg_last_error());
+        rc = 2;
     }
     tg_cell_free(cell);
     return rc;

@@ -270,25 +270,25 @@ static void add_piece(struct pr *p, int sym, int ranged, struct lf lo, struct lf
     p->pc[p->npc++] = (struct piece){sym, ranged, lo, hi, sign, text, p->eq};
 }
 
+/* A helper's name from what it is the adjoint of: [h, x] → dhx, [r * h, x] → drhx, r * h → drh. */
 static const char *hint_of(struct pr *p, const struct cl_expr *e)
 {
-    if (e->kind == CL_CONCAT) {
-        char buf[64] = "d";
-        for (int k = 0; k < e->n_args; k++) {
-            const struct cl_expr *a = e->args[k];
-            while (a->kind == CL_SLICE) a = a->a;
-            if (a->kind == CL_MUL && a->a->kind == CL_NAME && a->b->kind == CL_NAME &&
-                strlen(buf) + strlen(a->a->name) + strlen(a->b->name) < sizeof buf) {
-                strncat(buf, a->a->name, strcspn(a->a->name, "'"));
-                strncat(buf, a->b->name, strcspn(a->b->name, "'"));
-                continue;
-            }
-            if (a->kind != CL_NAME || strlen(buf) + strlen(a->name) >= sizeof buf) return "dcat";
-            strncat(buf, a->name, strcspn(a->name, "'"));
+    const struct cl_expr *one[1] = {e};
+    const struct cl_expr *const *parts = e->kind == CL_CONCAT ? (const struct cl_expr *const *)e->args : one;
+    int n = e->kind == CL_CONCAT ? e->n_args : 1;
+    char buf[64] = "d";
+    for (int k = 0; k < n; k++) {
+        const struct cl_expr *a = parts[k];
+        while (a->kind == CL_SLICE) a = a->a;
+        const struct cl_expr *names[2] = {a, NULL};
+        if (a->kind == CL_MUL) names[0] = a->a, names[1] = a->b;
+        for (int j = 0; j < 2 && names[j]; j++) {
+            if (names[j]->kind != CL_NAME || strlen(buf) + strlen(names[j]->name) >= sizeof buf)
+                return e->kind == CL_CONCAT ? "dcat" : "dv";
+            strncat(buf, names[j]->name, strcspn(names[j]->name, "'"));
         }
-        return fmt(p, "%s", buf);
     }
-    return "dv";
+    return fmt(p, "%s", buf);
 }
 
 static void fail_at(struct pr *p, const struct cl_expr *e, const char *what)
@@ -517,11 +517,18 @@ static void print_lines(struct pr *p)
         if (m) emit_line(p, fmt(p, "d%s %s %s", s->target, c->syms[sym].kind == SY_NEXT ? "+=" : "=", m), cm);
         walk(p, s->expr, fmt(p, "d%s", s->target), 1, fmt(p, "dsub_%s", s->target));
     }
-    /* the leaves last, complete: parameters, x, states */
+    /* the leaves last, complete, grouped by the first equation that reads them (in the file's
+     * order), within a group parameters, x, states */
     static const enum sym_kind order[3] = {SY_PARAM, SY_X, SY_STATE};
-    for (int o = 0; o < 3 && !p->failed; o++)
-        for (int q = 0; q < c->n_syms; q++)
-            if (c->syms[q].kind == order[o]) print_leaf(p, q);
+    for (int eq = 0; eq <= f->n_stmts && !p->failed; eq++)
+        for (int o = 0; o < 3; o++)
+            for (int q = 0; q < c->n_syms; q++) {
+                if (c->syms[q].kind != order[o]) continue;
+                int first = f->n_stmts;
+                for (int k = 0; k < p->npc; k++)
+                    if (p->pc[k].sym == q && p->pc[k].eq < first) first = p->pc[k].eq;
+                if (first == eq) print_leaf(p, q);
+            }
 }
 
 /* ------------------------------------------------------------- LaTeX */

@@ -26,21 +26,19 @@ static const char *const BUILTIN[] = {"rnn_tanh", "rnn_relu", "lstm", "gru", "gr
                                       "lstm_peephole", "lstm_coupled", "lstm_dlbook", "mgu"};
 enum { N_BUILTIN = sizeof BUILTIN / sizeof BUILTIN[0] };
 
-static const char *const LITERATURE[][2] = {
-    {"indrnn.cell", "state h\nparam weight_ih[H, I], weight_hh[H], bias_ih[H]\n"
-                    "h' = relu(weight_ih @ x + bias_ih + weight_hh * h)\n"},
-    {"janet.cell", "state h, c\nparam W[2H, I], U[2H, H], b[2H]\n"
-                   "a = W @ x + U @ h + b\nf = sigmoid(a[0:H])\nc' = f * c + (1 - f) * tanh(a[H:2H])\nh' = c'\n"},
-    {"ln_lstm.cell", "state h, c\nparam weight_ih[4H, I], weight_hh[4H, H], bias[4H], gamma[4H], beta[4H]\n"
-                     "a = weight_ih @ x + weight_hh @ h + bias\nm = mean(a)\nd = a - m\n"
-                     "n = d / sqrt(mean(d * d) + 1e-5) * gamma + beta\n"
-                     "c' = sigmoid(n[H:2H]) * c + sigmoid(n[0:H]) * tanh(n[2H:3H])\n"
-                     "h' = sigmoid(n[3H:4H]) * tanh(c')\n"},
-    {"every.cell", "cell every\nstate h, s\nparam W[2H, I + H], b[2H], v[H]\n"
-                   "a = W @ [x, h] + b\np = softplus(a[0:H]) + exp(-abs(a[H:2H])) + 0.5\n"
-                   "q = log(p) / sqrt(p) - sum(p) / 8 + mean(relu(a[0:H]))\n"
-                   "s' = tanh(q) * v + sigmoid(s) - 1 / (2 + s * s)\nh' = -s' * 0.25 + 3 * tanh(h) / 3\n"},
+/* Cell files of the tests besides the built-in ones: the fuzz corpus (the literature cells of
+ * test_cell_files.c: IndRNN, JANET, LN-LSTM, one using every function), the seeds' cells, and
+ * test_cell_files.c's cell with three hoisted blocks. */
+static const char *const CELL_FILES[] = {
+    "fuzz/corpus_cell/indrnn.cell", "fuzz/corpus_cell/janet.cell", "fuzz/corpus_cell/ln_lstm.cell",
+    "fuzz/corpus_cell/every.cell", "examples/derivations/dlbook_rnn.cell", "examples/derivations/minchar_rnn.cell",
+    "examples/derivations/coursera_rnn.cell", "examples/derivations/coursera_lstm.cell",
+    "examples/derivations/coursera_gru.cell",
 };
+enum { N_FILES = sizeof CELL_FILES / sizeof CELL_FILES[0] };
+static const char MUT1[] = "state h\nparam W_xz[H, I], b_z[H], W_xr[H, I], W_hr[H, H], b_r[H], W_hh[H, H], b_h[H]\n"
+                           "z = sigmoid(W_xz @ x + b_z)\nr = sigmoid(W_xr @ x + W_hr @ h + b_r)\n"
+                           "h' = tanh(W_hh @ (r * h) + tanh(x) + b_h) * z + h * (1 - z)\n";
 
 static struct tg_cell *builtin(const char *name)
 {
@@ -126,16 +124,24 @@ static void test_closed_loop(void **state)
 {
     (void)state;
     static const int sizes[][5] = {{5, 3, 4, 6, 2}, {1, 1, 3, 2, 1}, {4, 2, 5, 3, 3}};
-    for (int k = 0; k < N_BUILTIN + 4; k++) {
-        struct tg_cell *c = k < N_BUILTIN ? builtin(BUILTIN[k])
-                                          : tg_cell_parse(LITERATURE[k - N_BUILTIN][1], strlen(LITERATURE[k - N_BUILTIN][1]),
-                                                          LITERATURE[k - N_BUILTIN][0]);
+    for (int k = 0; k < N_BUILTIN + N_FILES + 1; k++) {
+        struct tg_cell *c;
+        char path[512];
+        if (k < N_BUILTIN) {
+            c = builtin(BUILTIN[k]);
+        } else if (k < N_BUILTIN + N_FILES) {
+            snprintf(path, sizeof path, "%s/%s", TG_SOURCE_DIR, CELL_FILES[k - N_BUILTIN]);
+            c = tg_cell_load(path);
+        } else {
+            c = tg_cell_parse(MUT1, strlen(MUT1), "mut1.cell");
+        }
         if (!c) fail_msg("%s", tg_last_error());
         char *s = printed(c, TG_ADJ_TEXT);
         for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
             char *rep;
             const int *q = sizes[z];
-            int rc = run(c, s, q[0], q[1], q[2], q[3], q[4], 1e-12, &rep);
+            int I = k == N_BUILTIN + N_FILES ? q[3] : q[2]; /* mut1 adds tanh(x) to H units */
+            int rc = run(c, s, q[0], q[1], I, q[3], q[4], 1e-12, &rep);
             if (rc != 0) fail_msg("%s (T=%d B=%d I=%d H=%d L=%d): rc %d %s\n%s\n%s", c->name, q[0], q[1], q[2], q[3], q[4],
                                   rc, tg_last_error(), rep, s);
             free(rep);

@@ -209,6 +209,9 @@ static int adj_resolve(void *ctx, const struct cl_expr *e, struct dval *out)
     if (as >= 0 || q >= 0)
         return cl_error_at(d->adj, e->line, e->col, "%s is read before any line assigns it%s", e->name,
                            as >= 0 && c->syms[as].kind == SY_NEXT ? "" : " (at this step)"), -1;
+    if (e->name[0] == 'd' && e->name[1] && strcmp(e->name + 1, "H") && strcmp(e->name + 1, "I"))
+        return cl_error_at(d->adj, e->line, e->col, "unknown name '%s': the cell has no %s, and no line assigns %s",
+                           e->name, e->name + 1, e->name), -1;
     return 1;
 }
 

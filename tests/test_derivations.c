@@ -316,7 +316,7 @@ static void test_language_errors(void **state)
     static const char *const cases[][2] = {
         {"dpre_h' = dh' * (1 - h' * h')\ndweight_ih += dpre_h' @ x^T\ndweight_hh += dpre_h' @ h^T\n"
          "dbias_ih += dpre_h'\ndbias_hh += dpre_h'\ndh = weight_hh^T @ dpre_hh\n",
-         "t.adj:6:20: unknown name 'dpre_hh'"},
+         "t.adj:6:20: unknown name 'dpre_hh': the cell has no pre_hh, and no line assigns dpre_hh"},
         {"dpre_h' = dh' * (1 - h' * h')\ndweight_ih += dpre_h' @ x^T\ndweight_hh += dpre_h' @ h^T\n"
          "dbias_ih += dpre_h'\ndbias_hh += dpre_h'\n",
          "t.adj:5:1: no line assigns dh, the gradient reaching state h at step t-1 (required)"},
@@ -403,14 +403,18 @@ static void test_seeds(void **state)
     }
     /* seed 004's RNN backward, eqs. (4) and (5) as written: da_next multiplies W^T (1 - tanh^2)
      * instead of standing inside it. With I = H the sizes line up and (4) is named, (5) too. */
-    char *rep;
+    char *rep, want[96];
     int l4 = line_with("coursera_rnn.adj", "dx = da_next * (W_ax^T");
     assert_int_equal(run_files("coursera_rnn.cell", "coursera_rnn.adj", 6, 6, &rep), 1);
     if (!names_line(rep, l4) || !strstr(rep, "FAIL: dx is wrong") || !strstr(rep, "also wrong given correct inputs: da (line")) fail_msg("%s", rep);
     free(rep);
+    /* seed 004's eq. (25) as written: db_c from dgamma_c, which does not exist */
+    assert_int_equal(run_files("coursera_lstm.cell", "coursera_lstm_as_written.adj", 4, 6, &rep), 2);
+    snprintf(want, sizeof want, "t.adj:%d:9: unknown name 'dg_c'", line_with("coursera_lstm_as_written.adj", "db_c += dg_c"));
+    if (strncmp(tg_last_error(), want, strlen(want)) != 0) fail_msg("%s", tg_last_error());
+    free(rep);
     /* with I != H, (4) does not even have the sizes of dx */
     assert_int_equal(run_files("coursera_rnn.cell", "coursera_rnn.adj", 4, 6, &rep), 2);
-    char want[32];
     snprintf(want, sizeof want, "t.adj:%d:", l4);
     if (strncmp(tg_last_error(), want, strlen(want)) != 0) fail_msg("%s", tg_last_error());
     free(rep);

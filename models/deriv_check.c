@@ -493,7 +493,7 @@ static void report_fail(struct dck *d, FILE *out, const char *path, int first)
         const struct qty *R = &d->q[stack[--sp]];
         char ln[128];
         lines_of(R, ln, sizeof ln);
-        fprintf(out, "%s%s (%s:%s)", nh++ ? ", " : "  it reads helpers autodiff cannot check by themselves: ", R->name, path, ln);
+        fprintf(out, "%s%s (%s:%s)", nh++ ? ", " : "  or in a helper it reads (autodiff has no value for a helper): ", R->name, path, ln);
         for (int j = 0; j < R->n_reads; j++)
             if (!seen[R->reads[j]] && sp < MAXQ) stack[sp++] = R->reads[j], seen[R->reads[j]] = 1;
     }

@@ -44,7 +44,7 @@
 static const char CMD[] = "check";
 static const char USAGE[] =
     "--cell NAME [--steps T] [--batch B] [--input I] [--hidden H] [--layers L] [--vocab V] "
-    "[--seed S]";
+    "[--seed S] [--derivation FILE.adj]";
 
 /* ------------------------------------------------------------ gate names */
 

@@ -670,7 +670,9 @@ int tg_deriv_check(const struct tg_cell *cell, const char *adj_path, const char 
         fprintf(out, "(relative error max|yours - autodiff| / max|autodiff| per step; chained: the derivation "
                 "run alone; isolated: each line given autodiff's adjoints)\n\n");
     }
-    if (first >= 0) {
+    /* The verdict is the chained run's (what the derivation computes); the isolated run only
+     * says which line is to blame. */
+    if (bad_chain && first >= 0) {
         report_fail(d, out, adj_path, first);
         rc = 1;
     } else if (bad_chain) {

@@ -38,6 +38,10 @@ const struct tg_cell *cli_cell(const char *cmd, const char *spec, struct tg_cell
 int cli_cell_is_builtin_layout(const struct tg_cell *cell);
 
 int cmd_check(int argc, char **argv);
+int cmd_adjoint(int argc, char **argv);
+/* A cell's file: a built-in name (its shipped .cell, compiled in) or FILE.cell; NULL after a
+ * message. Free with tg_cell_free. */
+struct tg_cell *cli_cell_file(const char *cmd, const char *spec);
 int cmd_grad(int argc, char **argv);
 int cmd_dot(int argc, char **argv);
 int cmd_train(int argc, char **argv);

@@ -34,6 +34,7 @@
 #include "cli.h"
 #include "tapegrad_models.h"
 #include "tapegrad_manual.h"
+#include "tapegrad_deriv.h"
 
 #define MANUAL_TOL 1e-10
 #define FD_TOL 1e-6
@@ -43,7 +44,7 @@
 static const char CMD[] = "check";
 static const char USAGE[] =
     "--cell NAME [--steps T] [--batch B] [--input I] [--hidden H] [--layers L] [--vocab V] "
-    "[--seed S]";
+    "[--seed S] [--derivation FILE.adj]";
 
 /* ------------------------------------------------------------ gate names */
 
@@ -599,9 +600,26 @@ static void print_definitions(void)
            MANUAL_TOL, FD_STEP, FD_FLOOR, FD_TOL);
 }
 
+/* --derivation: models/deriv_check.c on the same random problem (a built-in name means its
+ * shipped cell file). */
+static int check_derivation(const char *cell_name, const char *path, int T, int B, int I, int H, int L, int V, long seed)
+{
+    struct tg_cell *cell = cli_cell_file(CMD, cell_name);
+    if (!cell) return 2;
+    struct tg_deriv_opts o = {.T = T, .B = B, .I = I, .H = H, .L = L, .V = V, .seed = (unsigned long long)seed};
+    int rc = tg_deriv_check(cell, path, NULL, &o, stdout);
+    if (rc >= 2) { /* an error in the file (2) or any other (3): exit 2, not 1 (a wrong line) */
+        fflush(stdout);
+        fprintf(stderr, "%s\n", tg_last_error());
+        rc = 2;
+    }
+    tg_cell_free(cell);
+    return rc;
+}
+
 int cmd_check(int argc, char **argv)
 {
-    const char *cell_name = NULL, *perturb = NULL;
+    const char *cell_name = NULL, *perturb = NULL, *derivation = NULL;
     int T = 5, B = 3, I = 4, H = 6, L = 2, V = 5, fd_elems = 0, pstep = 1;
     long seed = 1;
     double pby = 1e-4;
@@ -620,6 +638,8 @@ int cmd_check(int argc, char **argv)
         {"perturb-step", CLI_INT, &pstep, "... from time step S on (1..T, default 1)", 1, 10000},
         {"perturb-by", CLI_DOUBLE, &pby, "... by this amount (default 1e-4)", -1e300, 1e300},
         {"detect-anomaly", CLI_BOOL, &anomaly, "stop at the first NaN/inf in forward or backward and say where", 1, 0},
+        {"derivation", CLI_STR, &derivation, "run FILE.adj (a hand derivation, or `tapegrad adjoint`'s) for t = T ... 1 "
+                                             "and compare it line by line with autodiff (exit 0 pass, 1 a wrong line, 2 an error in the file)", 1, 0},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     int pr = cli_parse(CMD, USAGE, argc, argv, flags, nf);
@@ -629,6 +649,7 @@ int cmd_check(int argc, char **argv)
         return 0;
     }
     if (!cell_name) return cli_fail(CMD, "--cell is required (one of: %s)", tg_cell_names());
+    if (derivation) return check_derivation(cell_name, derivation, T, B, I, H, L, V, seed);
     if (perturb && pstep > T)
         return cli_fail(CMD, "--perturb-step %d is beyond --steps %d", pstep, T);
     struct tg_cell *owned;

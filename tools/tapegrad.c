@@ -16,6 +16,7 @@ static const struct subcommand commands[] = {
     {"train", cmd_train_mpi, "train a recurrent network on a built-in task or a text file"},
     {"sample", cmd_sample, "sample text from a checkpoint of a text model"},
     {"check", cmd_check, "compare autodiff, hand-derived BPTT and finite differences for a cell"},
+    {"adjoint", cmd_adjoint, "print the backward pass of one step as math (a derivation file, or LaTeX)"},
     {"grad", cmd_grad, "loss, final state and gradients of a PyTorch-layout model (safetensors)"},
     {"dot", cmd_dot, "draw the unrolled forward/backward graph (DOT, SVG or PNG)"},
     {"bench", cmd_bench, "time training steps against the hand-written BPTT"},
@@ -54,7 +55,7 @@ int main(int argc, char **argv)
     char name[64];
     snprintf(name, sizeof name, "%s", argv[1]);
     cli_sanitize(name);
-    fprintf(stderr, "tapegrad: unknown command '%s' (expected train, sample, check, grad, dot, or bench)\n",
+    fprintf(stderr, "tapegrad: unknown command '%s' (expected train, sample, check, adjoint, grad, dot, or bench)\n",
             name);
     return 1;
 }

@@ -29,8 +29,8 @@ enum { N_BUILTIN = sizeof BUILTIN / sizeof BUILTIN[0] };
  * test_cell_files.c: IndRNN, JANET, LN-LSTM, one using every function), the seeds' cells, and
  * test_cell_files.c's cell with three hoisted blocks. */
 static const char *const CELL_FILES[] = {
-    "fuzz/corpus_cell/indrnn.cell", "fuzz/corpus_cell/janet.cell", "fuzz/corpus_cell/ln_lstm.cell",
-    "fuzz/corpus_cell/every.cell", "examples/derivations/dlbook_rnn.cell", "examples/derivations/minchar_rnn.cell",
+    "fuzz/corpus/cell/indrnn.cell", "fuzz/corpus/cell/janet.cell", "fuzz/corpus/cell/ln_lstm.cell",
+    "fuzz/corpus/cell/every.cell", "examples/derivations/dlbook_rnn.cell", "examples/derivations/minchar_rnn.cell",
     "examples/derivations/coursera_rnn.cell", "examples/derivations/coursera_lstm.cell",
     "examples/derivations/coursera_gru.cell",
 };

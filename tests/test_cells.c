@@ -15,58 +15,7 @@
 
 #include "tapegrad_models.h"
 #include "tapegrad_manual.h"
-
-struct seq_case {
-    struct tg_model *m;
-    struct tg_seq_batch b;
-    double *x;
-    int32_t *y;
-    struct tg_tensor *init[6];
-    int n_init;
-};
-
-static void make_case(struct seq_case *c, const struct tg_cell *cell, int T, int B, int I, int H,
-                      int L, int V, enum tg_dtype dt, uint64_t seed, int with_init)
-{
-    memset(c, 0, sizeof *c);
-    struct tg_model_config cfg = {.cell = cell, .input = I, .hidden = H, .layers = L,
-                                  .outputs = V, .dtype = dt, .loss = TG_LOSS_XENT_SUM};
-    if (tg_model_new(&cfg, &c->m) != TG_OK) fail_msg("%s", tg_last_error());
-    struct tg_rng r;
-    tg_rng_seed(&r, seed);
-    /* wider than PyTorch's init so gates leave their linear regime */
-    for (int i = 0; i < c->m->n_params; i++) tg_tensor_uniform(c->m->params[i], &r, -0.8, 0.8);
-    c->x = malloc(sizeof(double) * T * B * I);
-    c->y = malloc(sizeof(int32_t) * T * B);
-    for (int i = 0; i < T * B * I; i++) c->x[i] = 2 * tg_rng_uniform(&r) - 1;
-    for (int i = 0; i < T * B; i++) c->y[i] = (int32_t)tg_rng_below(&r, (uint32_t)V);
-    if (T * B > 2) c->y[1] = -1; /* one position without loss */
-    c->b = (struct tg_seq_batch){.T = T, .B = B, .x = c->x, .labels = c->y};
-    if (with_init) {
-        c->n_init = L * cell->n_state;
-        for (int i = 0; i < c->n_init; i++) {
-            c->init[i] = tg_tensor_new_heap(B, H, dt);
-            tg_tensor_uniform(c->init[i], &r, -0.5, 0.5);
-            tg_tensor_set_requires_grad(c->init[i]);
-        }
-    }
-}
-
-static void free_case(struct seq_case *c)
-{
-    tg_model_free(c->m);
-    free(c->x);
-    free(c->y);
-    for (int i = 0; i < c->n_init; i++) tg_tensor_free(c->init[i]);
-}
-
-static struct tg_tensor *seq_loss(struct tg_tape *t, void *ctx)
-{
-    struct seq_case *c = ctx;
-    struct tg_seq_result res;
-    if (tg_model_forward_from(c->m, t, &c->b, c->n_init ? c->init : NULL, &res) != TG_OK) return NULL;
-    return res.loss;
-}
+#include "seq_case.h"
 
 static void test_all_cells_vs_finite_differences(void **state)
 {
@@ -75,14 +24,14 @@ static void test_all_cells_vs_finite_differences(void **state)
     for (int i = 0; i < tg_cell_count(); i++) {
         const struct tg_cell *cell = tg_cell_at(i);
         struct seq_case c;
-        make_case(&c, cell, 4, 2, 3, 4, 2, 3, TG_F64, 77 + (uint64_t)i, 1);
+        seq_case_new(&c, cell, 4, 2, 3, 4, 2, 3, TG_F64, 77 + (uint64_t)i, 1, NULL);
         struct tg_tensor *xs[64];
         int nx = 0;
         for (int k = 0; k < c.m->n_params; k++) xs[nx++] = c.m->params[k];
         for (int k = 0; k < c.n_init; k++) xs[nx++] = c.init[k];
         struct tg_gradcheck_opts o = {.tol = 1e-7, .skip_kinks = strcmp(cell->name, "rnn_relu") == 0};
         struct tg_gradcheck_report rep;
-        assert_int_equal(tg_gradcheck(seq_loss, &c, xs, nx, &o, &rep), TG_OK);
+        assert_int_equal(tg_gradcheck(seq_case_loss, &c, xs, nx, &o, &rep), TG_OK);
         printf("# %-14s FD: %5ld elements, %ld skipped at kinks, max rel %.2e, max abs %.2e\n",
                cell->name, rep.checked, rep.skipped, rep.max_rel, rep.max_abs);
         if (!rep.passed)
@@ -91,7 +40,7 @@ static void test_all_cells_vs_finite_differences(void **state)
                      rep.worst_numeric);
         assert_true(rep.checked > 100);
         if (rep.max_rel > worst) worst = rep.max_rel;
-        free_case(&c);
+        seq_case_free(&c);
     }
     printf("# all %d cells: worst FD relative error %.3g\n", tg_cell_count(), worst);
 }
@@ -125,7 +74,7 @@ static void test_autodiff_vs_manual(void **state)
             const struct tg_cell *cell = tg_cell_find(names[ci]);
             enum tg_manual_cell mc = (enum tg_manual_cell)tg_manual_cell_from_name(names[ci]);
             struct seq_case c;
-            make_case(&c, cell, T, B, I, H, L, V, TG_F64, tg_rng_next(&r), 1);
+            seq_case_new(&c, cell, T, B, I, H, L, V, TG_F64, tg_rng_next(&r), 1, NULL);
             struct tg_tape *t = tg_tape_new(0);
             struct tg_seq_result res;
             assert_int_equal(tg_model_forward_from(c.m, t, &c.b, c.init, &res), TG_OK);
@@ -176,7 +125,7 @@ static void test_autodiff_vs_manual(void **state)
             }
             free(h0), free(c0), free(dh0), free(dc0), free(hT), free(cT);
             tg_tape_free(t);
-            free_case(&c);
+            seq_case_free(&c);
         }
     }
     printf("# autodiff vs manual (24 random configurations): worst relative difference %.3g\n", worst);
@@ -188,7 +137,7 @@ static void test_truncated_bptt_chunks(void **state)
 {
     (void)state;
     struct seq_case c;
-    make_case(&c, tg_cell_find("lstm"), 6, 3, 2, 4, 2, 3, TG_F64, 9, 0);
+    seq_case_new(&c, tg_cell_find("lstm"), 6, 3, 2, 4, 2, 3, TG_F64, 9, 0, NULL);
     struct tg_tape *t = tg_tape_new(0);
     struct tg_seq_result full, r1, r2;
     assert_int_equal(tg_model_forward(c.m, t, &c.b, 0, &full), TG_OK);
@@ -208,7 +157,7 @@ static void test_truncated_bptt_chunks(void **state)
     /* the carried state entered as a leaf: it has no history on the tape */
     for (int i = 0; i < 4; i++) assert_null(c.m->state[i]->node);
     tg_tape_free(t);
-    free_case(&c);
+    seq_case_free(&c);
 }
 
 static void test_unknown_cell_and_bad_sizes(void **state)

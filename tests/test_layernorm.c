@@ -28,66 +28,21 @@
 #endif
 /* Counting malloc: the warm-up test checks the real heap, not only the tape's counter. */
 #include "malloc_count.h"
+#include "seq_case.h"
 
-struct seq_case {
-    struct tg_model *m;
-    struct tg_seq_batch b;
-    double *x;
-    int32_t *y;
-    struct tg_tensor *init[4];
-    int n_init;
-    int fusion; /* the mode the loss function records with */
-};
+/* Gains U(0.5, 1.5), the norm's biases U(−0.5, 0.5), other weights U(−0.8, 0.8). */
+static void ln_init(struct tg_model *m, int i, struct tg_rng *r)
+{
+    int spec = m->param_spec[i];
+    if (spec == LN_G_GAIN || spec == LN_C_GAIN) tg_tensor_uniform(m->params[i], r, 0.5, 1.5);
+    else if (spec == LN_G_BIAS || spec == LN_C_BIAS) tg_tensor_uniform(m->params[i], r, -0.5, 0.5);
+    else tg_tensor_uniform(m->params[i], r, -0.8, 0.8);
+}
 
-/* Weights U(−0.8, 0.8) (the gates leave their linear regime), gains U(0.5, 1.5), biases
- * U(−0.5, 0.5); inputs U(−1, 1), labels uniform with one position unlabelled. */
 static void make_case(struct seq_case *c, int T, int B, int I, int H, int L, int V,
                       enum tg_dtype dt, uint64_t seed, int with_init)
 {
-    memset(c, 0, sizeof *c);
-    struct tg_model_config cfg = {.cell = &ln_lstm_cell, .input = I, .hidden = H, .layers = L,
-                                  .outputs = V, .dtype = dt, .loss = TG_LOSS_XENT_SUM};
-    if (tg_model_new(&cfg, &c->m) != TG_OK) fail_msg("%s", tg_last_error());
-    struct tg_rng r;
-    tg_rng_seed(&r, seed);
-    for (int i = 0; i < c->m->n_params; i++) {
-        int spec = c->m->param_spec[i];
-        if (spec == LN_G_GAIN || spec == LN_C_GAIN) tg_tensor_uniform(c->m->params[i], &r, 0.5, 1.5);
-        else if (spec == LN_G_BIAS || spec == LN_C_BIAS) tg_tensor_uniform(c->m->params[i], &r, -0.5, 0.5);
-        else tg_tensor_uniform(c->m->params[i], &r, -0.8, 0.8);
-    }
-    c->x = malloc(sizeof(double) * T * B * I);
-    c->y = malloc(sizeof(int32_t) * T * B);
-    for (int i = 0; i < T * B * I; i++) c->x[i] = 2 * tg_rng_uniform(&r) - 1;
-    for (int i = 0; i < T * B; i++) c->y[i] = (int32_t)tg_rng_below(&r, (uint32_t)V);
-    if (T * B > 2) c->y[1] = -1;
-    c->b = (struct tg_seq_batch){.T = T, .B = B, .x = c->x, .labels = c->y};
-    if (with_init) {
-        c->n_init = L * 2;
-        for (int i = 0; i < c->n_init; i++) {
-            c->init[i] = tg_tensor_new_heap(B, H, dt);
-            tg_tensor_uniform(c->init[i], &r, -0.5, 0.5);
-            tg_tensor_set_requires_grad(c->init[i]);
-        }
-    }
-    c->fusion = TG_FUSION_ON;
-}
-
-static void free_case(struct seq_case *c)
-{
-    tg_model_free(c->m);
-    free(c->x);
-    free(c->y);
-    for (int i = 0; i < c->n_init; i++) tg_tensor_free(c->init[i]);
-}
-
-static struct tg_tensor *seq_loss(struct tg_tape *t, void *ctx)
-{
-    struct seq_case *c = ctx;
-    struct tg_seq_result res;
-    tg_tape_set_fusion(t, c->fusion);
-    if (tg_model_forward_from(c->m, t, &c->b, c->n_init ? c->init : NULL, &res) != TG_OK) return NULL;
-    return res.loss;
+    seq_case_new(c, &ln_lstm_cell, T, B, I, H, L, V, dt, seed, with_init, ln_init);
 }
 
 static int count_fused(const struct tg_tape *t)
@@ -151,7 +106,7 @@ static void gradcheck_layers(int L, uint64_t seed)
     for (int k = 0; k < c.n_init; k++) xs[nx++] = c.init[k];
     struct tg_gradcheck_opts o = {.tol = 1e-7};
     struct tg_gradcheck_report rep;
-    assert_int_equal(tg_gradcheck(seq_loss, &c, xs, nx, &o, &rep), TG_OK);
+    assert_int_equal(tg_gradcheck(seq_case_loss, &c, xs, nx, &o, &rep), TG_OK);
     printf("# ln_lstm L=%d FD: %ld elements, max rel %.2e, max abs %.2e\n", L, rep.checked,
            rep.max_rel, rep.max_abs);
     if (!rep.passed)
@@ -159,7 +114,7 @@ static void gradcheck_layers(int L, uint64_t seed)
                  rep.max_rel, rep.worst_tensor, rep.worst_row, rep.worst_col, rep.worst_analytic,
                  rep.worst_numeric);
     assert_true(rep.checked > 200);
-    free_case(&c);
+    seq_case_free(&c);
 }
 
 static void test_gradcheck_one_layer(void **state)
@@ -183,7 +138,7 @@ static size_t run_grads(struct seq_case *c, int mode, double *loss, double *g, i
     for (int k = 0; k < c->n_init; k++) tg_tensor_zero_grad(c->init[k]);
     struct tg_tape *t = tg_tape_new(0);
     c->fusion = mode;
-    struct tg_tensor *l = seq_loss(t, c);
+    struct tg_tensor *l = seq_case_loss(t, c);
     if (!l || tg_backward(t, l) != TG_OK) fail_msg("fusion mode %d: %s", mode, tg_last_error());
     *loss = tg_get(l, 0, 0);
     *n_fused = count_fused(t);
@@ -242,7 +197,7 @@ static void fused_matches_unfused(int threads)
         printf("# T%d B%d H%d L%d: %d fused nodes (%d lean) for %d cell steps\n", sizes[s][0],
                sizes[s][1], sizes[s][3], sizes[s][4], nf[1], nf[2], steps);
         for (int m = 0; m < 3; m++) free(g[m]);
-        free_case(&c);
+        seq_case_free(&c);
     }
     printf("# ln_lstm, %d thread(s): worst relative difference fused vs unfused %.3g\n", threads, worst);
 #if TG_HAVE_OPENMP
@@ -296,7 +251,7 @@ static void test_no_heap_after_warmup(void **state)
             }
         }
         tg_tape_free(t);
-        free_case(&c);
+        seq_case_free(&c);
     }
 }
 
@@ -324,7 +279,7 @@ static void test_dot_names_new_ops(void **state)
         assert_true(!fused || strstr(dot, "fused"));
         free(dot);
         tg_tape_free(t);
-        free_case(&c);
+        seq_case_free(&c);
     }
 }
 

@@ -91,11 +91,12 @@ static void add_i64(struct tg_st_writer *w, const char *name, const int64_t *v, 
     tg_st_writer_add(w, name, TG_ST_I64, 1, shape, v);
 }
 
-/* "state.h_l0", "state.c_l0", … for the carried state tensor i = l·n_state + k. */
+/* "state.h_l0", "state.c_l0", "state.h_l0_reverse", … for the carried state tensor
+ * i = (l·D + d)·n_state + k. */
 static void state_name(const struct tg_model *m, int i, char *buf, size_t n)
 {
-    int ns = m->cfg.cell->n_state;
-    snprintf(buf, n, "state.%s_l%d", i % ns == 0 ? "h" : "c", i / ns);
+    int ns = m->cfg.cell->n_state, D = tg_model_dirs(m);
+    snprintf(buf, n, "state.%s_l%d%s", i % ns == 0 ? "h" : "c", i / ns / D, i / ns % D ? "_reverse" : "");
 }
 
 /* ------------------------------------------------------------------ writing */
@@ -119,7 +120,7 @@ enum tg_status tg_checkpoint_save(const char *path, const struct tg_train_config
         tg_st_writer_add_tensor(w, x->name, x, tensor_ndim(x->name, x), shape);
     }
     if (m->state_batch > 0) {
-        for (int i = 0; i < m->cfg.layers * m->cfg.cell->n_state; i++) {
+        for (int i = 0; i < tg_model_n_states(m); i++) {
             char name[48];
             state_name(m, i, name, sizeof name);
             tg_st_writer_add_tensor(w, name, m->state[i], 2, NULL);
@@ -445,7 +446,7 @@ enum tg_status tg_checkpoint_load_model(const struct tg_checkpoint *c, struct tg
         TRY(load_tensor(c, m->names[i], m->params[i], param_ndim(m, i), shape));
     }
     /* The carried state: all of it or none. */
-    int n = m->cfg.layers * m->cfg.cell->n_state;
+    int n = tg_model_n_states(m);
     char name[48];
     state_name(m, 0, name, sizeof name);
     const struct tg_st_tensor *s0 = tg_st_find(c->f, name);

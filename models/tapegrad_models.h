@@ -140,6 +140,11 @@ struct tg_model_config {
     int outputs;        /* V: classes (xent) or regression width (mse) */
     enum tg_dtype dtype;
     enum tg_loss_kind loss;
+    int bidirectional;  /* 1: every layer also runs right to left (PyTorch's bidirectional=True):
+                           parameters *_l{k}_reverse, each layer's output [forward; reverse]
+                           (2H wide: layer k+1's input and the output layer's), state l·2 + d */
+    double dropout;     /* p in [0, 1): dropout on the output of every layer but the last, in
+                           training only (dropout_rng set), kept units scaled by 1/(1 − p) */
 };
 
 struct tg_model {
@@ -149,9 +154,24 @@ struct tg_model {
     char **names;                 /* "rnn.weight_ih_l0", …: PyTorch's state_dict names */
     int *param_layer;             /* layer of each parameter (−1: embedding or output) */
     int *param_spec;              /* index into the cell's spec (−1: embedding or output) */
-    struct tg_tensor **state;     /* L·n_state heap tensors (B×H) carried between chunks */
+    struct tg_tensor **state;     /* L·D·n_state heap tensors (B×H) carried between chunks,
+                                     [(l·D + d)·n_state + k] (D = 2 if bidirectional, else 1) */
     int state_batch;              /* B the carried state was sized for (0: none yet) */
+    /* Training mode for dropout (cfg.dropout > 0): each forward draws its masks from this
+     * generator — layer 0's output first, rows time-major, unit by unit; a unit is dropped when
+     * tg_rng_uniform < p. NULL (the default): evaluation, no dropout. */
+    struct tg_rng *dropout_rng;
+    /* Or fixed masks (tests, tapegrad grad): L − 1 blocks of T·B × D·H multipliers (0 or
+     * 1/(1 − p) for dropout) applied to the outputs of layers 0 … L−2; overrides dropout_rng. */
+    const double *dropout_mask;
 };
+
+/* Directions (1 or 2) and carried-state tensors (L·D·n_state) of a model. */
+static inline int tg_model_dirs(const struct tg_model *m) { return m->cfg.bidirectional ? 2 : 1; }
+static inline int tg_model_n_states(const struct tg_model *m)
+{
+    return m->cfg.layers * tg_model_dirs(m) * m->cfg.cell->n_state;
+}
 
 enum tg_status tg_model_new(const struct tg_model_config *cfg, struct tg_model **out);
 void tg_model_free(struct tg_model *m);
@@ -167,23 +187,30 @@ void tg_model_init_normal(struct tg_model *m, struct tg_rng *rng, double std);
 void tg_model_set_forget_bias(struct tg_model *m, double value);
 
 /* One batch of T steps × B sequences, time-major. Exactly one of x (T·B·I values) and tokens
- * (T·B ids) is given; labels (T·B, −1 = no loss) for xent losses, target (B·V) for MSE. */
+ * (T·B ids) is given; labels (T·B, −1 = no loss) for xent losses, target (B·V) for MSE.
+ * lengths (PyTorch's pack_padded_sequence): sequence b is steps 0 … lengths[b]−1; after that
+ * its state stays as it was (h_n is its last valid state; the reverse direction starts at its
+ * own last step from the initial state), its inputs are not read and its labels are ignored;
+ * MSE reads each sequence's output at its last valid step. */
 struct tg_seq_batch {
     int T, B;
     const double *x;
     const int32_t *tokens;
     const int32_t *labels;
+    const int32_t *lengths;       /* B valid lengths or NULL (all T); steps t ≥ lengths[b] carry no loss, state frozen */
     const double *target;
 };
 
 struct tg_seq_result {
     struct tg_tensor *loss;       /* 1×1 */
     struct tg_tensor *logits;     /* T·B × V (xent) or B × V (mse): model outputs */
-    struct tg_tensor **final;     /* L·n_state tensors: state after the last step */
+    struct tg_tensor **final;     /* L·D·n_state tensors: state after the last step, at
+                                     [(l·D + d)·n_state + k] (the reverse direction's: after
+                                     step 0) — h_n's order in PyTorch */
     struct tg_tensor *input;      /* T·B × I dense input leaf (to read its gradient) */
-    struct tg_tensor **states;    /* L·T·n_state: state k of layer l after step t (0-based) at
-                                     [(l·T + t)·n_state + k] (for tools that read per-step
-                                     gradients: models/flow.c) */
+    struct tg_tensor **states;    /* L·D·T·n_state: state k of layer l, direction d at time t
+                                     (0-based) at [((l·D + d)·T + t)·n_state + k] (for tools
+                                     that read per-step gradients: models/flow.c) */
 };
 
 /* Record the unrolled model on t. The initial state is zero, or the carried state when
@@ -192,7 +219,7 @@ struct tg_seq_result {
 enum tg_status tg_model_forward(struct tg_model *m, struct tg_tape *t,
                                 const struct tg_seq_batch *b, int carry,
                                 struct tg_seq_result *res);
-/* Like tg_model_forward but from a given initial state (L·n_state tensors, B×H each; NULL
+/* Like tg_model_forward but from a given initial state (L·D·n_state tensors, B×H each; NULL
  * entries mean zero). */
 enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
                                      const struct tg_seq_batch *b,

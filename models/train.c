@@ -464,7 +464,8 @@ enum tg_status tg_trainer_eval(struct tg_trainer *tr, struct tg_metrics *out)
     for (int k = 0; k < batches && st == TG_OK; k++) {
         st = tg_task_next_batch(tr->eval_task, &rng, b);
         if (st != TG_OK) break;
-        struct tg_seq_batch sb = {b->T, b->B, b->x, b->x ? NULL : b->tokens, b->labels, b->target};
+        struct tg_seq_batch sb = {.T = b->T, .B = b->B, .x = b->x, .tokens = b->x ? NULL : b->tokens,
+                                  .labels = b->labels, .target = b->target};
         struct tg_seq_result res;
         tg_tape_reset(t);
         st = tg_model_forward_from(tr->model, t, &sb, NULL, &res);
@@ -486,7 +487,7 @@ enum tg_status tg_trainer_save(struct tg_trainer *tr, const char *path)
     if (tr->nranks > 1 && m->state_batch == tr->cfg.batch) {
         int K = tr->cfg.micro_batches;
         size_t rows = (size_t)(tr->cfg.batch / K) * m->cfg.hidden * tg_dtype_size(m->cfg.dtype);
-        for (int i = 0; i < m->cfg.layers * m->cfg.cell->n_state; i++)
+        for (int i = 0; i < tg_model_n_states(m); i++)
             TRY(tg_dist_gather0(tr->cfg.dist, m->state[i]->data, rows, K));
     }
     if (!tr->lead) return TG_OK;
@@ -701,7 +702,7 @@ enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int voca
             tok[i] = P ? index_of[(unsigned char)prime[i]] : (int32_t)tg_rng_below(rng, (uint32_t)vocab_n);
             lab[i] = -1;
         }
-        struct tg_seq_batch sb = {(int)len, 1, NULL, tok, lab, NULL};
+        struct tg_seq_batch sb = {.T = (int)len, .B = 1, .tokens = tok, .labels = lab};
         for (long k = 0; k <= n && st == TG_OK; k++) {
             struct tg_seq_result res;
             tg_tape_reset(t);

@@ -79,7 +79,7 @@ static enum tg_status state_in(struct tg_trainer *tr, struct tg_tape *t, int r0,
         *init = m->state;
         return TG_OK;
     }
-    int n = m->cfg.layers * m->cfg.cell->n_state;
+    int n = tg_model_n_states(m);
     size_t row = (size_t)m->cfg.hidden * tg_dtype_size(m->cfg.dtype);
     struct tg_tensor **s = tg_tape_alloc(t, (size_t)n * sizeof *s);
     if (!s) return tape_failure(t, "carried state");
@@ -98,7 +98,7 @@ static enum tg_status state_out(struct tg_trainer *tr, const struct tg_seq_resul
     struct tg_model *m = tr->model;
     int Bg = tr->cfg.batch;
     if (B == Bg) return tg_model_keep_state(m, res, B);
-    int n = m->cfg.layers * m->cfg.cell->n_state;
+    int n = tg_model_n_states(m);
     size_t row = (size_t)m->cfg.hidden * tg_dtype_size(m->cfg.dtype);
     TRY(tg_model_state_alloc(m, Bg));
     for (int i = 0; i < n; i++)
@@ -245,7 +245,7 @@ enum tg_status tg_trainer_step(struct tg_trainer *tr)
     double scale = loss_scale(tr, b);
     /* A text stream that starts over (end of its segment) starts from a zero state. */
     if (tr->text && m->state_batch == B) {
-        int ns = m->cfg.layers * m->cfg.cell->n_state;
+        int ns = tg_model_n_states(m);
         for (int r = 0; r < B; r++)
             if (b->reset[r])
                 for (int i = 0; i < ns; i++)

@@ -20,6 +20,7 @@
  * lstm `c_n` (L, B, H), all in the parameters' dtype, written atomically: on any error nothing
  * is written and an existing G is left as it was. */
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,7 +83,7 @@ static int check_tensor(const struct tg_st_file *f, const struct pspec *s, enum 
 /* Sizes from P and the list of every parameter it must hold, in the model's order. */
 struct layout {
     enum tg_st_dtype dt;
-    int I, H, L, V;
+    int I, H, L, V, D;   /* D = 2 when P holds *_reverse parameters (bidirectional) */
     int n;
     struct pspec *p;
 };
@@ -104,25 +105,27 @@ static int expect_params(const struct tg_st_file *f, const struct tg_cell *cell,
     if (lo->L == 0)
         return cli_fail(CMD, "%s: tensor 'rnn.%s_l0' is missing (the first parameter of cell %s)", path,
                         cell->params[0].name, cell->name);
-    lo->n = lo->L * cell->n_params + 2;
+    lo->n = lo->L * lo->D * cell->n_params + 2;
     lo->p = calloc((size_t)lo->n, sizeof *lo->p);
     if (!lo->p) return cli_fail(CMD, "out of memory");
     int k = 0;
-    for (int l = 0; l < lo->L; l++) {
+    /* PyTorch's order: per layer the forward direction's parameters, then the reverse one's */
+    for (int ld = 0; ld < lo->L * lo->D; ld++) {
+        int l = ld / lo->D;
         for (int s = 0; s < cell->n_params; s++, k++) {
             const struct tg_param_spec *sp = &cell->params[s];
             int rows, cols;
-            if (!tg_param_spec_dims(sp, l == 0 ? lo->I : lo->H, lo->H, &rows, &cols))
+            if (!tg_param_spec_dims(sp, l == 0 ? lo->I : lo->D * lo->H, lo->H, &rows, &cols))
                 return cli_fail(CMD, "%s: sizes I=%d, H=%d give %s a shape that is not positive or too large",
                                 path, lo->I, lo->H, sp->name);
             struct pspec *p = &lo->p[k];
-            snprintf(p->name, sizeof p->name, "rnn.%s_l%d", sp->name, l);
+            snprintf(p->name, sizeof p->name, ld % lo->D ? "rnn.%s_l%d_reverse" : "rnn.%s_l%d", sp->name, l);
             p->ndim = tg_param_spec_ndim(sp);
             p->shape[0] = p->ndim == 1 ? cols : rows;
             p->shape[1] = cols;
         }
     }
-    lo->p[k] = (struct pspec){"out.weight", 2, {lo->V, lo->H}};
+    lo->p[k] = (struct pspec){"out.weight", 2, {lo->V, (int64_t)lo->D * lo->H}};
     lo->p[k + 1] = (struct pspec){"out.bias", 1, {lo->V, 0}};
     char why[200];
     snprintf(why, sizeof why, why_fmt, lo->L);
@@ -134,8 +137,10 @@ static int expect_params(const struct tg_st_file *f, const struct tg_cell *cell,
         int known = 0;
         for (int j = 0; j < lo->n && !known; j++) known = strcmp(tn, lo->p[j].name) == 0;
         if (!known)
-            return cli_fail(CMD, "%s: unexpected tensor '%s' (a %d-layer %s model has only "
-                            "rnn.*_l0..l%d, out.weight and out.bias)", path, tn, lo->L, cell->name, lo->L - 1);
+            return cli_fail(CMD, "%s: unexpected tensor '%s' (a %d-layer %s%s model has only "
+                            "rnn.*_l0..l%d%s, out.weight and out.bias)", path, tn, lo->L,
+                            lo->D == 2 ? "bidirectional " : "", cell->name, lo->L - 1,
+                            lo->D == 2 ? " (and *_reverse)" : "");
     }
     return 0;
 }
@@ -167,6 +172,7 @@ static int read_layout(const struct tg_st_file *f, const struct tg_cell *cell, s
     lo->H = (int)whh->shape[1];
     lo->I = (int)wih->shape[1];
     lo->V = (int)ow->shape[0];
+    lo->D = tg_st_find(f, "rnn.weight_ih_l0_reverse") ? 2 : 1;
     int64_t G = cell->gates, H = lo->H;
     /* The first check, and the one a wrong --cell fails: the rows of rnn.weight_ih_l0. */
     if (wih->shape[0] != G * H) {
@@ -178,7 +184,8 @@ static int read_layout(const struct tg_st_file *f, const struct tg_cell *cell, s
                         shape_str(wih->ndim, wih->shape, a, sizeof a), cell->name, G, G * H, lo->H, hint);
     }
     char why[96];
-    snprintf(why, sizeof why, "%s, L = %%d, I = %d, H = %d, V = %d", cell->name, lo->I, lo->H, lo->V);
+    snprintf(why, sizeof why, "%s%s, L = %%d, I = %d, H = %d, V = %d", lo->D == 2 ? "bidirectional " : "",
+             cell->name, lo->I, lo->H, lo->V);
     return expect_params(f, cell, lo, why);
 }
 
@@ -193,26 +200,97 @@ static int read_layout_file(const struct tg_st_file *f, const struct tg_st_file 
         return cli_fail(CMD, "%s: tensor 'x' is missing or not (T, B, I) with I >= 1", tg_st_path(df));
     if (!ow || ow->ndim != 2 || ow->shape[0] < 1 || ow->shape[0] > 1 << 24 || ow->shape[1] < 1 || ow->shape[1] > 1 << 24)
         return cli_fail(CMD, "%s: tensor 'out.weight' is missing or not [V, H]", tg_st_path(f));
+    char rev[96];
+    snprintf(rev, sizeof rev, "rnn.%s_l0_reverse", cell->params[0].name);
+    lo->D = tg_st_find(f, rev) ? 2 : 1;
     lo->I = (int)x->shape[2];
     lo->V = (int)ow->shape[0];
-    lo->H = (int)ow->shape[1];
+    lo->H = (int)(ow->shape[1] / lo->D);
     lo->dt = ow->dtype;
+    if (ow->shape[1] % lo->D)
+        return cli_fail(CMD, "%s: tensor 'out.weight' has %" PRId64 " columns, but a bidirectional model "
+                        "(%s is present) needs 2*H", tg_st_path(f), ow->shape[1], rev);
     if (!is_float(lo->dt))
         return cli_fail(CMD, "%s: tensor 'out.weight' is %s, expected F32 or F64", tg_st_path(f),
                         tg_st_dtype_name(lo->dt));
     if (tg_cell_check(cell, lo->I, lo->H) != TG_OK) return cli_fail(CMD, "%s", tg_last_error());
-    char why[160];
-    snprintf(why, sizeof why, "%s, L = %%d, I = %d from x, H = %d and V = %d from out.weight",
-             tg_cell_path(cell), lo->I, lo->H, lo->V);
+    char why[200];
+    snprintf(why, sizeof why, "%s%s, L = %%d, I = %d from x, H = %d and V = %d from out.weight",
+             lo->D == 2 ? "bidirectional " : "", tg_cell_path(cell), lo->I, lo->H, lo->V);
     return expect_params(f, cell, lo, why);
 }
 
-/* x (T, B, I) as doubles and y (T, B) as int32 labels in [0, V). */
+/* x (T, B, I) as doubles, y (T, B) as int32 labels in [0, V) (−1 where padded), and the
+ * optional lengths (B) and dropout masks ((L−1)·T·B·D·H multipliers). */
 struct data {
     int T, B;
     double *x;
     int32_t *y;
+    int32_t *len;
+    double *mask;
 };
+
+/* lengths (B), I64 or I32, every entry in [1, T] (pack_padded_sequence's rule). */
+static int read_lengths(const struct tg_st_file *f, struct data *d)
+{
+    const char *path = tg_st_path(f);
+    const struct tg_st_tensor *n = tg_st_find(f, "lengths");
+    char a[96];
+    if (!n) return 0;
+    if (n->dtype != TG_ST_I64 && n->dtype != TG_ST_I32)
+        return cli_fail(CMD, "%s: tensor 'lengths' is %s, expected I64 (or I32) sequence lengths", path,
+                        tg_st_dtype_name(n->dtype));
+    if (n->ndim != 1 || n->shape[0] != d->B)
+        return cli_fail(CMD, "%s: tensor 'lengths' has shape %s, expected [%d] (B of x)", path,
+                        shape_str(n->ndim, n->shape, a, sizeof a), d->B);
+    int64_t *v = malloc((size_t)d->B * sizeof *v);
+    d->len = malloc((size_t)d->B * sizeof *d->len);
+    if (!v || !d->len) {
+        free(v);
+        return cli_fail(CMD, "out of memory for lengths (B=%d)", d->B);
+    }
+    if (tg_st_get_i64(f, "lengths", v, (size_t)d->B, 0, NULL) != TG_OK) {
+        free(v);
+        return cli_fail(CMD, "%s", tg_last_error());
+    }
+    for (int b = 0; b < d->B; b++) {
+        if (v[b] < 1 || v[b] > d->T) {
+            int64_t bad = v[b];
+            free(v);
+            return cli_fail(CMD, "%s: tensor 'lengths': lengths[%d] = %" PRId64 " is outside [1, %d] "
+                            "(T = %d from x; every sequence needs at least one step)", path, b, bad,
+                            d->T, d->T);
+        }
+        d->len[b] = (int32_t)v[b];
+    }
+    free(v);
+    return 0;
+}
+
+/* dropout_mask (L−1, T, B, D·H): what multiplies each layer's output before the next layer
+ * reads it (PyTorch's dropout between layers with the mask drawn: 0 or 1/(1 − p)). */
+static int read_mask(const struct tg_st_file *f, const struct layout *lo, struct data *d)
+{
+    const char *path = tg_st_path(f);
+    const struct tg_st_tensor *m = tg_st_find(f, "dropout_mask");
+    char a[96], b[96];
+    if (!m) return 0;
+    int64_t want[4] = {lo->L - 1, d->T, d->B, (int64_t)lo->D * lo->H};
+    if (!is_float(m->dtype))
+        return cli_fail(CMD, "%s: tensor 'dropout_mask' is %s, expected F32 or F64", path, tg_st_dtype_name(m->dtype));
+    int same = m->ndim == 4;
+    for (int k = 0; same && k < 4; k++) same = m->shape[k] == want[k];
+    if (!same || lo->L < 2)
+        return cli_fail(CMD, "%s: tensor 'dropout_mask' has shape %s, expected %s (L-1, T, B, %sH)%s", path,
+                        shape_str(m->ndim, m->shape, a, sizeof a), shape_str(4, want, b, sizeof b),
+                        lo->D == 2 ? "2*" : "", lo->L < 2 ? "; a 1-layer model has no dropout" : "");
+    size_t n = (size_t)tg_st_numel(m);
+    d->mask = malloc((n ? n : 1) * sizeof *d->mask);
+    if (!d->mask) return cli_fail(CMD, "out of memory for dropout_mask");
+    if (tg_st_check_finite(f, m, "--data") != TG_OK || tg_st_get_f64(f, "dropout_mask", d->mask, n, 0, NULL) != TG_OK)
+        return cli_fail(CMD, "%s", tg_last_error());
+    return 0;
+}
 
 static int read_data(const struct tg_st_file *f, const struct layout *lo, struct data *d)
 {
@@ -227,8 +305,8 @@ static int read_data(const struct tg_st_file *f, const struct layout *lo, struct
     if (x->ndim != 3 || x->shape[2] != lo->I || x->shape[0] < 1 || x->shape[1] < 1)
         return cli_fail(CMD, "%s: tensor 'x' has shape %s, expected [T, B, %d] with T, B >= 1 (I = %d "
                         "from rnn.weight_ih_l0)", path, shape_str(x->ndim, x->shape, a, sizeof a), lo->I, lo->I);
-    if (x->shape[0] > MAX_ELEMS || x->shape[1] > MAX_ELEMS ||
-        x->shape[0] * x->shape[1] > MAX_ELEMS / ((int64_t)lo->I > lo->H ? lo->I : lo->H))
+    int64_t wide = (int64_t)lo->D * lo->H > lo->I ? (int64_t)lo->D * lo->H : lo->I;
+    if (x->shape[0] > MAX_ELEMS || x->shape[1] > MAX_ELEMS || x->shape[0] * x->shape[1] > MAX_ELEMS / wide)
         return cli_fail(CMD, "%s: tensor 'x' of shape %s is too large", path, shape_str(x->ndim, x->shape, a, sizeof a));
     if (y->dtype != TG_ST_I64 && y->dtype != TG_ST_I32)
         return cli_fail(CMD, "%s: tensor 'y' is %s, expected I64 (or I32) labels", path, tg_st_dtype_name(y->dtype));
@@ -237,6 +315,7 @@ static int read_data(const struct tg_st_file *f, const struct layout *lo, struct
                         path, shape_str(y->ndim, y->shape, a, sizeof a), x->shape[0], x->shape[1]);
     d->T = (int)x->shape[0];
     d->B = (int)x->shape[1];
+    if (read_lengths(f, d) || read_mask(f, lo, d)) return 1;
     size_t nx = (size_t)d->T * d->B * lo->I, ny = (size_t)d->T * d->B;
     d->x = malloc(nx * sizeof *d->x);
     d->y = malloc(ny * sizeof *d->y);
@@ -245,12 +324,27 @@ static int read_data(const struct tg_st_file *f, const struct layout *lo, struct
         free(labels);
         return cli_fail(CMD, "out of memory for x (T=%d, B=%d)", d->T, d->B);
     }
-    if (tg_st_check_finite(f, x, "--data") != TG_OK || tg_st_get_f64(f, "x", d->x, nx, 0, NULL) != TG_OK ||
+    if ((!d->len && tg_st_check_finite(f, x, "--data") != TG_OK) || tg_st_get_f64(f, "x", d->x, nx, 0, NULL) != TG_OK ||
         tg_st_get_i64(f, "y", labels, ny, 0, NULL) != TG_OK) {
         free(labels);
         return cli_fail(CMD, "%s", tg_last_error());
     }
+    /* Padded positions (t >= lengths[b]) are not read: any x and any label may stand there
+     * (PyTorch users pad labels with -100, say). The valid ones must be finite and in range. */
     for (size_t i = 0; i < ny; i++) {
+        size_t t = i / (size_t)d->B, b = i % (size_t)d->B;
+        if (d->len && (int64_t)t >= d->len[b]) {
+            d->y[i] = -1;
+            continue;
+        }
+        for (size_t j = 0; d->len && j < (size_t)lo->I; j++) {
+            if (!isfinite(d->x[i * lo->I + j])) {
+                free(labels);
+                return cli_fail(CMD, "--data %s: tensor 'x' is not finite: %g at [%zu, %zu, %zu] (time step "
+                                "%zu of %d, batch row %zu, within lengths[%zu] = %d)", path,
+                                d->x[i * lo->I + j], t, b, j, t + 1, d->T, b, b, (int)d->len[b]);
+            }
+        }
         if (labels[i] < 0 || labels[i] >= lo->V) {
             int64_t v = labels[i];
             free(labels);
@@ -284,7 +378,7 @@ static int write_result(const char *out, const struct tg_cell *cell, const struc
         }
         tg_st_writer_add(w, lo->p[k].name, lo->dt, lo->p[k].ndim, lo->p[k].shape, p->grad);
     }
-    int ns = cell->n_state, H = lo->H, L = lo->L;
+    int ns = cell->n_state, H = lo->H, L = lo->L * lo->D; /* h_n is (L·D, B, H): layer·D + direction */
     size_t es = tg_dtype_size(m->cfg.dtype), layer = (size_t)B * H * es;
     unsigned char *buf = malloc((size_t)L * layer);
     if (!buf) {
@@ -362,7 +456,7 @@ static int grad_main(int argc, char **argv)
 
     struct tg_model_config cfg = {.cell = cell, .input = lo.I, .hidden = lo.H, .layers = lo.L,
                                   .outputs = lo.V, .dtype = lo.dt == TG_ST_F32 ? TG_F32 : TG_F64,
-                                  .loss = TG_LOSS_XENT_SUM};
+                                  .loss = TG_LOSS_XENT_SUM, .bidirectional = lo.D == 2};
     if (tg_model_new(&cfg, &m) != TG_OK) {
         rc = cli_fail(CMD, "%s", tg_last_error());
         goto done;
@@ -377,7 +471,8 @@ static int grad_main(int argc, char **argv)
     }
     t = tg_tape_new(0);
     if (t && anomaly) tg_tape_set_anomaly(t, 1);
-    struct tg_seq_batch b = {.T = d.T, .B = d.B, .x = d.x, .labels = d.y};
+    m->dropout_mask = d.mask;
+    struct tg_seq_batch b = {.T = d.T, .B = d.B, .x = d.x, .labels = d.y, .lengths = d.len};
     struct tg_seq_result res;
     if (!t || tg_model_forward_from(m, t, &b, NULL, &res) != TG_OK || tg_backward(t, res.loss) != TG_OK) {
         rc = cli_fail(CMD, "%s", t ? tg_last_error() : "out of memory");
@@ -390,6 +485,8 @@ done:
     free(lo.p);
     free(d.x);
     free(d.y);
+    free(d.len);
+    free(d.mask);
     tg_st_close(pf);
     tg_st_close(df);
     return rc;

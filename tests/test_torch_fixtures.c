@@ -3,7 +3,11 @@
  * parameters and data through the library, run the sequence model from a zero state with the
  * summed cross-entropy, and compare loss, h_n, c_n and every parameter gradient with PyTorch's
  * expected.safetensors: max |got − want| / max |want| per tensor ≤ 1e-9 (F64), ≤ 1e-4 (F32).
- * Then the built `tapegrad grad` on one F64 and one F32 case, comparing its output file. */
+ * Cases with *_reverse parameters are bidirectional, a `lengths` tensor in the data makes the
+ * batch packed, a `dropout_mask` fixes dropout's masks (issue 14). Every case runs twice: with
+ * the built-in cell and with its cell file (models/cells/<cell>.cell), which must agree with
+ * the built-in bit for bit. Then the built `tapegrad grad` on cases of each kind, comparing its
+ * output file, and its one-line errors for bad lengths and masks. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,9 +21,11 @@
 
 #include "tapegrad_models.h"
 #include "tapegrad_safetensors.h"
+#include "cli_util.h"
+#include "st_edit.h"
 
 #define FIXTURES TG_SOURCE_DIR "/tests/fixtures/torch"
-#define TAPEGRAD TG_BUILD_DIR "/tools/tapegrad"
+#define CELLS TG_SOURCE_DIR "/models/cells"
 
 struct fcase {
     char name[64], cell[32], dtype[8];
@@ -88,8 +94,10 @@ static void tensor_as_f64(const struct tg_tensor *x, int grad, double *out)
             out[(size_t)r * x->cols + c] = grad ? tg_grad_get(x, r, c) : tg_get(x, r, c);
 }
 
-/* One case through the library. Returns the worst relative error over its tensors. */
-static double run_case(const struct fcase *c)
+/* One case through the library, with the built-in cell or (cell_file) models/cells/<cell>.cell.
+ * Returns the worst relative error over its tensors; *out (if not NULL) gets every compared
+ * value in order, for the bit-for-bit comparison of the two. */
+static double run_case(const struct fcase *c, int cell_file, double **out, size_t *nout)
 {
     char path[512];
     struct tg_st_file *pf, *df, *ef;
@@ -102,11 +110,18 @@ static double run_case(const struct fcase *c)
 
     int f32 = strcmp(c->dtype, "F32") == 0;
     double tol = f32 ? 1e-4 : 1e-9;
+    struct tg_cell *owned = NULL;
     const struct tg_cell *cell = tg_cell_find(c->cell);
+    if (cell_file) {
+        snprintf(path, sizeof path, CELLS "/%s.cell", c->cell);
+        cell = owned = tg_cell_load(path);
+        if (!owned) fail_msg("%s", tg_last_error());
+    }
     assert_non_null(cell);
+    int bidir = tg_st_find(pf, "rnn.weight_ih_l0_reverse") != NULL, D = bidir ? 2 : 1;
     struct tg_model_config cfg = {.cell = cell, .input = c->I, .hidden = c->H, .layers = c->L,
                                   .outputs = c->V, .dtype = f32 ? TG_F32 : TG_F64,
-                                  .loss = TG_LOSS_XENT_SUM};
+                                  .loss = TG_LOSS_XENT_SUM, .bidirectional = bidir};
     struct tg_model *m;
     assert_int_equal(tg_model_new(&cfg, &m), TG_OK);
     /* every parameter under its PyTorch name; the file must hold exactly these */
@@ -122,41 +137,64 @@ static double run_case(const struct fcase *c)
     double *x = read_all(df, "x", &nx), *yd = read_all(df, "y", &ny);
     assert_int_equal(nx, (size_t)c->T * c->B * c->I);
     assert_int_equal(ny, (size_t)c->T * c->B);
-    int32_t *y = malloc(ny * sizeof *y);
+    int32_t *y = malloc(ny * sizeof *y), *len = NULL;
     for (size_t i = 0; i < ny; i++) y[i] = (int32_t)yd[i];
+    double *mask = NULL;
+    if (tg_st_find(df, "lengths")) {
+        size_t nl;
+        double *ld = read_all(df, "lengths", &nl);
+        assert_int_equal(nl, (size_t)c->B);
+        len = malloc(nl * sizeof *len);
+        for (size_t i = 0; i < nl; i++) len[i] = (int32_t)ld[i];
+        /* the library ignores padded labels itself; PyTorch's −100 there is not a class */
+        for (size_t i = 0; i < ny; i++)
+            if ((int)(i / (size_t)c->B) >= len[i % (size_t)c->B]) y[i] = -1;
+        free(ld);
+    }
+    if (tg_st_find(df, "dropout_mask")) {
+        size_t nm;
+        mask = read_all(df, "dropout_mask", &nm);
+        assert_int_equal(nm, (size_t)(c->L - 1) * c->T * c->B * D * c->H);
+        m->dropout_mask = mask;
+    }
 
     struct tg_tape *t = tg_tape_new(0);
-    struct tg_seq_batch b = {.T = c->T, .B = c->B, .x = x, .labels = y};
+    struct tg_seq_batch b = {.T = c->T, .B = c->B, .x = x, .labels = y, .lengths = len};
     struct tg_seq_result res;
     if (tg_model_forward_from(m, t, &b, NULL, &res) != TG_OK) fail_msg("%s", tg_last_error());
     assert_int_equal(tg_backward(t, res.loss), TG_OK);
 
     double worst = 0, loss = tg_get(res.loss, 0, 0);
     worst = fmax(worst, check_tensor(c->name, "loss", &loss, 1, ef, tol));
-    int ns = cell->n_state, checked = 1;
-    size_t sb = (size_t)c->B * c->H;
-    double *st = malloc((size_t)c->L * sb * sizeof *st);
+    int ns = cell->n_state, checked = 1, LD = c->L * D;
+    size_t sb = (size_t)c->B * c->H, cap = 1 + (size_t)ns * LD * sb, used = 0;
+    for (int k = 0; k < m->n_params; k++) cap += tg_numel(m->params[k]);
+    double *all = malloc(cap * sizeof *all);
+    all[used++] = loss;
     for (int k = 0; k < ns; k++) {
-        for (int l = 0; l < c->L; l++) tensor_as_f64(res.final[l * ns + k], 0, st + l * sb);
-        worst = fmax(worst, check_tensor(c->name, k ? "c_n" : "h_n", st, c->L * sb, ef, tol));
+        /* h_n (L·D, B, H): layer·D + direction, as res->final */
+        for (int l = 0; l < LD; l++) tensor_as_f64(res.final[l * ns + k], 0, all + used + l * sb);
+        worst = fmax(worst, check_tensor(c->name, k ? "c_n" : "h_n", all + used, LD * sb, ef, tol));
+        used += LD * sb;
         checked++;
     }
-    free(st);
     for (int k = 0; k < m->n_params; k++) {
-        double *g = malloc(tg_numel(m->params[k]) * sizeof *g);
-        tensor_as_f64(m->params[k], 1, g);
-        worst = fmax(worst, check_tensor(c->name, m->names[k], g, tg_numel(m->params[k]), ef, tol));
-        free(g);
+        tensor_as_f64(m->params[k], 1, all + used);
+        worst = fmax(worst, check_tensor(c->name, m->names[k], all + used, tg_numel(m->params[k]), ef, tol));
+        used += tg_numel(m->params[k]);
         checked++;
     }
+    if (out) *out = all, *nout = used;
+    else free(all);
     /* nothing in expected.safetensors went unchecked */
     assert_int_equal(tg_st_count(ef), checked);
-    printf("# %-16s %-8s %s  worst relative error %.2e (%d tensors)\n", c->name, c->cell, c->dtype,
-           worst, checked);
+    printf("# %-28s %-8s %s %s  worst relative error %.2e (%d tensors)\n", c->name, c->cell, c->dtype,
+           cell_file ? "file" : "C   ", worst, checked);
 
     tg_tape_free(t);
     tg_model_free(m);
-    free(x), free(yd), free(y);
+    tg_cell_free(owned);
+    free(x), free(yd), free(y), free(len), free(mask);
     tg_st_close(pf), tg_st_close(df), tg_st_close(ef);
     return worst;
 }
@@ -166,12 +204,21 @@ static void test_library_matches_pytorch(void **state)
     (void)state;
     struct fcase cases[64];
     int n = read_cases(cases, 64);
-    assert_true(n >= 10);
+    assert_true(n >= 28);
     double worst[2] = {0, 0};
     int seen[2] = {0, 0};
     for (int i = 0; i < n; i++) {
         int f32 = strcmp(cases[i].dtype, "F32") == 0;
-        worst[f32] = fmax(worst[f32], run_case(&cases[i]));
+        double *a, *b;
+        size_t na, nb;
+        worst[f32] = fmax(worst[f32], run_case(&cases[i], 0, &a, &na));
+        /* the cell file records the same ops as the built-in cell: the same bits */
+        worst[f32] = fmax(worst[f32], run_case(&cases[i], 1, &b, &nb));
+        assert_int_equal(na, nb);
+        for (size_t k = 0; k < na; k++)
+            if (memcmp(&a[k], &b[k], sizeof a[k]) != 0)
+                fail_msg("%s: value %zu: cell file %.17g, built-in %.17g", cases[i].name, k, b[k], a[k]);
+        free(a), free(b);
         seen[f32]++;
     }
     assert_true(seen[0] > 0 && seen[1] > 0);
@@ -180,19 +227,6 @@ static void test_library_matches_pytorch(void **state)
 }
 
 /* ------------------------------------------------------------ the CLI */
-
-static int run_tapegrad(char *const argv[])
-{
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        execv(TAPEGRAD, argv);
-        _exit(127);
-    }
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
 
 /* `tapegrad grad` on a case; its output must hold exactly the expected tensors, same dtypes and
  * shapes, values within tolerance. */
@@ -203,8 +237,8 @@ static double cli_case(const char *name, const char *cell, double tol, const cha
     snprintf(d, sizeof d, FIXTURES "/%s/data.safetensors", name);
     snprintf(e, sizeof e, FIXTURES "/%s/expected.safetensors", name);
     snprintf(o, sizeof o, "%s/%s.safetensors", dir, name);
-    char *argv[] = {"tapegrad", "grad", "--cell", (char *)cell, "--params", p, "--data", d, "--out", o, NULL};
-    assert_int_equal(run_tapegrad(argv), 0);
+    struct run *r = run_tapegrad("grad", "--cell", cell, "--params", p, "--data", d, "--out", o, NULL);
+    if (r->status != 0) fail_msg("%s: tapegrad grad --cell %s exited %d: %s", name, cell, r->status, r->err);
     struct tg_st_file *gf, *ef;
     if (tg_st_read(o, &gf) != TG_OK) fail_msg("%s", tg_last_error());
     if (tg_st_read(e, &ef) != TG_OK) fail_msg("%s", tg_last_error());
@@ -236,7 +270,73 @@ static void test_cli_grad_matches_pytorch(void **state)
     cli_case("lstm_l2_f64", "lstm", 1e-9, dir);
     cli_case("gru_l2_f32", "gru", 1e-4, dir); /* y misaligned in data.safetensors */
     cli_case("rnn_relu_l2_f64", "rnn_relu", 1e-9, dir);
+    /* issue 14: bidirectional, packed, fixed dropout masks — built-in cells and cell files */
+    cli_case("lstm_bi_l2_f32", "lstm", 1e-4, dir);
+    cli_case("gru_bi_l2_f64", "gru", 1e-9, dir);
+    cli_case("lstm_pack_bi_l2_f64", "lstm", 1e-9, dir);
+    cli_case("lstm_pack_bi_l2_f64", CELLS "/lstm.cell", 1e-9, dir);
+    cli_case("gru_pack_l1_f64", CELLS "/gru.cell", 1e-9, dir);
+    cli_case("gru_drop_bi_l3_f64", "gru", 1e-9, dir);
+    cli_case("rnn_tanh_drop_pack_bi_l2_f64", CELLS "/rnn_tanh.cell", 1e-9, dir);
     assert_int_equal(rmdir(dir), 0); /* nothing else (no temporary file) left behind */
+}
+
+/* Bad lengths and masks: one line naming the tensor and what is wrong, exit 1, no output. */
+static void expect_error(const char *dir, const char *cell, const char *params, const char *data,
+                         const char *frag1, const char *frag2)
+{
+    char o[512];
+    snprintf(o, sizeof o, "%s/G.safetensors", dir);
+    struct run *r = run_tapegrad("grad", "--cell", cell, "--params", params, "--data", data, "--out", o, NULL);
+    assert_one_line_error(r, frag1, frag2, NULL);
+    assert_int_equal(access(o, F_OK), -1);
+}
+
+static void test_cli_grad_bad_lengths(void **state)
+{
+    (void)state;
+    need_binary();
+    char dir[] = "/tmp/tg_fixtures_XXXXXX", d[512];
+    assert_non_null(mkdtemp(dir));
+    snprintf(d, sizeof d, "%s/D.safetensors", dir);
+    const char *P = FIXTURES "/lstm_pack_bi_l2_f64/params.safetensors";
+    const char *D0 = FIXTURES "/lstm_pack_bi_l2_f64/data.safetensors"; /* T = 6, B = 4 */
+    int64_t four[1] = {4}, three[1] = {3}, two[2] = {2, 2};
+    const int64_t zero[4] = {6, 0, 5, 2}, big[4] = {6, 7, 5, 2}, fine[4] = {6, 3, 5, 2};
+    const int64_t sq[4] = {6, 3, 5, 2};
+    st_rewrite(D0, d, "lengths", TG_ST_I64, 1, four, zero, NULL, NULL);
+    expect_error(dir, "lstm", P, d, "'lengths'", "lengths[1] = 0 is outside [1, 6]");
+    st_rewrite(D0, d, "lengths", TG_ST_I64, 1, four, big, NULL, NULL);
+    expect_error(dir, "lstm", P, d, "'lengths'", "lengths[1] = 7 is outside [1, 6]");
+    st_rewrite(D0, d, "lengths", TG_ST_I64, 1, three, fine, NULL, NULL);
+    expect_error(dir, "lstm", P, d, "'lengths' has shape [3]", "expected [4]");
+    st_rewrite(D0, d, "lengths", TG_ST_I64, 2, two, sq, NULL, NULL);
+    expect_error(dir, "lstm", P, d, "'lengths' has shape [2, 2]", "expected [4]");
+    const double fl[4] = {6, 3, 5, 2};
+    st_rewrite(D0, d, "lengths", TG_ST_F64, 1, four, fl, NULL, NULL);
+    expect_error(dir, "lstm", P, d, "'lengths' is F64", "I64");
+    /* a NaN in the padding is never read; one in a valid position is refused */
+    st_set_element(D0, d, "x", (size_t)(5 * 4 + 3) * 3, NAN); /* t = 5, b = 3: past length 2 */
+    char o[512];
+    snprintf(o, sizeof o, "%s/G.safetensors", dir);
+    struct run *r = run_tapegrad("grad", "--cell", "lstm", "--params", P, "--data", d, "--out", o, NULL);
+    if (r->status != 0) fail_msg("NaN in the padding: exit %d: %s", r->status, r->err);
+    unlink(o);
+    st_set_element(D0, d, "x", (size_t)(1 * 4 + 3) * 3, NAN); /* t = 1, b = 3: valid */
+    expect_error(dir, "lstm", P, d, "'x' is not finite", "lengths[3] = 2");
+    /* dropout masks of the wrong shape, or for a model with one layer */
+    const char *Pm = FIXTURES "/gru_drop_bi_l3_f64/params.safetensors";
+    const char *Dm = FIXTURES "/gru_drop_bi_l3_f64/data.safetensors"; /* (2, 4, 2, 6) */
+    int64_t ms[4] = {2, 4, 2, 3};
+    static double zeros[48];
+    st_rewrite(Dm, d, "dropout_mask", TG_ST_F64, 4, ms, zeros, NULL, NULL);
+    expect_error(dir, "gru", Pm, d, "'dropout_mask' has shape [2, 4, 2, 3]", "expected [2, 4, 2, 6]");
+    int64_t m1[4] = {0, 4, 2, 6};
+    st_rewrite(FIXTURES "/gru_bi_l1_f64/data.safetensors", d, "dropout_mask", TG_ST_F64, 4, m1, zeros, NULL, NULL);
+    expect_error(dir, "gru", FIXTURES "/gru_bi_l1_f64/params.safetensors", d, "'dropout_mask'",
+                 "a 1-layer model has no dropout");
+    unlink(d);
+    assert_int_equal(rmdir(dir), 0);
 }
 
 int main(void)
@@ -244,6 +344,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_library_matches_pytorch),
         cmocka_unit_test(test_cli_grad_matches_pytorch),
+        cmocka_unit_test(test_cli_grad_bad_lengths),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -160,6 +160,8 @@ enum tg_status tg_checkpoint_save(const char *path, const struct tg_train_config
     tg_st_writer_meta(w, "loss", cfg->loss);
     tg_st_writer_meta(w, "init", cfg->init);
     meta_dbl(w, "forget_bias", cfg->forget_bias);
+    meta_int(w, "bidirectional", m->cfg.bidirectional);
+    meta_dbl(w, "dropout", m->cfg.dropout);
     char seed[32];
     snprintf(seed, sizeof seed, "%" PRIu64, cfg->seed);
     tg_st_writer_meta(w, "seed", seed);
@@ -300,6 +302,12 @@ static enum tg_status parse(struct tg_checkpoint *c)
     TRY(get_str(c, "loss", &cfg->loss));
     TRY(get_str(c, "init", &cfg->init));
     TRY(get_dbl(c, "forget_bias", &cfg->forget_bias));
+    /* issue 14; older checkpoints are one-directional without dropout */
+    if (tg_st_meta(c->f, "bidirectional")) TRY(get_int(c, "bidirectional", 0, 1, &cfg->bidirectional));
+    if (tg_st_meta(c->f, "dropout")) {
+        TRY(get_dbl(c, "dropout", &cfg->dropout));
+        if (cfg->dropout < 0 || cfg->dropout >= 1) return bad(c, "dropout");
+    }
     const char *seed = tg_st_meta(c->f, "seed");
     char *end;
     if (!seed || !*seed) return bad(c, "seed");
@@ -509,11 +517,12 @@ enum tg_status tg_checkpoint_check_model_size(const struct tg_checkpoint *c,
     }
     /* What the model would allocate, counted as tg_model_new lays it out (stopping as soon as
      * it is too much: a million layers need not be counted to the end). */
-    int64_t need = sat_add(sat_mul(mc->vocab, mc->input), sat_mul(mc->outputs, sat_add(mc->hidden, 1)));
-    for (int l = 0; l < mc->layers && need <= have; l++) {
+    int D = mc->bidirectional ? 2 : 1;
+    int64_t need = sat_add(sat_mul(mc->vocab, mc->input), sat_mul(mc->outputs, sat_add(sat_mul(D, mc->hidden), 1)));
+    for (int64_t ld = 0; ld < (int64_t)mc->layers * D && need <= have; ld++) {
         for (int s = 0; s < mc->cell->n_params; s++) {
             int rows, cols;
-            if (!tg_param_spec_dims(&mc->cell->params[s], l ? mc->hidden : mc->input, mc->hidden,
+            if (!tg_param_spec_dims(&mc->cell->params[s], ld >= D ? D * mc->hidden : mc->input, mc->hidden,
                                     &rows, &cols))
                 need = INT64_MAX;
             else
@@ -545,6 +554,7 @@ enum tg_status tg_checkpoint_new_model(const struct tg_checkpoint *c, const stru
         .layers = c->cfg.layers, .outputs = c->outputs,
         .dtype = strcmp(c->cfg.dtype, "f64") == 0 ? TG_F64 : TG_F32,
         .loss = is_xent ? TG_LOSS_XENT_SUM : TG_LOSS_MSE_LAST,
+        .bidirectional = c->cfg.bidirectional, .dropout = c->cfg.dropout,
     };
     struct tg_model *m;
     TRY(tg_checkpoint_check_model_size(c, &mc)); /* before allocating what the metadata says */

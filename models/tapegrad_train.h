@@ -90,6 +90,10 @@ struct tg_train_config {
     const char *loss;             /* "mean" or "sum" of the cross-entropy ["mean"] */
     const char *init;             /* "pytorch" (U(±1/√H)) or "minchar" (N(0, 0.01²)) ["pytorch"] */
     double forget_bias;           /* added to the LSTM variants' forget-gate bias [0] */
+    int bidirectional;            /* every layer also runs right to left (adding, copy; not with
+                                     seq, as a reverse direction cannot be truncated) [0] */
+    double dropout;               /* p in [0, 1): dropout on every layer's output but the last's,
+                                     in training steps only; masks from the run's rng [0] */
     uint64_t seed;                /* taken as is (0 is a seed like any other) */
 
     /* ---- how long, and what happens along the way (free to change when resuming) */
@@ -209,7 +213,7 @@ enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int voca
  *              carried TBPTT state, state.<h|c>_l<k> (B×H), when there is one
  *   metadata   format "tapegrad-checkpoint", version, and the resolved configuration: cell,
  *              task, data, length, batch, hidden, layers, embed, seq, micro_batches, dtype, loss, init,
- *              forget_bias, seed, clip_value, clip_norm, every optimizer field (optim.*), and
+ *              forget_bias, bidirectional, dropout, seed, clip_value, clip_norm, every optimizer field (optim.*), and
  *              for text the vocabulary as hex bytes (vocab_hex), so sampling needs no data file
  * Numbers in the metadata are printed with 17 significant digits, so they read back exactly. */
 

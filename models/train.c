@@ -78,6 +78,8 @@ static enum tg_status check_same(const struct tg_train_config *g, const struct t
     SAME_NUM(clip_value, "clip-value", "%g");
     SAME_NUM(clip_norm, "clip-norm", "%g");
     SAME_NUM(forget_bias, "forget-bias", "%g");
+    SAME_NUM(bidirectional, "bidirectional", "%d");
+    SAME_NUM(dropout, "dropout", "%g");
 #undef SAME_STR
 #undef SAME_NUM
     return TG_OK;
@@ -173,6 +175,14 @@ static enum tg_status validate(const struct tg_train_config *c)
     if (c->lr < 0 || c->momentum < 0 || c->clip_value < 0 || c->clip_norm < 0 ||
         !isfinite(c->lr + c->momentum + c->clip_value + c->clip_norm + c->forget_bias))
         return tg_error(TG_ERR_VALUE, "lr, momentum and clipping thresholds must be finite and >= 0");
+    if (!(c->dropout >= 0 && c->dropout < 1))
+        return tg_error(TG_ERR_VALUE, "--dropout must be in [0, 1), got %g", c->dropout);
+    if (c->bidirectional && (strcmp(c->task, "text") == 0 || strcmp(c->task, "reber") == 0))
+        return tg_error(TG_ERR_VALUE, "--bidirectional with task %s: it predicts the next symbol, which "
+                        "the reverse direction reads as input (use adding or copy)", c->task);
+    if (c->bidirectional && c->seq > 0)
+        return tg_error(TG_ERR_VALUE, "--bidirectional with --seq %d: the reverse direction runs from "
+                        "the end of the sequence, so it cannot be cut into truncated chunks", c->seq);
     return TG_OK;
 }
 
@@ -285,6 +295,7 @@ static enum tg_status build(struct tg_trainer *tr)
         .vocab = tr->text ? vocab : 0, .hidden = c->hidden, .layers = c->layers,
         .outputs = tg_task_out_dim(tr->task), .dtype = strcmp(c->dtype, "f64") == 0 ? TG_F64 : TG_F32,
         .loss = tr->regression ? TG_LOSS_MSE_LAST : TG_LOSS_XENT_SUM,
+        .bidirectional = c->bidirectional, .dropout = c->dropout,
     };
     if (tr->ck) TRY(tg_checkpoint_check_model_size(tr->ck, &mc));
     TRY(tg_model_new(&mc, &tr->model));

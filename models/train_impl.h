@@ -47,6 +47,8 @@ struct tg_trainer {
     int stop_seen;                /* some rank's stop flag was set during the last step */
     int failed_alone;             /* where the last error came from (tg_trainer_failed_alone) */
     double *gnorm;                /* ‖∂L/∂W‖ per layer, then the rest (log columns), pre-clip */
+    uint64_t drop_seed;           /* dropout: this step's draw from rng; block r0's masks come
+                                     from a generator seeded by it and r0 (train_step.c) */
 };
 
 /* The model's outputs for rows of one chunk, as probabilities (train.c). */

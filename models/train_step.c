@@ -117,6 +117,11 @@ static enum tg_status run_block(struct tg_trainer *tr, const struct tg_batch *b,
     int chunk = !tr->text && tr->cfg.seq > 0 && tr->cfg.seq < T ? tr->cfg.seq : T;
     int nchunks = (T + chunk - 1) / chunk;
     *loss = 0;
+    /* Dropout's masks for this block: drawn from a generator that depends only on the step's
+     * seed and the block's first row, so every rank draws a block's masks alike. */
+    struct tg_rng drop;
+    tg_rng_seed(&drop, tr->drop_seed ^ ((uint64_t)r0 * 0xd1b54a32d192ed03ULL));
+    m->dropout_rng = tr->cfg.dropout > 0 ? &drop : NULL;
     for (int c = 0; c < nchunks; c++) {
         int t0 = c * chunk, Tc = T - t0 < chunk ? T - t0 : chunk, last = c == nchunks - 1;
         struct tg_seq_batch sb = {
@@ -146,8 +151,12 @@ static enum tg_status run_block(struct tg_trainer *tr, const struct tg_batch *b,
         /* The state is copied out only after backward: the chunk's first step read it. */
         if (st == TG_OK && (tr->text || !last)) st = state_out(tr, &res, r0, B);
         tg_tape_set_no_grad(t, 0);
-        if (st != TG_OK) return st;
+        if (st != TG_OK) {
+            m->dropout_rng = NULL;
+            return st;
+        }
     }
+    m->dropout_rng = NULL; /* evaluation and sampling run without dropout */
     tg_metrics_reset(tr->task, mt);
     tg_task_metrics(tr->task, b, tr->probs, mt);
     return TG_OK;
@@ -241,6 +250,8 @@ enum tg_status tg_trainer_step(struct tg_trainer *tr)
     struct tg_model *m = tr->model;
     struct tg_batch *b = &tr->batch;
     TRY(tg_task_next_batch(tr->task, &tr->rng, b));
+    /* one draw per step, only with dropout: runs without it keep their random stream */
+    if (tr->cfg.dropout > 0 && tr->cfg.layers > 1) tr->drop_seed = tg_rng_next(&tr->rng);
     int B = b->B;
     double scale = loss_scale(tr, b);
     /* A text stream that starts over (end of its segment) starts from a zero state. */

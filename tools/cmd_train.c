@@ -145,10 +145,10 @@ static int train_main(int argc, char **argv)
     const char *loss = NULL, *plot = NULL;
     int detect_anomaly = 0;
     int length = 0, batch = 0, hidden = 0, layers = 0, seq = 0, threads = 0, embed = 0;
-    int until_solved = 0, overwrite = 0, eval_size = 0, micro_batches = 0;
+    int until_solved = 0, overwrite = 0, eval_size = 0, micro_batches = 0, bidirectional = 0;
     long steps = 0, max_steps = 20000, checkpoint_every = 0, seed = 1, eval_every = 0;
     long print_every = 100;
-    double lr = 0, clip_value = 0, clip_norm = 0, forget_bias = 0, momentum = 0;
+    double lr = 0, clip_value = 0, clip_norm = 0, forget_bias = 0, momentum = 0, dropout = 0;
     const struct cli_flag flags[] = {
         {"cell", CLI_STR, &cell, "recurrent cell: a built-in name or FILE.cell [lstm]", 0, -1},
         {"task", CLI_STR, &task, "reber, adding, copy or text [reber]", 0, -1},
@@ -160,6 +160,10 @@ static int train_main(int argc, char **argv)
         {"batch", CLI_INT, &batch, "sequences per batch [32]", 1, 1 << 20},
         {"hidden", CLI_INT, &hidden, "hidden size H [64; text 128]", 1, 1 << 16},
         {"layers", CLI_INT, &layers, "stacked layers [1]", 1, 64},
+        {"bidirectional", CLI_BOOL, &bidirectional, "every layer also runs right to left; its output is "
+         "[forward; reverse] (adding, copy) [off]", 0, -1},
+        {"dropout", CLI_DOUBLE, &dropout, "p: dropout on the output of every layer but the last, "
+         "training only, scaled by 1/(1-p) [0]", 1, 0}, /* [0, 1): checked by the trainer */
         {"embed", CLI_INT, &embed, "text: embedding width [vocabulary size]", 1, 1 << 16},
         {"seq", CLI_INT, &seq, "truncated BPTT chunk length [text 25; else off]", 1, 1e7},
         {"optimizer", CLI_STR, &optimizer, "sgd, adagrad, adagrad-minchar, adam, rmsprop [adam]", 0, -1},
@@ -207,6 +211,7 @@ static int train_main(int argc, char **argv)
         .hidden = hidden, .layers = layers, .embed = embed, .seq = seq, .dtype = dtype,
         .optimizer = optimizer, .lr = lr, .momentum = momentum, .clip_value = clip_value,
         .clip_norm = clip_norm, .loss = loss, .init = init, .forget_bias = forget_bias,
+        .bidirectional = bidirectional, .dropout = dropout,
         .seed = (uint64_t)seed, .steps = steps, .until_solved = until_solved,
         .eval_every = eval_every, .eval_size = eval_size, .checkpoint = checkpoint,
         .checkpoint_every = checkpoint_every, .resume = resume, .overwrite = overwrite,
@@ -247,7 +252,7 @@ static int train_main(int argc, char **argv)
             const struct { const char *name; double given, saved; } nums[] = {
                 {"momentum", momentum, sc->momentum},    {"forget-bias", forget_bias, sc->forget_bias},
                 {"clip-value", clip_value, sc->clip_value}, {"clip-norm", clip_norm, sc->clip_norm},
-                {"lr", lr, sc->lr},
+                {"lr", lr, sc->lr},          {"dropout", dropout, sc->dropout},
             };
             for (size_t i = 0; !bad && i < sizeof nums / sizeof nums[0]; i++) {
                 if (flag_given(argc, argv, nums[i].name) && nums[i].given != nums[i].saved) {
@@ -303,6 +308,9 @@ static int train_main(int argc, char **argv)
             rc->layers, rc->batch, tg_model_num_weights(m), rc->optimizer, rc->lr, rc->dtype, (unsigned long long)rc->seed,
             rc->until_solved ? ", until solved" : "");
     if (rc->seq) fprintf(stderr, "truncated BPTT: chunks of %d steps\n", rc->seq);
+    if (rc->bidirectional || rc->dropout > 0)
+        fprintf(stderr, "%s%s%.3g\n", rc->bidirectional ? "bidirectional layers; " : "",
+                "dropout between layers ", rc->dropout);
     if (tg_trainer_steps(tr)) fprintf(stderr, "from step %ld of %s\n", tg_trainer_steps(tr), rc->resume);
     if (tg_dist_size(rc->dist) > 1 || rc->micro_batches > 1)
         fprintf(stderr, "data-parallel: %d micro-batches of %d sequences on %d rank%s\n",

@@ -227,6 +227,12 @@ static void test_resume_bit_identical(void **state)
     struct tg_train_config c4 = {.cell = "gru", .task = "copy", .length = 4, .hidden = 8, .batch = 4,
                                  .optimizer = "rmsprop", .init = "minchar", .seed = 3, .eval_size = 8};
     check_resume(c4, 10, "copy_rmsprop");
+    /* issue 14: bidirectional layers with dropout between them (masks from the run's rng), in
+     * two micro-batches */
+    struct tg_train_config c5 = {.task = "copy", .length = 4, .hidden = 8, .batch = 4, .layers = 3,
+                                 .bidirectional = 1, .dropout = 0.3, .micro_batches = 2, .seed = 6,
+                                 .eval_size = 8, .eval_every = 4};
+    check_resume(c5, 10, "copy_bidir_dropout");
 }
 
 /* The same seed gives the same bytes at a fixed thread count, also with two threads. (Across

@@ -602,31 +602,46 @@ static void write_vertex_name(const struct dot *d, uint32_t v)
     }
 }
 
+/* The time step a vertex belongs to, or −1 (leaves, untagged nodes, the gap). */
+static int32_t vertex_step(const struct dot *d, uint32_t v)
+{
+    if (v >= d->v_node0 && v < d->v_group0) return tg_tape_node(d->t, v - d->v_node0)->step;
+    if (v >= d->v_group0 && v < d->v_gap) return d->groups[v - d->v_group0].step;
+    return -1;
+}
+
 static void write_edge(struct dot *d, const struct edge *e)
 {
     FILE *f = d->f;
+    /* An edge that runs back in time (the reverse direction of a bidirectional layer: step
+     * t + 1 feeds step t) is written the other way round with its arrowhead flipped, so that
+     * Graphviz still ranks the steps left to right and the reverse chain is drawn running
+     * right to left. */
+    int32_t sf = vertex_step(d, e->from), st = vertex_step(d, e->to);
+    int back = sf >= 0 && st >= 0 && st < sf;
     fputs("  ", f);
-    write_vertex_name(d, e->from);
+    write_vertex_name(d, back ? e->to : e->from);
     fputs(" -> ", f);
-    write_vertex_name(d, e->to);
+    write_vertex_name(d, back ? e->from : e->to);
     if (!e->grad) {
         int param = e->from < d->v_node0 && is_param(d->leaves[e->from]);
-        fputs(param ? " [color=\"#b89b2a\"];\n" : ";\n", f);
+        fputs(param ? " [color=\"#b89b2a\"];\n" : back ? " [dir=back];\n" : ";\n", f);
         d->st.edges++;
         return;
     }
     double g = e->norm;
+    const char *dir = back ? "forward" : "back"; /* the arrowhead at the producer either way */
     if (isinf(g))
-        fputs(" [class=\"grad\", dir=back, style=dashed, color=\"#000000\", penwidth=3.6, "
-              "tooltip=\"|dL/dx| not finite\"];\n", f);
+        fprintf(f, " [class=\"grad\", dir=%s, style=dashed, color=\"#000000\", penwidth=3.6, "
+                   "tooltip=\"|dL/dx| not finite\"];\n", dir);
     else if (g == 0.0)
-        fputs(" [class=\"grad\", dir=back, style=dotted, color=\"#bbbbbb\", "
-              "tooltip=\"|dL/dx| = 0\"];\n", f);
+        fprintf(f, " [class=\"grad\", dir=%s, style=dotted, color=\"#bbbbbb\", "
+                   "tooltip=\"|dL/dx| = 0\"];\n", dir);
     else {
         int b = bin_of(d, g);
         static const char *const width[8] = {"0.8", "1.2", "1.6", "2.0", "2.4", "2.8", "3.2", "3.6"};
-        fprintf(f, " [class=\"grad\", dir=back, style=dashed, color=\"%s\", penwidth=%s, "
-                   "tooltip=\"|dL/dx| = %.3g\"];\n", shade[b], width[b], g);
+        fprintf(f, " [class=\"grad\", dir=%s, style=dashed, color=\"%s\", penwidth=%s, "
+                   "tooltip=\"|dL/dx| = %.3g\"];\n", dir, shade[b], width[b], g);
     }
     d->st.edges++;
     d->st.grad_edges++;

@@ -98,6 +98,8 @@ enum tg_status tg_flow_new(const struct tg_model *m, int T, int B, struct tg_flo
 {
     *out = NULL;
     if (T < 1 || B < 1) return tg_error(TG_ERR_SHAPE, "tg_flow_new: need T, B >= 1, got %d, %d", T, B);
+    if (m->cfg.bidirectional) /* the ledger follows one chain of states per layer */
+        return tg_error(TG_ERR_VALUE, "tg_flow_new: bidirectional models are not supported");
     struct tg_flow *f = calloc(1, sizeof *f);
     if (!f) return tg_error(TG_ERR_NOMEM, "tg_flow_new: out of memory");
     f->model = m;

@@ -26,7 +26,7 @@ static const char *const CMD = "dot";
  * of any size is written. */
 #define MAX_RENDER_NODES 4000
 static const char *const USAGE =
-    "--cell NAME [--steps T] [--layers L] [--hidden H] [--input I] [--batch B] [--backward] "
+    "--cell NAME [--steps T] [--layers L] [--bidirectional] [--hidden H] [--input I] [--batch B] [--backward] "
     "[--values] [--collapse] [--window K] [--fused] [--seed S] --out FILE(.dot|.svg|.png)";
 
 /* Write n bytes to path atomically (temp file in the same directory, fsync, rename). */
@@ -77,13 +77,14 @@ static int cmd_dot_main(int argc, char **argv)
 {
     const char *cell_name = NULL, *out = NULL;
     int T = 3, L = 1, H = 4, I = 3, B = 1, backward = 0, values = 0, collapse = 0, window = 0,
-        fused = 0;
+        fused = 0, bidir = 0;
     const char *loss = NULL;
     long seed = 1;
     const struct cli_flag flags[] = {
         {"cell", CLI_STR, &cell_name, "recurrent cell: a built-in name (rnn_tanh, lstm, gru, ...) or FILE.cell", 1, 0},
         {"steps", CLI_INT, &T, "time steps T to unroll (default 3)", 1, 100000},
         {"layers", CLI_INT, &L, "stacked layers L (default 1)", 1, 64},
+        {"bidirectional", CLI_BOOL, &bidir, "layers also run right to left (drawn right to left)", 1, 0},
         {"hidden", CLI_INT, &H, "hidden width H (default 4)", 1, 4096},
         {"input", CLI_INT, &I, "input width I (default 3)", 1, 4096},
         {"batch", CLI_INT, &B, "batch size B (default 1)", 1, 4096},
@@ -119,7 +120,8 @@ static int cmd_dot_main(int argc, char **argv)
     struct dot_run r;
     memset(&r, 0, sizeof r);
     const int V = 3;
-    struct tg_model_config cfg = {cell, I, 0, H, L, V, TG_F64, TG_LOSS_XENT_SUM};
+    struct tg_model_config cfg = {.cell = cell, .input = I, .hidden = H, .layers = L, .outputs = V,
+                                  .dtype = TG_F64, .loss = TG_LOSS_XENT_SUM, .bidirectional = bidir};
     if (tg_model_new(&cfg, &r.m) != TG_OK) return cli_fail(CMD, "%s", tg_last_error());
     struct tg_rng rng;
     tg_rng_seed(&rng, (uint64_t)seed);
@@ -127,8 +129,8 @@ static int cmd_dot_main(int argc, char **argv)
 
     /* Named zero initial states (h0, c0 per layer) so the picture says where the recurrence
      * starts; inputs N(0, 1), labels uniform. */
-    int ns = cell->n_state;
-    r.ninit = L * ns;
+    int ns = cell->n_state, D = bidir ? 2 : 1;
+    r.ninit = L * D * ns;
     r.init = calloc((size_t)r.ninit, sizeof *r.init);
     r.names = calloc((size_t)r.ninit, 32);
     r.x = malloc((size_t)T * B * I * sizeof *r.x);
@@ -139,33 +141,37 @@ static int cmd_dot_main(int argc, char **argv)
         run_free(&r);
         return cli_fail(CMD, "out of memory");
     }
-    for (int l = 0; l < L; l++)
+    for (int ld = 0; ld < L * D; ld++)
         for (int k = 0; k < ns; k++) {
-            char *nm = r.names + 32 * (l * ns + k);
+            int l = ld / D, i = ld * ns + k;
+            char *nm = r.names + 32 * i;
             const char *sn = tg_cell_state_name(cell, k);
             char dflt[2] = {k ? 'c' : 'h', 0};
             if (!sn) sn = dflt;
-            if (L > 1) snprintf(nm, 32, "%.16s0 layer %d", sn, l % 1000);
-            else snprintf(nm, 32, "%.20s0", sn);
-            r.init[l * ns + k] = tg_tensor_new_heap(B, H, TG_F64);
-            if (!r.init[l * ns + k]) {
+            if (L > 1) snprintf(nm, 32, "%.12s0 layer %d%s", sn, l % 1000, ld % D ? " rev" : "");
+            else snprintf(nm, 32, "%.20s0%s", sn, ld % D ? " rev" : "");
+            r.init[i] = tg_tensor_new_heap(B, H, TG_F64);
+            if (!r.init[i]) {
                 run_free(&r);
                 return cli_fail(CMD, "out of memory");
             }
-            tg_tensor_set_name(r.init[l * ns + k], nm);
+            tg_tensor_set_name(r.init[i], nm);
         }
     for (long i = 0; i < (long)T * B * I; i++) r.x[i] = tg_rng_normal(&rng);
     for (long i = 0; i < (long)T * B; i++) r.labels[i] = (int32_t)tg_rng_below(&rng, (uint32_t)V);
     if (loss_last) /* only the last step's positions are labelled */
         for (long i = 0; i < (long)(T - 1) * B; i++) r.labels[i] = -1;
-    struct tg_seq_batch batch = {T, B, r.x, NULL, r.labels, NULL};
+    struct tg_seq_batch batch = {.T = T, .B = B, .x = r.x, .labels = r.labels};
     struct tg_seq_result res;
     /* with backward, the ledger (models/flow.c) gives each step's term of every weight's
-     * gradient, which shades the edges into the shared weights */
+     * gradient, which shades the edges into the shared weights (one direction only: a
+     * bidirectional model's weight edges show the whole gradient) */
     struct tg_flow *flow = NULL;
+    int ledger = backward && !bidir;
     if (tg_model_forward_from(r.m, r.t, &batch, r.init, &res) != TG_OK ||
-        (backward && (tg_flow_new(r.m, T, B, &flow) != TG_OK || tg_flow_begin(flow, r.t, &res) != TG_OK ||
-                      tg_backward(r.t, res.loss) != TG_OK || tg_flow_end(flow, r.t, &res) != TG_OK))) {
+        (ledger && (tg_flow_new(r.m, T, B, &flow) != TG_OK || tg_flow_begin(flow, r.t, &res) != TG_OK)) ||
+        (backward && tg_backward(r.t, res.loss) != TG_OK) ||
+        (ledger && tg_flow_end(flow, r.t, &res) != TG_OK)) {
         rc = cli_fail(CMD, "%s", tg_last_error());
         tg_flow_free(flow);
         run_free(&r);
@@ -174,15 +180,16 @@ static int cmd_dot_main(int argc, char **argv)
     if (res.input) tg_tensor_set_name(res.input, "x (all steps)");
 
     char title[512];
-    snprintf(title, sizeof title, "%s: %s\nT = %d, layers = %d, H = %d, I = %d, B = %d%s", cell->name,
-             cell->equations, T, L, H, I, B,
+    snprintf(title, sizeof title, "%s: %s\nT = %d, layers = %d%s, H = %d, I = %d, B = %d%s", cell->name,
+             cell->equations, T, L, bidir ? " (bidirectional: the reverse chain runs right to left)" : "",
+             H, I, B,
              backward ? "; dashed: gradient, coloured by log10 |dL/dx|" : "");
     struct tg_dot_opts o = {.loss = res.loss, .title = title, .cell = cell->name, .backward = backward,
                             .values = values, .collapse = collapse, .window = window};
     if (backward) {
         o.loss_label = loss_last ? "loss: the last step's only (--loss last); weight edges: that step's term"
                                  : "loss: every step's (--loss all); weight edges: that step's term";
-        o.use_norm = step_term_norm;
+        o.use_norm = flow ? step_term_norm : NULL;
         o.use_ctx = flow;
     }
     char *text = NULL, *pic = NULL;

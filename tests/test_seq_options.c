@@ -8,7 +8,8 @@
  *     passed as fixed masks: the same bits); the same seed gives the same bits;
  *   - fusion on, lean and off give the same bits with all three options on;
  *   - a training loop with them allocates nothing on the heap after its first step;
- *   - bad lengths and a bad dropout are refused with one message. */
+ *   - bad lengths and a bad dropout are refused with one message;
+ *   - DOT writes the reverse chain's edges against time reversed, so it is drawn right to left. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "tapegrad_dot.h"
 #include "tapegrad_models.h"
 #include "malloc_count.h"
 
@@ -327,6 +329,45 @@ static void test_bad_input(void **state)
     assert_int_equal(tg_model_new(&cfg, &m), TG_ERR_VALUE);
 }
 
+/* ------------------------------------------------------------ DOT */
+
+/* Data edges "b -> a [dir=back]" where a feeds b: exactly the reverse chain's step-to-step
+ * edges (h←_{t+1} → step t); none in a one-directional model. */
+static void test_dot_reverse_chain(void **state)
+{
+    (void)state;
+    double x[T * B * I], target[B * V];
+    int32_t y[T * B];
+    fill_batch(x, y, target, 16);
+    for (int bidir = 0; bidir < 2; bidir++) {
+        struct tg_model *m = make_model(tg_cell_find("rnn_tanh"), I, H, 1, V, bidir, 0, TG_LOSS_XENT_SUM, 2);
+        struct tg_tape *t = tg_tape_new(0);
+        tg_tape_set_fusion(t, TG_FUSION_OFF);
+        struct tg_seq_batch sb = {.T = T, .B = B, .x = x, .labels = y};
+        struct tg_seq_result res;
+        assert_int_equal(tg_model_forward_from(m, t, &sb, NULL, &res), TG_OK);
+        struct tg_dot_opts o = {.loss = res.loss, .collapse = 1};
+        char *text;
+        size_t len;
+        assert_int_equal(tg_dot_to_string(t, &o, &text, &len, NULL), TG_OK);
+        int n = 0;
+        for (const char *p = text; (p = strstr(p, " [dir=back];")); p++) {
+            /* collapsed: "  s<t> -> s<t+1> [dir=back];" */
+            const char *ls = p;
+            while (ls > text && ls[-1] != '\n') ls--;
+            int a, b2;
+            if (sscanf(ls, " s%d_l0 -> s%d_l0", &a, &b2) != 2 && sscanf(ls, " s%d -> s%d", &a, &b2) != 2)
+                fail_msg("unexpected reversed edge: %.60s", ls);
+            assert_int_equal(b2, a + 1);
+            n++;
+        }
+        assert_int_equal(n, bidir ? T - 1 : 0);
+        free(text);
+        tg_tape_free(t);
+        tg_model_free(m);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -335,6 +376,7 @@ int main(void)
         cmocka_unit_test(test_fusion_modes_same_bits),
         cmocka_unit_test(test_no_heap_allocation_per_step),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_dot_reverse_chain),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

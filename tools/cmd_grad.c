@@ -14,11 +14,23 @@
  * D holds x (T, B, I), float (converted to the parameters' dtype if it differs), and y (T, B),
  * I64 (or I32) labels in [0, V).
  *
+ * Issue 14, as PyTorch has them:
+ *   bidirectional  P also holds rnn.<param>_l{k}_reverse for every layer (nn.LSTM(…,
+ *                  bidirectional=True)'s state_dict): layer k ≥ 1 reads 2H, out.weight is (V, 2H),
+ *                  h_n is (2L, B, H) indexed layer·2 + direction
+ *   lengths        optional in D: I64 (or I32) (B), each in [1, T] — a packed batch
+ *                  (pack_padded_sequence(x, lengths, enforce_sorted=False)): positions t ≥
+ *                  lengths[b] are not read (any x, any label may stand there) and carry no loss,
+ *                  h_n holds each sequence's last valid state
+ *   dropout_mask   optional in D: float (L−1, T, B, D·H), what multiplies layer l's output
+ *                  before layer l + 1 reads it (dropout between layers with its masks fixed:
+ *                  0 or 1/(1 − p))
+ *
  * The model runs from a zero state in the parameters' dtype; the loss is softmax cross-entropy
- * summed over all T·B positions, as F.cross_entropy(…, reduction='sum'). G gets `loss` (shape
- * []), d loss / d p for every parameter under its own name and shape, `h_n` (L, B, H) and for
- * lstm `c_n` (L, B, H), all in the parameters' dtype, written atomically: on any error nothing
- * is written and an existing G is left as it was. */
+ * summed over all (valid) positions, as F.cross_entropy(…, reduction='sum'). G gets `loss`
+ * (shape []), d loss / d p for every parameter under its own name and shape, `h_n` (L·D, B, H)
+ * and for lstm `c_n` (L·D, B, H), all in the parameters' dtype, written atomically: on any
+ * error nothing is written and an existing G is left as it was. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -408,7 +420,8 @@ static int grad_main(int argc, char **argv)
     const struct cli_flag flags[] = {
         {"cell", CLI_STR, &cell_name, "rnn_tanh, rnn_relu, lstm or gru (must match the parameters), or FILE.cell", 1, 0},
         {"params", CLI_STR, &ppath, "state_dict of the model: rnn.weight_ih_l0, ..., out.weight, out.bias", 1, 0},
-        {"data", CLI_STR, &dpath, "x (T, B, I) float and y (T, B) int64 labels", 1, 0},
+        {"data", CLI_STR, &dpath, "x (T, B, I) float, y (T, B) int64 labels; optional lengths (B) int64, "
+         "dropout_mask (L-1, T, B, D*H)", 1, 0},
         {"out", CLI_STR, &out, "where to write loss, the gradients, h_n (and c_n)", 1, 0},
         {"detect-anomaly", CLI_BOOL, &anomaly, "stop at the first NaN/inf in forward or backward and say where", 1, 0},
     };
@@ -419,7 +432,12 @@ static int grad_main(int argc, char **argv)
                "cross-entropy summed over all T*B positions. Writes G with loss (shape []), the gradient\n"
                "of every parameter under its own name and shape, h_n (L, B, H) and, for lstm, c_n.\n"
                "Sizes and layers come from the tensors. On any error: one line on stderr, exit 1, and\n"
-               "G is not written (an existing G is left as it was).\n");
+               "G is not written (an existing G is left as it was).\n"
+               "As in PyTorch: rnn.*_l{k}_reverse parameters make the model bidirectional (out.weight\n"
+               "is then (V, 2H) and h_n (2L, B, H), layer*2 + direction); a 'lengths' tensor (B) in D\n"
+               "packs the batch (pack_padded_sequence): steps t >= lengths[b] are not read, carry no\n"
+               "loss, and h_n is each sequence's last valid state; 'dropout_mask' (L-1, T, B, D*H)\n"
+               "multiplies each layer's output but the last's (dropout with its masks fixed).\n");
         return 0;
     }
     const char *missing = !cell_name ? "--cell" : !ppath ? "--params" : !dpath ? "--data" : !out ? "--out" : NULL;

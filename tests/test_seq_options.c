@@ -8,7 +8,7 @@
  *     passed as fixed masks: the same bits); the same seed gives the same bits;
  *   - fusion on, lean and off give the same bits with all three options on;
  *   - a training loop with them allocates nothing on the heap after its first step;
- *   - bad lengths and a bad dropout are refused with one message;
+ *   - bad lengths and a bad dropout are refused with one message (also by `tapegrad train`);
  *   - DOT writes the reverse chain's edges against time reversed, so it is drawn right to left. */
 #include <math.h>
 #include <setjmp.h>
@@ -22,6 +22,7 @@
 #include "tapegrad_dot.h"
 #include "tapegrad_models.h"
 #include "malloc_count.h"
+#include "cli_util.h"
 
 #define CELLS TG_SOURCE_DIR "/models/cells"
 
@@ -368,6 +369,29 @@ static void test_dot_reverse_chain(void **state)
     }
 }
 
+/* ------------------------------------------------------------ train's flags */
+
+static void test_train_flags(void **state)
+{
+    (void)state;
+    need_binary();
+    struct run *r = run_tapegrad("train", "--dropout", "1.5", NULL);
+    assert_one_line_error(r, "--dropout must be in [0, 1), got 1.5", NULL);
+    r = run_tapegrad("train", "--dropout", "1", NULL);
+    assert_one_line_error(r, "--dropout must be in [0, 1), got 1", NULL);
+    r = run_tapegrad("train", "--dropout", "-0.5", NULL);
+    assert_one_line_error(r, "--dropout must be in [0, 1), got -0.5", NULL);
+    r = run_tapegrad("train", "--bidirectional", "--task", "reber", NULL);
+    assert_one_line_error(r, "--bidirectional with task reber", NULL);
+    r = run_tapegrad("train", "--bidirectional", "--task", "copy", "--seq", "4", NULL);
+    assert_one_line_error(r, "--bidirectional with --seq 4", NULL);
+    /* and a run with both trains, saying so */
+    r = run_tapegrad("train", "--task", "copy", "--length", "3", "--layers", "2", "--hidden", "8",
+                     "--bidirectional", "--dropout", "0.25", "--steps", "3", "--eval-size", "8", NULL);
+    if (r->status != 0) fail_msg("exit %d: %s", r->status, r->err);
+    assert_non_null(strstr(r->err, "bidirectional layers; dropout between layers 0.25"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -377,6 +401,7 @@ int main(void)
         cmocka_unit_test(test_no_heap_allocation_per_step),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_dot_reverse_chain),
+        cmocka_unit_test(test_train_flags),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

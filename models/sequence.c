@@ -1,6 +1,7 @@
 /* sequence.c — the sequence model's parameters and carried state: [embedding] → L stacked
  * layers (one or two directions) → linear output, under PyTorch's state_dict names. Recording
  * the unrolled model is sequence_fwd.c. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,8 +51,9 @@ enum tg_status tg_model_new(const struct tg_model_config *cfg, struct tg_model *
     if (!(cfg->dropout >= 0.0 && cfg->dropout < 1.0))
         return tg_error(TG_ERR_VALUE, "tg_model_new: dropout must be in [0, 1), got %g", cfg->dropout);
     int D = cfg->bidirectional ? 2 : 1;
-    if ((long long)D * cfg->hidden > 1 << 24)
-        return tg_error(TG_ERR_SHAPE, "tg_model_new: hidden %d is too large", cfg->hidden);
+    if (cfg->hidden > INT_MAX / D) /* a layer's output is D·H wide */
+        return tg_error(TG_ERR_SHAPE, "tg_model_new: hidden %d is too large for a bidirectional model",
+                        cfg->hidden);
     for (int l = 0; l < cfg->layers && l < 2; l++)
         if (tg_cell_check(cfg->cell, l == 0 ? cfg->input : D * cfg->hidden, cfg->hidden) != TG_OK)
             return TG_ERR_FORMAT;

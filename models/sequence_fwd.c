@@ -129,11 +129,12 @@ enum tg_status tg_model_forward_from(struct tg_model *m, struct tg_tape *t,
         X = tg_tensor_new(t, T * B, cfg->input, cfg->dtype);
         if (!X) return fail_from_tape(t, "input");
         size_t I = (size_t)cfg->input;
-        for (size_t i = 0; i < (size_t)T * B * I; i++) {
-            size_t r = i / I;
-            double v = len && (int)(r / (size_t)B) >= len[r % (size_t)B] ? 0.0 : b->x[i];
-            if (cfg->dtype == TG_F64) ((double *)X->data)[i] = v;
-            else ((float *)X->data)[i] = (float)v;
+        for (size_t r = 0; r < (size_t)T * B; r++) {
+            int pad = len && (int)(r / (size_t)B) >= len[r % (size_t)B]; /* X is zero-filled */
+            for (size_t i = r * I; !pad && i < (r + 1) * I; i++) {
+                if (cfg->dtype == TG_F64) ((double *)X->data)[i] = b->x[i];
+                else ((float *)X->data)[i] = (float)b->x[i];
+            }
         }
         res->input = X;
     }

@@ -68,6 +68,44 @@ static void run_ledger(struct setup *s, struct tg_tape *t, struct tg_flow *f, st
     assert_int_equal(tg_flow_end(f, t, res), TG_OK);
 }
 
+/* Every parameter covered; step by step, the explicit term's norm equals the ledger's (Gram)
+ * norm, and the terms add up to the tape's gradient (≤ 1e-12 relative). */
+static void check_terms(const struct setup *s, const struct tg_flow *f, int T, const char *what,
+                        double *worst_sum, double *worst_norm)
+{
+    for (int p = 0; p < s->m->n_params; p++) {
+        const struct tg_tensor *w = s->m->params[p];
+        if (!f->covered[p]) fail_msg("%s: %s not covered by the ledger", what, s->m->names[p]);
+        size_t n = tg_numel(w);
+        double *sum = calloc(n, sizeof *sum), *term = malloc(n * sizeof *term), gmax = 0, err = 0;
+        double cmax = 0;
+        for (int st = 0; st < T; st++) cmax = fmax(cmax, f->contrib[(size_t)p * T + st]);
+        for (int st = 0; st < T; st++) {
+            assert_int_equal(tg_flow_term(f, p, st, term), TG_OK);
+            double nn = 0;
+            for (size_t i = 0; i < n; i++) sum[i] += term[i], nn += term[i] * term[i];
+            double d = fabs(sqrt(nn) - f->contrib[(size_t)p * T + st]) / (cmax > 0 ? cmax : 1);
+            if (d > *worst_norm) *worst_norm = d;
+            if (d > 1e-12)
+                fail_msg("%s %s step %d: Gram norm %.17g, explicit %.17g", what, s->m->names[p], st,
+                         f->contrib[(size_t)p * T + st], sqrt(nn));
+        }
+        for (size_t i = 0; i < n; i++) {
+            double g = ((double *)w->grad)[i];
+            gmax = fmax(gmax, fabs(g));
+            err = fmax(err, fabs(g - sum[i]));
+        }
+        double rel = gmax > 0 ? err / gmax : err;
+        if (rel > *worst_sum) *worst_sum = rel;
+        if (rel > 1e-12)
+            fail_msg("%s %s: Σ_t terms differs from the gradient by %.3g relative", what,
+                     s->m->names[p], rel);
+        if (gmax == 0) fail_msg("%s %s: zero gradient, nothing tested", what, s->m->names[p]);
+        free(sum);
+        free(term);
+    }
+}
+
 static void test_contributions_sum_to_gradient(void **state)
 {
     (void)state;
@@ -84,42 +122,55 @@ static void test_contributions_sum_to_gradient(void **state)
             assert_int_equal(tg_flow_new(s.m, T, B, &f), TG_OK);
             struct tg_seq_result res;
             run_ledger(&s, t, f, &res);
-            for (int p = 0; p < s.m->n_params; p++) {
-                const struct tg_tensor *w = s.m->params[p];
-                if (!f->covered[p]) fail_msg("%s: %s not covered by the ledger", cell->name, s.m->names[p]);
-                size_t n = tg_numel(w);
-                double *sum = calloc(n, sizeof *sum), *term = malloc(n * sizeof *term), gmax = 0, err = 0;
-                double cmax = 0;
-                for (int st = 0; st < T; st++) cmax = fmax(cmax, f->contrib[(size_t)p * T + st]);
-                for (int st = 0; st < T; st++) {
-                    assert_int_equal(tg_flow_term(f, p, st, term), TG_OK);
-                    double nn = 0;
-                    for (size_t i = 0; i < n; i++) sum[i] += term[i], nn += term[i] * term[i];
-                    double d = fabs(sqrt(nn) - f->contrib[(size_t)p * T + st]) / (cmax > 0 ? cmax : 1);
-                    if (d > worst_norm) worst_norm = d;
-                    if (d > 1e-12)
-                        fail_msg("%s %s step %d: Gram norm %.17g, explicit %.17g", cell->name,
-                                 s.m->names[p], st, f->contrib[(size_t)p * T + st], sqrt(nn));
-                }
-                for (size_t i = 0; i < n; i++) {
-                    double g = ((double *)w->grad)[i];
-                    gmax = fmax(gmax, fabs(g));
-                    err = fmax(err, fabs(g - sum[i]));
-                }
-                double rel = gmax > 0 ? err / gmax : err;
-                if (rel > worst_sum) worst_sum = rel;
-                if (rel > 1e-12)
-                    fail_msg("%s (fusion %d) %s: Σ_t terms differs from the gradient by %.3g relative",
-                             cell->name, fusion, s.m->names[p], rel);
-                free(sum);
-                free(term);
-            }
+            char what[64];
+            snprintf(what, sizeof what, "%s (fusion %d)", cell->name, fusion);
+            check_terms(&s, f, T, what, &worst_sum, &worst_norm);
             tg_flow_free(f);
             tg_tape_free(t);
             setup_free(&s);
         }
     printf("# 9 cells x fusion on/off: worst |Σ_t term − grad| / max|grad| = %.2e; "
            "Gram vs explicit norm %.2e\n", worst_sum, worst_norm);
+}
+
+/* A token model: embed.weight's per-step terms (the scatter-add of the step's rows, ids
+ * repeated within a step so that rows must be added before the norm) sum to its gradient. */
+static void test_embedding_shares(void **state)
+{
+    (void)state;
+    double worst_sum = 0, worst_norm = 0;
+    const char *cells[] = {"lstm", "gru", "rnn_tanh"};
+    for (int c = 0; c < 3; c++) {
+        int T = 6, B = 5, V = 3, D = 4, H = 3, O = 4;
+        struct tg_model_config cfg = {.cell = tg_cell_find(cells[c]), .input = D, .hidden = H,
+                                      .layers = 2, .outputs = O, .vocab = V, .dtype = TG_F64,
+                                      .loss = TG_LOSS_XENT_SUM};
+        struct setup s = {0};
+        assert_int_equal(tg_model_new(&cfg, &s.m), TG_OK);
+        assert_string_equal(s.m->names[0], "embed.weight");
+        struct tg_rng r;
+        tg_rng_seed(&r, 77 + (uint64_t)c);
+        tg_model_init_uniform(s.m, &r);
+        int32_t *tok = malloc(sizeof *tok * T * B);
+        s.labels = malloc(sizeof(int32_t) * T * B);
+        /* 5 ids from 3 values per step: at least two rows share an id at every step */
+        for (int i = 0; i < T * B; i++) tok[i] = (int32_t)tg_rng_below(&r, V), s.labels[i] = (int32_t)tg_rng_below(&r, O);
+        s.b = (struct tg_seq_batch){.T = T, .B = B, .tokens = tok, .labels = s.labels};
+        struct tg_tape *t = tg_tape_new(0);
+        struct tg_flow *f;
+        assert_int_equal(tg_flow_new(s.m, T, B, &f), TG_OK);
+        struct tg_seq_result res;
+        run_ledger(&s, t, f, &res);
+        check_terms(&s, f, T, cells[c], &worst_sum, &worst_norm);
+        for (int st = 0; st < T; st++)
+            if (!(f->contrib[st] > 0)) fail_msg("%s: embed.weight step %d: contribution %g", cells[c], st, f->contrib[st]);
+        tg_flow_free(f);
+        tg_tape_free(t);
+        setup_free(&s);
+        free(tok);
+    }
+    printf("# embed.weight (lstm, gru, rnn_tanh; ids repeated within steps): worst |Σ_t term − grad| "
+           "/ max|grad| = %.2e; norm vs explicit %.2e\n", worst_sum, worst_norm);
 }
 
 /* The recorded states at step t (all layers), as heap copies for tg_model_forward_from. */
@@ -610,6 +661,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_contributions_sum_to_gradient),
+        cmocka_unit_test(test_embedding_shares),
         cmocka_unit_test(test_split_and_jacobian_vs_fd),
         cmocka_unit_test(test_vs_pytorch),
         cmocka_unit_test(test_anomaly_log_of_negative),

@@ -381,28 +381,33 @@ static const struct tg_cell log_cell = {"logcell", "h' = tanh(log x + U h)", 1, 
 static void test_anomaly_log_of_negative(void **state)
 {
     (void)state;
-    struct setup s;
-    int T = 6, B = 3, H = 4;
-    setup_new(&s, &log_cell, T, B, H, H, 1, 3, 5);
-    for (int i = 0; i < T * B * H; i++) s.x[i] = 0.5 + fabs(s.x[i]);
-    s.x[((size_t)3 * B + 1) * H + 2] = -0.25; /* step 4 (1-based), sequence 1, unit 2 */
-    struct tg_tape *t = tg_tape_new(0);
-    struct tg_seq_result res;
-    /* without anomaly mode the NaN flows into the loss, and backward refuses it */
-    assert_int_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
-    assert_true(isnan(tg_get(res.loss, 0, 0)));
-    assert_int_equal(tg_backward(t, res.loss), TG_ERR_VALUE);
-    assert_non_null(strstr(tg_last_error(), "loss is NaN"));
-    tg_tape_reset(t);
-    tg_tape_set_anomaly(t, 1);
-    assert_int_not_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
-    const char *msg = tg_last_error();
-    printf("# %s\n", msg);
-    assert_non_null(strstr(msg, "forward log [logcell.cell:2]"));
-    assert_non_null(strstr(msg, "step 4, layer 0, sequence 1, unit 2"));
-    assert_non_null(strstr(msg, "in0 = -0.25"));
-    tg_tape_free(t);
-    setup_free(&s);
+    /* fusion on (the default, and anomaly mode keeps it: the fused region holding the log is
+     * replayed op by op when its result is found non-finite) and off: the same report */
+    for (int fusion = 1; fusion >= 0; fusion--) {
+        struct setup s;
+        int T = 6, B = 3, H = 4;
+        setup_new(&s, &log_cell, T, B, H, H, 1, 3, 5);
+        for (int i = 0; i < T * B * H; i++) s.x[i] = 0.5 + fabs(s.x[i]);
+        s.x[((size_t)3 * B + 1) * H + 2] = -0.25; /* step 4 (1-based), sequence 1, unit 2 */
+        struct tg_tape *t = tg_tape_new(0);
+        tg_tape_set_fusion(t, fusion ? TG_FUSION_ON : TG_FUSION_OFF);
+        struct tg_seq_result res;
+        /* without anomaly mode the NaN flows into the loss, and backward refuses it */
+        assert_int_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
+        assert_true(isnan(tg_get(res.loss, 0, 0)));
+        assert_int_equal(tg_backward(t, res.loss), TG_ERR_VALUE);
+        assert_non_null(strstr(tg_last_error(), "loss is NaN"));
+        tg_tape_reset(t);
+        tg_tape_set_anomaly(t, 1);
+        assert_int_not_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
+        const char *msg = tg_last_error();
+        printf("# fusion %s: %s\n", fusion ? "on" : "off", msg);
+        assert_non_null(strstr(msg, "forward log [logcell.cell:2]"));
+        assert_non_null(strstr(msg, "step 4, layer 0, sequence 1, unit 2"));
+        assert_non_null(strstr(msg, "in0 = -0.25"));
+        tg_tape_free(t);
+        setup_free(&s);
+    }
 }
 
 /* h' = tanh(sqrt(relu(x + h·Uᵀ))): finite forward, but where x + h·Uᵀ < 0 the relu gives 0
@@ -415,6 +420,16 @@ static void sqrt_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_t
 }
 static const struct tg_cell sqrt_cell = {"sqrtcell", "h' = tanh(sqrt(relu(x + U h)))", 1, 1, 1, sqrt_params, sqrt_step, NULL};
 
+/* h' = tanh(sqrt(x + U h)): where x + U h = 0 exactly, sqrt′ = ∞ and the gradient leaving
+ * the region (into x + U h) is ∞ — found at the fused region's backward, then named by
+ * replaying the region's ops backward one by one. */
+static void sqrt0_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *x,
+                       struct tg_tensor *const *s, struct tg_tensor **next)
+{
+    next[0] = tg_tanh(t, tg_sqrt(t, tg_addmm(t, x, s[0], w[0], 0, 1)));
+}
+static const struct tg_cell sqrt0_cell = {"sqrt0cell", "h' = tanh(sqrt(x + U h))", 1, 1, 1, sqrt_params, sqrt0_step, NULL};
+
 static void test_anomaly_in_backward(void **state)
 {
     (void)state;
@@ -425,6 +440,9 @@ static void test_anomaly_in_backward(void **state)
     for (int i = 0; i < T * B * H; i++) s.x[i] = 5.0;
     s.x[((size_t)2 * B + 2) * H + 1] = -10.0; /* step 3 (1-based), sequence 2, unit 1 */
     struct tg_tape *t = tg_tape_new(0);
+    /* the ∞ here dies inside the cell's fused region (relu′ = 0 selects it away before the
+     * region's gradients are stored), so only an unfused tape meets it: fusion off too */
+    tg_tape_set_fusion(t, TG_FUSION_OFF);
     tg_tape_set_anomaly(t, 1);
     struct tg_seq_result res;
     assert_int_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
@@ -438,6 +456,22 @@ static void test_anomaly_in_backward(void **state)
     t = tg_tape_new(0);
     assert_int_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
     assert_int_equal(tg_backward(t, res.loss), TG_OK);
+    tg_tape_free(t);
+    setup_free(&s);
+
+    /* fused (the default): the ∞ leaves the region. x + U h = 0 at step 1 (h_0 = 0),
+     * sequence 2, unit 1; elsewhere x + U h > 4.6 */
+    setup_new(&s, &sqrt0_cell, T, B, H, H, 1, 3, 6);
+    tg_tensor_fill(s.m->params[0], 0.1);
+    for (int i = 0; i < T * B * H; i++) s.x[i] = 5.0;
+    s.x[((size_t)0 * B + 2) * H + 1] = 0.0;
+    t = tg_tape_new(0);
+    tg_tape_set_anomaly(t, 1);
+    assert_int_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
+    assert_int_equal(tg_backward(t, res.loss), TG_ERR_VALUE);
+    printf("# fused: %s\n", tg_last_error());
+    assert_non_null(strstr(tg_last_error(), "anomaly: backward of sqrt [sqrt0cell]"));
+    assert_non_null(strstr(tg_last_error(), "step 1, layer 0, sequence 2, unit 1"));
     tg_tape_free(t);
     setup_free(&s);
 }

@@ -10,8 +10,13 @@
  *   torch          every h_t's gradient and every parameter's per-step term against PyTorch
  *                  (tests/fixtures/flow, made by gen_flow_fixtures.py with retain_grad and
  *                  per-step parameter clones)
- *   anomaly        a planted log of a negative and an exploding RNN are reported at the right
- *                  op, step, layer, sequence and unit; a NaN loss is refused
+ *   anomaly        a planted log of a negative (a C cell tagging FILE:LINE, and a parsed cell
+ *                  file) and an exploding RNN are reported at the right op, FILE:LINE, step,
+ *                  layer, sequence and unit, fusion on (regions replayed op by op on a hit)
+ *                  and off; an ∞ made in a fused region's backward is named the same way; a
+ *                  NaN loss is refused
+ *   embedding      embed.weight's per-step terms (ids repeated within a step) sum to its
+ *                  gradient
  *   no allocation  a loop that keeps the ledger on allocates nothing after its first step
  */
 #include <math.h>
@@ -410,6 +415,42 @@ static void test_anomaly_log_of_negative(void **state)
     }
 }
 
+/* A parsed cell file, as users write one: the report names the file's line of the log. */
+static void test_anomaly_cell_file(void **state)
+{
+    (void)state;
+    static const char src[] = "# plant.cell — a log of a negative, planted\n"
+                              "cell plant\n"
+                              "state h\n"
+                              "param weight_ih[H, I], weight_hh[H, H]\n"
+                              "a = weight_ih @ x + weight_hh @ h\n"
+                              "h' = tanh(log(a))\n";
+    struct tg_cell *cell = tg_cell_parse(src, sizeof src - 1, "plant.cell");
+    assert_non_null(cell);
+    for (int fusion = 1; fusion >= 0; fusion--) {
+        struct setup s;
+        int T = 5, B = 3, H = 4;
+        setup_new(&s, cell, T, B, H, H, 2, 3, 8);
+        /* layer 0: a = x (W_ih = I, W_hh = 0); x > 0 but at step 3, sequence 1, unit 2 */
+        for (int p = 0; p < s.m->n_params; p++) tg_tensor_fill(s.m->params[p], 0.0);
+        for (int i = 0; i < H; i++) tg_set(s.m->params[0], i, i, 1.0);
+        for (int i = 0; i < T * B * H; i++) s.x[i] = 0.5 + fabs(s.x[i]);
+        s.x[((size_t)2 * B + 1) * H + 2] = -2.0;
+        struct tg_tape *t = tg_tape_new(0);
+        tg_tape_set_fusion(t, fusion ? TG_FUSION_ON : TG_FUSION_OFF);
+        tg_tape_set_anomaly(t, 1);
+        struct tg_seq_result res;
+        assert_int_not_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
+        printf("# cell file, fusion %s: %s\n", fusion ? "on" : "off", tg_last_error());
+        assert_non_null(strstr(tg_last_error(), "forward log [plant.cell:6]"));
+        assert_non_null(strstr(tg_last_error(), "step 3, layer 0, sequence 1, unit 2"));
+        assert_non_null(strstr(tg_last_error(), "= -2"));
+        tg_tape_free(t);
+        setup_free(&s);
+    }
+    tg_cell_free(cell);
+}
+
 /* h' = tanh(sqrt(relu(x + h·Uᵀ))): finite forward, but where x + h·Uᵀ < 0 the relu gives 0
  * and sqrt′(0) = ∞, so only the backward walk meets the non-finite value. */
 static const struct tg_param_spec sqrt_params[] = {{"weight_hh", TG_SHAPE(1, 0, 0, 1, 0, 0)}};
@@ -699,6 +740,7 @@ int main(void)
         cmocka_unit_test(test_split_and_jacobian_vs_fd),
         cmocka_unit_test(test_vs_pytorch),
         cmocka_unit_test(test_anomaly_log_of_negative),
+        cmocka_unit_test(test_anomaly_cell_file),
         cmocka_unit_test(test_anomaly_exploding_rnn),
         cmocka_unit_test(test_anomaly_in_backward),
         cmocka_unit_test(test_ledger_allocates_nothing_per_step),

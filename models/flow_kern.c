@@ -1,9 +1,10 @@
 /* flow_kern.c — the arithmetic of the per-step ledger: B×B Gram matrices of row blocks and
  * the reductions read from them (flow_kern.h).
  *
- * The Gram matrices are BLAS syrk. A hand-written one (the block transposed into a panel, G
- * built as Σ_k a_k a_kᵀ in a 4×32 register tile, target clones for AVX2/AVX-512) was measured
- * at 0.6–0.9× syrk's speed at 32×32×(64…512) and 64×64×512, so it is not here.
+ * The Gram matrices are BLAS syrk. Two hand-written ones were measured against it at the
+ * ledger's shapes: the block transposed into a panel and G built as Σ_k a_k a_kᵀ in a 4×32
+ * register tile (0.6–0.9× syrk's speed), and 4×4 tiles of row dot products reduced by a
+ * shuffle tree (1.1× at 32×32×128, 1.4× at 32×32×512, 0.9× at 64×64×64); neither is here.
  *
  * The reductions accumulate in double, in 8 independent lanes, so the compiler vectorises them
  * without reassociating a single sum (a scalar double sum is latency-bound: one add per 4

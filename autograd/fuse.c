@@ -125,6 +125,7 @@ static int overwritable(const struct tg_tape *t, const struct tg_tensor *X,
                         struct tg_tensor *const *keep, int nkeep)
 {
     const struct tg_node *nd = X->node;
+    if (!tg_anomaly_may_overwrite(t)) return 0; /* observe.c */
     if (nkeep < 0 || !nd || nd->out != X || !(nd->op->flags & TG_OPF_OUT_UNREAD) ||
         (X->flags & (TG_VIEW | TG_PARAM | TG_HEAP | TG_INPUT | TG_PENDING | TG_ALIASED)) ||
         nd->index < t->fuse.first_node || nd->index >= t->n_nodes || t->nodes[nd->index] != nd)
@@ -355,7 +356,7 @@ static int compile_region(struct tg_tape *t, struct tg_tensor *const *outs, int 
 
     /* the program rides in the node's first pointer; the op that runs it is the one every
      * elementwise op names as its fused form */
-    union tg_node_args args = {.ptr = {p}};
+    union tg_node_args args = {.ptr = {p, tg_anomaly_keep_region(t, R->p, n)}}; /* observe.c */
     struct tg_tensor *o0 = emit_recorded(t, R->fused_op, bases, nb, &args, outs[0]);
     if (!o0) return 0;
     for (int o = 1; o < no; o++) {
@@ -441,6 +442,7 @@ struct tg_tensor *tg_fuse_pend(struct tg_tape *t, const struct tg_op_info *op,
     }
     q->args = args ? *args : (union tg_node_args){.raw = {0}};
     q->out = out;
+    q->origin = t->origin;
     return out;
 }
 

@@ -121,6 +121,7 @@ struct tg_fuse_pending {
     struct tg_tensor *src[2];
     union tg_node_args args;
     struct tg_tensor *out;
+    const char *origin;       /* the tape's origin tag when recorded (anomaly reports) */
 };
 
 struct tg_fuse_region {
@@ -207,7 +208,6 @@ struct tg_tape {
     tg_backward_hook_fn bw_hook;
     void *bw_ctx;
     int anomaly;
-    int anomaly_fusion;       /* the fusion mode to restore when anomaly mode ends */
     int nonfinite_loss_ok;    /* tg_tape_set_nonfinite_loss_ok */
 };
 
@@ -218,6 +218,12 @@ struct tg_tape {
 int tg_anomaly_forward(struct tg_tape *t, const struct tg_node *n);
 int tg_anomaly_backward(struct tg_tape *t, const struct tg_node *n);
 int tg_anomaly_weights(struct tg_tape *t, struct tg_tensor *const *w, int n);
+/* Anomaly mode keeps fusion on. fuse.c calls these two: may a region's kept result overwrite
+ * an input (not in anomaly mode: the inputs must survive so a region whose results hold a
+ * non-finite value can be replayed op by op), and a copy of a region's instructions for that
+ * replay, which rides in the fused node's args.ptr[1] (NULL when anomaly mode is off). */
+int tg_anomaly_may_overwrite(const struct tg_tape *t);
+void *tg_anomaly_keep_region(struct tg_tape *t, const struct tg_fuse_pending *p, int n);
 
 /* Record an op: checks nothing, allocates the output, copies args and the source list,
  * computes the forward and, unless no-grad, appends the node.

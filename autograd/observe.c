@@ -13,8 +13,18 @@
  *     products and reductions, where the element is not a function of one input element, the
  *     input's largest |value| and whether it already held a non-finite value.
  * The check is a linear pass over what the op wrote, so the cost is a fraction of the op's own
- * (a GEMM's output is read once after O(k) work per element). Fusion is off while it is on: a
- * fused node computes many ops in one pass, and the report must name the one at fault. */
+ * (a GEMM's output is read once after O(k) work per element).
+ *
+ * Fusion stays on. A fused node computes a region of elementwise ops in one pass; its check
+ * reads every result it stores (kept outputs and the σ/tanh values saved for backward) and,
+ * backward, the gradients it adds to its inputs. Only on a hit is the region replayed one op at
+ * a time, unfused, from its inputs — which anomaly mode keeps intact (no kept result may
+ * overwrite them: tg_anomaly_may_overwrite) — with a copy of its instructions and their origins
+ * that fuse.c hands over (tg_anomaly_keep_region); the replay checks each op as an unfused tape
+ * would, so the report names the op and its FILE:LINE. Backward, the replay seeds the region's
+ * outputs with the gradients they received and walks its ops in reverse. A value that goes
+ * non-finite and dies inside a region (never stored: inf then 1/(1 + inf) = 0 in one pass) is
+ * not seen, where an unfused tape would stop at it. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -44,10 +54,7 @@ struct tg_tensor *tg_node_weight(const struct tg_node *n, struct tg_tensor **a,
 int tg_tape_set_anomaly(struct tg_tape *t, int on)
 {
     int old = t->anomaly;
-    on = on != 0;
-    if (on && !old) t->anomaly_fusion = tg_tape_set_fusion(t, TG_FUSION_OFF);
-    if (!on && old) tg_tape_set_fusion(t, t->anomaly_fusion);
-    t->anomaly = on;
+    t->anomaly = on != 0;
     return old;
 }
 
@@ -160,7 +167,7 @@ static const char *origin_of(const struct tg_node *n, char *buf, size_t len)
     return buf;
 }
 
-int tg_anomaly_forward(struct tg_tape *t, const struct tg_node *n)
+static int check_forward(struct tg_tape *t, const struct tg_node *n)
 {
     const struct tg_tensor *y = n->out;
     long i = first_bad(y->data, y->dtype, tg_numel(y));
@@ -175,7 +182,7 @@ int tg_anomaly_forward(struct tg_tape *t, const struct tg_node *n)
     return 0;
 }
 
-int tg_anomaly_backward(struct tg_tape *t, const struct tg_node *n)
+static int check_backward(struct tg_tape *t, const struct tg_node *n)
 {
     for (int s = 0; s < n->nsrc; s++) {
         const struct tg_tensor *x = n->src[s];
@@ -204,6 +211,184 @@ int tg_anomaly_backward(struct tg_tape *t, const struct tg_node *n)
         return 0;
     }
     return 1;
+}
+
+/* ------------------------------------------------------- fused regions, replayed */
+
+/* A region's instructions as recorded (fuse.c's pending list), for the replay. */
+struct anomaly_region {
+    int n;
+    struct tg_fuse_pending p[];
+};
+
+int tg_anomaly_may_overwrite(const struct tg_tape *t) { return !t->anomaly; }
+
+void *tg_anomaly_keep_region(struct tg_tape *t, const struct tg_fuse_pending *p, int n)
+{
+    if (!t->anomaly || n <= 0) return NULL;
+    struct anomaly_region *r = tg_tape_alloc(t, sizeof *r + (size_t)n * sizeof *p);
+    if (!r) return NULL; /* no replay: the report names the region instead */
+    r->n = n;
+    memcpy(r->p, p, (size_t)n * sizeof *p);
+    return r;
+}
+
+static int is_fused(const struct tg_tape *t, const struct tg_node *n)
+{
+    return t->fuse.fused_op && n->op == t->fuse.fused_op;
+}
+
+/* The replay's own copy of a region input: its data (a pending column slice's columns copied
+ * out of the tensor it slices), a gradient of its own, the original's name. */
+static struct tg_tensor *replay_input(struct tg_tape *t, struct tg_tensor *x)
+{
+    struct tg_tensor *y = tg_tensor_header(t, x->rows, x->cols, x->dtype);
+    if (!y) return NULL;
+    y->name = x->name;
+    y->flags = x->flags & TG_REQUIRES_GRAD;
+    if ((x->flags & TG_PENDING) && TG_PRIV(x)->fuse_idx < 0) {
+        const struct tg_tensor *b = TG_PRIV(x)->fuse_base;
+        size_t es = tg_dtype_size(x->dtype), w = (size_t)x->cols * es;
+        if (!(y->data = tg_tape_alloc(t, tg_nbytes(x)))) return NULL;
+        for (int r = 0; r < x->rows; r++)
+            memcpy((char *)y->data + r * w,
+                   (const char *)b->data + ((size_t)r * b->cols + (size_t)TG_PRIV(x)->fuse_off) * es, w);
+    } else {
+        y->data = x->data;
+    }
+    return y;
+}
+
+/* Nodes replaying region n's instructions unfused (forward run, results in fresh tensors),
+ * tagged with n's step and layer and each instruction's own origin; with check, each is
+ * checked as an unfused tape would check it. Returns the nodes, or NULL: an error was reported
+ * (check) or memory ran out (the tape's error is then restored by the caller). */
+static struct tg_node *replay_forward(struct tg_tape *t, const struct tg_node *n, int check, int *stop)
+{
+    const struct anomaly_region *r = n->args.ptr[1];
+    *stop = 0;
+    if (!r) return NULL;
+    struct tg_node *nd = tg_tape_alloc(t, (size_t)r->n * sizeof *nd);
+    struct tg_tensor **map = tg_tape_alloc(t, 4 * (size_t)r->n * sizeof *map); /* original, copy */
+    struct tg_tensor **srcs = tg_tape_alloc(t, 2 * (size_t)r->n * sizeof *srcs);
+    if (!nd || !map || !srcs) return NULL;
+    int nmap = 0;
+    for (int k = 0; k < r->n; k++) {
+        const struct tg_fuse_pending *q = &r->p[k];
+        struct tg_node *m = &nd[k];
+        memset(m, 0, sizeof *m);
+        m->op = q->op, m->nsrc = q->nsrc, m->src = srcs + 2 * k, m->args = q->args;
+        m->step = n->step, m->layer = n->layer, m->index = n->index, m->origin = q->origin;
+        for (int s = 0; s < q->nsrc; s++) {
+            struct tg_tensor *x = q->src[s], *y = NULL;
+            for (int j = 0; j < nmap && !y; j++)
+                if (map[2 * j] == x) y = map[2 * j + 1];
+            if (!y) {
+                if (!(y = replay_input(t, x))) return NULL;
+                map[2 * nmap] = x, map[2 * nmap + 1] = y, nmap++;
+            }
+            m->src[s] = y;
+        }
+        if (!(m->out = tg_tensor_header(t, q->out->rows, q->out->cols, q->out->dtype)) ||
+            !(m->out->data = tg_tape_alloc(t, tg_nbytes(q->out))))
+            return NULL;
+        m->out->name = q->out->name;
+        m->out->flags = q->out->flags & TG_REQUIRES_GRAD;
+        m->out->node = m;
+        map[2 * nmap] = q->out, map[2 * nmap + 1] = m->out, nmap++;
+        m->op->forward(m);
+        if (check && !check_forward(t, m)) {
+            *stop = 1;
+            return NULL;
+        }
+    }
+    return nd;
+}
+
+/* Does any result fused node n stored hold a non-finite value? */
+static int fused_results_bad(const struct tg_node *n)
+{
+    const struct tg_fuse_prog *p = n->args.ptr[0];
+    for (int o = 0; o < p->n_out; o++)
+        if (first_bad(p->out[o]->data, p->out[o]->dtype, tg_numel(p->out[o])) >= 0) return 1;
+    for (int r = 0; r < p->n_reg; r++) /* saved σ/tanh values: their own rows×cols buffers */
+        if (p->reg_saved[r] && p->reg_saved_ld[r] == p->cols &&
+            first_bad(p->reg_saved[r], p->out[0]->dtype, (size_t)p->rows * p->cols) >= 0)
+            return 1;
+    return 0;
+}
+
+static void region_ops(const struct tg_node *n, char *buf, size_t len)
+{
+    const struct anomaly_region *r = n->args.ptr[1];
+    size_t off = 0;
+    buf[0] = '\0';
+    for (int k = 0; r && k < r->n && off + 24 < len; k++)
+        off += (size_t)snprintf(buf + off, len - off, "%s%s", k ? ", " : "", r->p[k].op->name);
+}
+
+int tg_anomaly_forward(struct tg_tape *t, const struct tg_node *n)
+{
+    if (!is_fused(t, n)) return check_forward(t, n);
+    if (!fused_results_bad(n)) return 1;
+    int stop;
+    replay_forward(t, n, 1, &stop);
+    if (stop) return 0;
+    char ops[160], org[160];
+    region_ops(n, ops, sizeof ops);
+    tg_op_fail(t, TG_ERR_VALUE, "anomaly: forward of a fused region%s (%s) gave a non-finite value "
+               "at step %d, layer %d (its ops replayed one by one did not reproduce it)",
+               origin_of(n, org, sizeof org), ops, n->step + 1, n->layer);
+    return 0;
+}
+
+/* Region n's backward made a non-finite input gradient: replay its forward, seed the results
+ * it stored with the gradients they received, and run its ops' backward in reverse, checking
+ * each. Returns 0 with the report if one op is found, else 1. */
+static int replay_backward(struct tg_tape *t, const struct tg_node *n)
+{
+    const struct anomaly_region *r = n->args.ptr[1];
+    const struct tg_fuse_prog *p = n->args.ptr[0];
+    int stop;
+    struct tg_node *nd = replay_forward(t, n, 0, &stop);
+    unsigned char *reached = nd ? tg_tape_alloc(t, (size_t)r->n) : NULL;
+    if (!reached) return 1;
+    memset(reached, 0, (size_t)r->n);
+    for (int k = 0; k < r->n; k++)
+        for (int o = 0; o < p->n_out; o++)
+            if (p->out[o] == r->p[k].out && p->out[o]->grad) {
+                if (!tg_grad_buffer(t, nd[k].out)) return 1;
+                memcpy(nd[k].out->grad, p->out[o]->grad, tg_nbytes(p->out[o]));
+                reached[k] = 1;
+            }
+    for (int k = r->n; k-- > 0;) {
+        if (!reached[k]) continue;
+        struct tg_node *m = &nd[k];
+        for (int s = 0; s < m->nsrc; s++) {
+            if (!tg_requires_grad(m->src[s])) continue;
+            if (!tg_grad_buffer(t, m->src[s])) return 1;
+            for (int j = 0; j < k; j++) reached[j] |= nd[j].out == m->src[s];
+        }
+        m->op->backward(m);
+        if (!check_backward(t, m)) return 0;
+    }
+    return 1;
+}
+
+int tg_anomaly_backward(struct tg_tape *t, const struct tg_node *n)
+{
+    if (check_backward(t, n)) return 1;
+    if (!is_fused(t, n)) return 0;
+    /* keep the region's report unless the replay names the op */
+    char msg[sizeof t->errmsg];
+    snprintf(msg, sizeof msg, "%s", t->errmsg);
+    enum tg_status st = t->status;
+    t->status = TG_OK;
+    if (!replay_backward(t, n)) return 0;
+    t->status = st;
+    snprintf(t->errmsg, sizeof t->errmsg, "%s", msg);
+    tg_error(st, "%s", msg);
+    return 0;
 }
 
 int tg_anomaly_weights(struct tg_tape *t, struct tg_tensor *const *w, int n)

@@ -34,9 +34,12 @@
  *                (2) a bias row C of such a use (or the sum b_ih + b_hh of two parameters):
  *                    the column sums of the step's rows of dOut;
  *                (3) any other node of step t that reads p itself (peepholes, weight slices
- *                    in a cell, …): the change of p's gradient across that node's backward.
- *                A parameter some node reads outside these (an embedding) has covered = 0 and
- *                NaN contributions. The contributions of a parameter sum to its gradient.
+ *                    in a cell, …): the change of p's gradient across that node's backward;
+ *                (4) an embedding gathering T·B rows of p (embed.weight): step t's term is
+ *                    the scatter-add of its B rows of the output's gradient, its squared norm
+ *                    Σ_v ‖Σ_{b: id_b = v} dX_b‖² (rows with equal ids added first).
+ *                A parameter some node reads outside these has covered = 0 and NaN
+ *                contributions. The contributions of a parameter sum to its gradient.
  *   sat[l,g,t]   share of gate g's activations at step t of layer l that are saturated:
  *                σ < 0.01 or > 0.99, |tanh| > 0.99. Gates are found as the σ/tanh nodes of a
  *                step in recording order, one gate per H columns, named by the cell's gate list

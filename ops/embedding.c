@@ -32,6 +32,11 @@ void tg_embedding_backward(struct tg_node *nd)
     if (w->grad) TG_CALL(y, emb_bwd, w->grad, y->grad, TG_ARGS(nd)->embedding.ids, y->rows, y->cols);
 }
 
+const int32_t *tg_embedding_ids(const struct tg_node *n)
+{
+    return n && n->op == TG_OPI(TG_OP_EMBEDDING) ? TG_ARGS(n)->embedding.ids : NULL;
+}
+
 struct tg_tensor *tg_embedding(struct tg_tape *t, struct tg_tensor *w, const int32_t *ids, int n)
 {
     if (!tg_op_check_inputs(t, "tg_embedding", &w, 1)) return NULL;

@@ -143,6 +143,9 @@ struct tg_tensor *tg_mean(struct tg_tape *t, struct tg_tensor *x);
 /* Row gather: out[i] = W[ids[i]] for i < n (ids copied, each in [0, W->rows)). */
 struct tg_tensor *tg_embedding(struct tg_tape *t, struct tg_tensor *w, const int32_t *ids,
                                int n);
+/* The ids an embedding node gathered (its out->rows of them), NULL for any other node: what a
+ * tool reading the tape needs to split the table's gradient by row (models/flow.c). */
+const int32_t *tg_embedding_ids(const struct tg_node *n);
 
 #ifdef __cplusplus
 }

@@ -10,8 +10,13 @@
  *   torch          every h_t's gradient and every parameter's per-step term against PyTorch
  *                  (tests/fixtures/flow, made by gen_flow_fixtures.py with retain_grad and
  *                  per-step parameter clones)
- *   anomaly        a planted log of a negative and an exploding RNN are reported at the right
- *                  op, step, layer, sequence and unit; a NaN loss is refused
+ *   anomaly        a planted log of a negative (a C cell tagging FILE:LINE, and a parsed cell
+ *                  file) and an exploding RNN are reported at the right op, FILE:LINE, step,
+ *                  layer, sequence and unit, fusion on (regions replayed op by op on a hit)
+ *                  and off; an ∞ made in a fused region's backward is named the same way; a
+ *                  NaN loss is refused
+ *   embedding      embed.weight's per-step terms (ids repeated within a step) sum to its
+ *                  gradient
  *   no allocation  a loop that keeps the ledger on allocates nothing after its first step
  */
 #include <math.h>
@@ -68,6 +73,44 @@ static void run_ledger(struct setup *s, struct tg_tape *t, struct tg_flow *f, st
     assert_int_equal(tg_flow_end(f, t, res), TG_OK);
 }
 
+/* Every parameter covered; step by step, the explicit term's norm equals the ledger's (Gram)
+ * norm, and the terms add up to the tape's gradient (≤ 1e-12 relative). */
+static void check_terms(const struct setup *s, const struct tg_flow *f, int T, const char *what,
+                        double *worst_sum, double *worst_norm)
+{
+    for (int p = 0; p < s->m->n_params; p++) {
+        const struct tg_tensor *w = s->m->params[p];
+        if (!f->covered[p]) fail_msg("%s: %s not covered by the ledger", what, s->m->names[p]);
+        size_t n = tg_numel(w);
+        double *sum = calloc(n, sizeof *sum), *term = malloc(n * sizeof *term), gmax = 0, err = 0;
+        double cmax = 0;
+        for (int st = 0; st < T; st++) cmax = fmax(cmax, f->contrib[(size_t)p * T + st]);
+        for (int st = 0; st < T; st++) {
+            assert_int_equal(tg_flow_term(f, p, st, term), TG_OK);
+            double nn = 0;
+            for (size_t i = 0; i < n; i++) sum[i] += term[i], nn += term[i] * term[i];
+            double d = fabs(sqrt(nn) - f->contrib[(size_t)p * T + st]) / (cmax > 0 ? cmax : 1);
+            if (d > *worst_norm) *worst_norm = d;
+            if (d > 1e-12)
+                fail_msg("%s %s step %d: Gram norm %.17g, explicit %.17g", what, s->m->names[p], st,
+                         f->contrib[(size_t)p * T + st], sqrt(nn));
+        }
+        for (size_t i = 0; i < n; i++) {
+            double g = ((double *)w->grad)[i];
+            gmax = fmax(gmax, fabs(g));
+            err = fmax(err, fabs(g - sum[i]));
+        }
+        double rel = gmax > 0 ? err / gmax : err;
+        if (rel > *worst_sum) *worst_sum = rel;
+        if (rel > 1e-12)
+            fail_msg("%s %s: Σ_t terms differs from the gradient by %.3g relative", what,
+                     s->m->names[p], rel);
+        if (gmax == 0) fail_msg("%s %s: zero gradient, nothing tested", what, s->m->names[p]);
+        free(sum);
+        free(term);
+    }
+}
+
 static void test_contributions_sum_to_gradient(void **state)
 {
     (void)state;
@@ -84,42 +127,55 @@ static void test_contributions_sum_to_gradient(void **state)
             assert_int_equal(tg_flow_new(s.m, T, B, &f), TG_OK);
             struct tg_seq_result res;
             run_ledger(&s, t, f, &res);
-            for (int p = 0; p < s.m->n_params; p++) {
-                const struct tg_tensor *w = s.m->params[p];
-                if (!f->covered[p]) fail_msg("%s: %s not covered by the ledger", cell->name, s.m->names[p]);
-                size_t n = tg_numel(w);
-                double *sum = calloc(n, sizeof *sum), *term = malloc(n * sizeof *term), gmax = 0, err = 0;
-                double cmax = 0;
-                for (int st = 0; st < T; st++) cmax = fmax(cmax, f->contrib[(size_t)p * T + st]);
-                for (int st = 0; st < T; st++) {
-                    assert_int_equal(tg_flow_term(f, p, st, term), TG_OK);
-                    double nn = 0;
-                    for (size_t i = 0; i < n; i++) sum[i] += term[i], nn += term[i] * term[i];
-                    double d = fabs(sqrt(nn) - f->contrib[(size_t)p * T + st]) / (cmax > 0 ? cmax : 1);
-                    if (d > worst_norm) worst_norm = d;
-                    if (d > 1e-12)
-                        fail_msg("%s %s step %d: Gram norm %.17g, explicit %.17g", cell->name,
-                                 s.m->names[p], st, f->contrib[(size_t)p * T + st], sqrt(nn));
-                }
-                for (size_t i = 0; i < n; i++) {
-                    double g = ((double *)w->grad)[i];
-                    gmax = fmax(gmax, fabs(g));
-                    err = fmax(err, fabs(g - sum[i]));
-                }
-                double rel = gmax > 0 ? err / gmax : err;
-                if (rel > worst_sum) worst_sum = rel;
-                if (rel > 1e-12)
-                    fail_msg("%s (fusion %d) %s: Σ_t terms differs from the gradient by %.3g relative",
-                             cell->name, fusion, s.m->names[p], rel);
-                free(sum);
-                free(term);
-            }
+            char what[64];
+            snprintf(what, sizeof what, "%s (fusion %d)", cell->name, fusion);
+            check_terms(&s, f, T, what, &worst_sum, &worst_norm);
             tg_flow_free(f);
             tg_tape_free(t);
             setup_free(&s);
         }
     printf("# 9 cells x fusion on/off: worst |Σ_t term − grad| / max|grad| = %.2e; "
            "Gram vs explicit norm %.2e\n", worst_sum, worst_norm);
+}
+
+/* A token model: embed.weight's per-step terms (the scatter-add of the step's rows, ids
+ * repeated within a step so that rows must be added before the norm) sum to its gradient. */
+static void test_embedding_shares(void **state)
+{
+    (void)state;
+    double worst_sum = 0, worst_norm = 0;
+    const char *cells[] = {"lstm", "gru", "rnn_tanh"};
+    for (int c = 0; c < 3; c++) {
+        int T = 6, B = 5, V = 3, D = 4, H = 3, O = 4;
+        struct tg_model_config cfg = {.cell = tg_cell_find(cells[c]), .input = D, .hidden = H,
+                                      .layers = 2, .outputs = O, .vocab = V, .dtype = TG_F64,
+                                      .loss = TG_LOSS_XENT_SUM};
+        struct setup s = {0};
+        assert_int_equal(tg_model_new(&cfg, &s.m), TG_OK);
+        assert_string_equal(s.m->names[0], "embed.weight");
+        struct tg_rng r;
+        tg_rng_seed(&r, 77 + (uint64_t)c);
+        tg_model_init_uniform(s.m, &r);
+        int32_t *tok = malloc(sizeof *tok * T * B);
+        s.labels = malloc(sizeof(int32_t) * T * B);
+        /* 5 ids from 3 values per step: at least two rows share an id at every step */
+        for (int i = 0; i < T * B; i++) tok[i] = (int32_t)tg_rng_below(&r, V), s.labels[i] = (int32_t)tg_rng_below(&r, O);
+        s.b = (struct tg_seq_batch){.T = T, .B = B, .tokens = tok, .labels = s.labels};
+        struct tg_tape *t = tg_tape_new(0);
+        struct tg_flow *f;
+        assert_int_equal(tg_flow_new(s.m, T, B, &f), TG_OK);
+        struct tg_seq_result res;
+        run_ledger(&s, t, f, &res);
+        check_terms(&s, f, T, cells[c], &worst_sum, &worst_norm);
+        for (int st = 0; st < T; st++)
+            if (!(f->contrib[st] > 0)) fail_msg("%s: embed.weight step %d: contribution %g", cells[c], st, f->contrib[st]);
+        tg_flow_free(f);
+        tg_tape_free(t);
+        setup_free(&s);
+        free(tok);
+    }
+    printf("# embed.weight (lstm, gru, rnn_tanh; ids repeated within steps): worst |Σ_t term − grad| "
+           "/ max|grad| = %.2e; norm vs explicit %.2e\n", worst_sum, worst_norm);
 }
 
 /* The recorded states at step t (all layers), as heap copies for tg_model_forward_from. */
@@ -330,28 +386,69 @@ static const struct tg_cell log_cell = {"logcell", "h' = tanh(log x + U h)", 1, 
 static void test_anomaly_log_of_negative(void **state)
 {
     (void)state;
-    struct setup s;
-    int T = 6, B = 3, H = 4;
-    setup_new(&s, &log_cell, T, B, H, H, 1, 3, 5);
-    for (int i = 0; i < T * B * H; i++) s.x[i] = 0.5 + fabs(s.x[i]);
-    s.x[((size_t)3 * B + 1) * H + 2] = -0.25; /* step 4 (1-based), sequence 1, unit 2 */
-    struct tg_tape *t = tg_tape_new(0);
-    struct tg_seq_result res;
-    /* without anomaly mode the NaN flows into the loss, and backward refuses it */
-    assert_int_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
-    assert_true(isnan(tg_get(res.loss, 0, 0)));
-    assert_int_equal(tg_backward(t, res.loss), TG_ERR_VALUE);
-    assert_non_null(strstr(tg_last_error(), "loss is NaN"));
-    tg_tape_reset(t);
-    tg_tape_set_anomaly(t, 1);
-    assert_int_not_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
-    const char *msg = tg_last_error();
-    printf("# %s\n", msg);
-    assert_non_null(strstr(msg, "forward log [logcell.cell:2]"));
-    assert_non_null(strstr(msg, "step 4, layer 0, sequence 1, unit 2"));
-    assert_non_null(strstr(msg, "in0 = -0.25"));
-    tg_tape_free(t);
-    setup_free(&s);
+    /* fusion on (the default, and anomaly mode keeps it: the fused region holding the log is
+     * replayed op by op when its result is found non-finite) and off: the same report */
+    for (int fusion = 1; fusion >= 0; fusion--) {
+        struct setup s;
+        int T = 6, B = 3, H = 4;
+        setup_new(&s, &log_cell, T, B, H, H, 1, 3, 5);
+        for (int i = 0; i < T * B * H; i++) s.x[i] = 0.5 + fabs(s.x[i]);
+        s.x[((size_t)3 * B + 1) * H + 2] = -0.25; /* step 4 (1-based), sequence 1, unit 2 */
+        struct tg_tape *t = tg_tape_new(0);
+        tg_tape_set_fusion(t, fusion ? TG_FUSION_ON : TG_FUSION_OFF);
+        struct tg_seq_result res;
+        /* without anomaly mode the NaN flows into the loss, and backward refuses it */
+        assert_int_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
+        assert_true(isnan(tg_get(res.loss, 0, 0)));
+        assert_int_equal(tg_backward(t, res.loss), TG_ERR_VALUE);
+        assert_non_null(strstr(tg_last_error(), "loss is NaN"));
+        tg_tape_reset(t);
+        tg_tape_set_anomaly(t, 1);
+        assert_int_not_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
+        const char *msg = tg_last_error();
+        printf("# fusion %s: %s\n", fusion ? "on" : "off", msg);
+        assert_non_null(strstr(msg, "forward log [logcell.cell:2]"));
+        assert_non_null(strstr(msg, "step 4, layer 0, sequence 1, unit 2"));
+        assert_non_null(strstr(msg, "in0 = -0.25"));
+        tg_tape_free(t);
+        setup_free(&s);
+    }
+}
+
+/* A parsed cell file, as users write one: the report names the file's line of the log. */
+static void test_anomaly_cell_file(void **state)
+{
+    (void)state;
+    static const char src[] = "# plant.cell — a log of a negative, planted\n"
+                              "cell plant\n"
+                              "state h\n"
+                              "param weight_ih[H, I], weight_hh[H, H]\n"
+                              "a = weight_ih @ x + weight_hh @ h\n"
+                              "h' = tanh(log(a))\n";
+    struct tg_cell *cell = tg_cell_parse(src, sizeof src - 1, "plant.cell");
+    assert_non_null(cell);
+    for (int fusion = 1; fusion >= 0; fusion--) {
+        struct setup s;
+        int T = 5, B = 3, H = 4;
+        setup_new(&s, cell, T, B, H, H, 2, 3, 8);
+        /* layer 0: a = x (W_ih = I, W_hh = 0); x > 0 but at step 3, sequence 1, unit 2 */
+        for (int p = 0; p < s.m->n_params; p++) tg_tensor_fill(s.m->params[p], 0.0);
+        for (int i = 0; i < H; i++) tg_set(s.m->params[0], i, i, 1.0);
+        for (int i = 0; i < T * B * H; i++) s.x[i] = 0.5 + fabs(s.x[i]);
+        s.x[((size_t)2 * B + 1) * H + 2] = -2.0;
+        struct tg_tape *t = tg_tape_new(0);
+        tg_tape_set_fusion(t, fusion ? TG_FUSION_ON : TG_FUSION_OFF);
+        tg_tape_set_anomaly(t, 1);
+        struct tg_seq_result res;
+        assert_int_not_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
+        printf("# cell file, fusion %s: %s\n", fusion ? "on" : "off", tg_last_error());
+        assert_non_null(strstr(tg_last_error(), "forward log [plant.cell:6]"));
+        assert_non_null(strstr(tg_last_error(), "step 3, layer 0, sequence 1, unit 2"));
+        assert_non_null(strstr(tg_last_error(), "= -2"));
+        tg_tape_free(t);
+        setup_free(&s);
+    }
+    tg_cell_free(cell);
 }
 
 /* h' = tanh(sqrt(relu(x + h·Uᵀ))): finite forward, but where x + h·Uᵀ < 0 the relu gives 0
@@ -364,6 +461,16 @@ static void sqrt_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_t
 }
 static const struct tg_cell sqrt_cell = {"sqrtcell", "h' = tanh(sqrt(relu(x + U h)))", 1, 1, 1, sqrt_params, sqrt_step, NULL};
 
+/* h' = tanh(sqrt(x + U h)): where x + U h = 0 exactly, sqrt′ = ∞ and the gradient leaving
+ * the region (into x + U h) is ∞ — found at the fused region's backward, then named by
+ * replaying the region's ops backward one by one. */
+static void sqrt0_step(struct tg_tape *t, struct tg_tensor *const *w, struct tg_tensor *x,
+                       struct tg_tensor *const *s, struct tg_tensor **next)
+{
+    next[0] = tg_tanh(t, tg_sqrt(t, tg_addmm(t, x, s[0], w[0], 0, 1)));
+}
+static const struct tg_cell sqrt0_cell = {"sqrt0cell", "h' = tanh(sqrt(x + U h))", 1, 1, 1, sqrt_params, sqrt0_step, NULL};
+
 static void test_anomaly_in_backward(void **state)
 {
     (void)state;
@@ -374,6 +481,9 @@ static void test_anomaly_in_backward(void **state)
     for (int i = 0; i < T * B * H; i++) s.x[i] = 5.0;
     s.x[((size_t)2 * B + 2) * H + 1] = -10.0; /* step 3 (1-based), sequence 2, unit 1 */
     struct tg_tape *t = tg_tape_new(0);
+    /* the ∞ here dies inside the cell's fused region (relu′ = 0 selects it away before the
+     * region's gradients are stored), so only an unfused tape meets it: fusion off too */
+    tg_tape_set_fusion(t, TG_FUSION_OFF);
     tg_tape_set_anomaly(t, 1);
     struct tg_seq_result res;
     assert_int_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
@@ -387,6 +497,22 @@ static void test_anomaly_in_backward(void **state)
     t = tg_tape_new(0);
     assert_int_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
     assert_int_equal(tg_backward(t, res.loss), TG_OK);
+    tg_tape_free(t);
+    setup_free(&s);
+
+    /* fused (the default): the ∞ leaves the region. x + U h = 0 at step 1 (h_0 = 0),
+     * sequence 2, unit 1; elsewhere x + U h > 4.6 */
+    setup_new(&s, &sqrt0_cell, T, B, H, H, 1, 3, 6);
+    tg_tensor_fill(s.m->params[0], 0.1);
+    for (int i = 0; i < T * B * H; i++) s.x[i] = 5.0;
+    s.x[((size_t)0 * B + 2) * H + 1] = 0.0;
+    t = tg_tape_new(0);
+    tg_tape_set_anomaly(t, 1);
+    assert_int_equal(tg_model_forward_from(s.m, t, &s.b, NULL, &res), TG_OK);
+    assert_int_equal(tg_backward(t, res.loss), TG_ERR_VALUE);
+    printf("# fused: %s\n", tg_last_error());
+    assert_non_null(strstr(tg_last_error(), "anomaly: backward of sqrt [sqrt0cell]"));
+    assert_non_null(strstr(tg_last_error(), "step 1, layer 0, sequence 2, unit 1"));
     tg_tape_free(t);
     setup_free(&s);
 }
@@ -610,9 +736,11 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_contributions_sum_to_gradient),
+        cmocka_unit_test(test_embedding_shares),
         cmocka_unit_test(test_split_and_jacobian_vs_fd),
         cmocka_unit_test(test_vs_pytorch),
         cmocka_unit_test(test_anomaly_log_of_negative),
+        cmocka_unit_test(test_anomaly_cell_file),
         cmocka_unit_test(test_anomaly_exploding_rnn),
         cmocka_unit_test(test_anomaly_in_backward),
         cmocka_unit_test(test_ledger_allocates_nothing_per_step),

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bench.h"
 #include "cli.h"
@@ -97,9 +98,19 @@ out:
     return rc;
 }
 
+/* Seconds of CPU time this process has used: on a loaded machine a step's wall time includes
+ * the time other processes held the core; its CPU time does not (with one thread they agree
+ * on a quiet machine). */
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* --bench N: a training step (forward, summed cross-entropy over V = 64 classes, backward,
  * SGD; I = H, as `tapegrad bench`) timed plain, with the ledger on, and in anomaly mode,
- * interleaved A B C A B C in one process; medians. */
+ * interleaved A B C A B C in one process; medians of wall and of CPU time. */
 static int bench(const struct flow_opts *o)
 {
     int T = o->length ? o->length : 50, B = o->batch ? o->batch : 32, H = o->hidden ? o->hidden : 128;
@@ -116,7 +127,7 @@ static int bench(const struct flow_opts *o)
     tg_model_init_uniform(m, &rng);
     double *x = malloc(sizeof *x * (size_t)T * B * H);
     int32_t *lab = malloc(sizeof *lab * (size_t)T * B);
-    double *ms = malloc(sizeof *ms * 4 * (size_t)N);
+    double *ms = malloc(sizeof *ms * 8 * (size_t)N), *cs = ms + 4 * (size_t)N;
     struct tg_tape *t = tg_tape_new(0);
     struct tg_flow *f = NULL;
     if (!x || !lab || !ms || !t || tg_flow_new(m, T, B, &f) != TG_OK) return cli_fail("flow", "out of memory");
@@ -126,35 +137,41 @@ static int bench(const struct flow_opts *o)
     size_t allocs = 0;
     for (int it = -2; it < N; it++)
         for (int v = 0; v < 3; v++) {
-            double t0 = now();
+            double t0 = now(), c0 = cpu_now();
             struct tg_seq_result res;
             tg_tape_reset(t);
             tg_tape_set_anomaly(t, v == 2);
             tg_model_zero_grad(m);
             if (tg_model_forward_from(m, t, &sb, NULL, &res) != TG_OK) return cli_fail("flow", "%s", tg_last_error());
-            double l0 = now();
+            double l0 = now(), k0 = cpu_now();
             if ((v == 1 && tg_flow_begin(f, t, &res) != TG_OK)) return cli_fail("flow", "%s", tg_last_error());
-            double l1 = now();
+            double l1 = now(), k1 = cpu_now();
             if (tg_backward(t, res.loss) != TG_OK) return cli_fail("flow", "%s", tg_last_error());
-            double l2 = now();
+            double l2 = now(), k2 = cpu_now();
             if (v == 1 && tg_flow_end(f, t, &res) != TG_OK) return cli_fail("flow", "%s", tg_last_error());
             if (v == 1 && it >= 0) ms[3 * N + it] = 1e3 * ((l1 - l0) + (now() - l2));
+            if (v == 1 && it >= 0) cs[3 * N + it] = 1e3 * ((k1 - k0) + (cpu_now() - k2));
             for (int p = 0; p < m->n_params; p++) { /* SGD, lr 1e-6: the weights barely move */
                 struct tg_tensor *w = m->params[p];
                 for (size_t i = 0; i < tg_numel(w); i++)
                     if (dt == TG_F64) ((double *)w->data)[i] -= 1e-6 * ((double *)w->grad)[i];
                     else ((float *)w->data)[i] -= 1e-6f * ((float *)w->grad)[i];
             }
-            if (it >= 0) ms[v * N + it] = 1e3 * (now() - t0);
+            if (it >= 0) ms[v * N + it] = 1e3 * (now() - t0), cs[v * N + it] = 1e3 * (cpu_now() - c0);
             if (it == -1 && v == 2) allocs = tg_tape_heap_allocs(t);
         }
     size_t allocs_after = tg_tape_heap_allocs(t);
-    double a = median(ms, N), b = median(ms + N, N), c = median(ms + 2 * N, N), own = median(ms + 3 * N, N);
-    printf("%s T%d·B%d·H%d L%d %s, %d steps each, interleaved; median ms per training step\n",
-           cell->name, T, B, H, mc.layers, tg_dtype_name(dt), N);
-    printf("  plain          %9.3f\n  ledger on      %9.3f  (%+.1f%%; tg_flow_begin + tg_flow_end "
-           "alone %.3f ms = %.1f%% of plain)\n  anomaly mode   %9.3f  (%.2fx)\n",
-           a, b, 100 * (b - a) / a, own, 100 * own / a, c, c / a);
+    for (int clk = 0; clk < 2; clk++) {
+        double *v = clk ? cs : ms;
+        double a = median(v, N), b = median(v + N, N), c = median(v + 2 * N, N), own = median(v + 3 * N, N);
+        if (!clk)
+            printf("%s T%d·B%d·H%d L%d %s, %d steps each, interleaved; median ms per training step\n",
+                   cell->name, T, B, H, mc.layers, tg_dtype_name(dt), N);
+        printf("  %s\n  plain          %9.3f\n  ledger on      %9.3f  (%+.1f%%; tg_flow_begin + "
+               "tg_flow_end alone %.3f ms = %.1f%% of plain)\n  anomaly mode   %9.3f  (%.2fx)\n",
+               clk ? "CPU time (the process's; steadier on a loaded machine):" : "wall time:",
+               a, b, 100 * (b - a) / a, own, 100 * own / a, c, c / a);
+    }
     printf("  tape heap allocations after warm-up: %zu\n", allocs_after - allocs);
     tg_flow_free(f);
     tg_tape_free(t);

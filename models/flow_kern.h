@@ -1,0 +1,31 @@
+/* flow_kern.h — the arithmetic of the per-step ledger (models/flow_kern.c), private to
+ * models/flow.c: B×B Gram matrices of row blocks, and the reductions read from them. */
+#ifndef TG_FLOW_KERN_H
+#define TG_FLOW_KERN_H
+
+#include <stddef.h>
+
+#include "tapegrad.h"
+
+/* Rows of a Gram matrix are padded to a multiple of this many elements (aligned rows). */
+enum { FLOW_GRAM_PAD = 16 };
+
+static inline int flow_gram_ld(int m) { return (m + FLOW_GRAM_PAD - 1) / FLOW_GRAM_PAD * FLOW_GRAM_PAD; }
+
+/* The upper triangle (j ≥ i) of the m×m Gram matrix g = a·aᵀ of the m×k row-major block a
+ * (row stride lda), into g with row stride flow_gram_ld(m). */
+void flow_gram(enum tg_dtype dt, int m, int k, const void *a, size_t lda, void *g);
+
+/* Σ_ij G1_ij G2_ij of two symmetric m×m matrices given by their upper triangles (stride
+ * flow_gram_ld(m)): ‖M1ᵀM2‖_F² when G1 = M1M1ᵀ, G2 = M2M2ᵀ. */
+double flow_gram_dot(enum tg_dtype dt, const void *g1, const void *g2, int m);
+/* Σ_ij G_ij of a symmetric m×m matrix given by its upper triangle: ‖1ᵀM‖² when G = M·Mᵀ. */
+double flow_gram_sum(enum tg_dtype dt, const void *g, int m);
+
+/* ‖g‖², ‖a‖², ‖g − a‖² of n elements in one pass (either pointer may be NULL: zeros). */
+void flow_split_norms(enum tg_dtype dt, const void *g, const void *a, size_t n, double *tot,
+                      double *up, double *nx);
+/* Σ x_i² of n elements of dtype dt. */
+double flow_sumsq(const void *p, enum tg_dtype dt, size_t n);
+
+#endif

@@ -173,6 +173,7 @@ struct tg_seq_batch {
     const double *x;
     const int32_t *tokens;
     const int32_t *labels;
+    const int32_t *lengths;       /* B valid lengths or NULL (all T); steps t ≥ lengths[b] carry no loss, state frozen */
     const double *target;
 };
 

@@ -276,7 +276,9 @@ static enum tg_status parse(struct tg_checkpoint *c)
     const char *src = tg_st_meta(c->f, "cell_source");
     if (src) {
         char where[600];
-        snprintf(where, sizeof where, "%s (cell_source)", tg_st_path(c->f));
+        /* named as if it were the file "<cell>.cell": a file without a `cell` line takes its
+         * name from its file name, which the checkpoint does not keep */
+        snprintf(where, sizeof where, "%s (cell_source)/%s.cell", tg_st_path(c->f), cfg->cell);
         c->cell_file = tg_cell_parse(src, strlen(src), where);
         if (!c->cell_file) return TG_ERR_FORMAT; /* the parser's FILE:LINE:COL message */
         if (strcmp(c->cell_file->name, cfg->cell) != 0) return bad(c, "cell_source");

@@ -344,6 +344,7 @@ static enum tg_status build(struct tg_trainer *tr)
         if (strcmp(c->init, "minchar") == 0) tg_model_init_normal(tr->model, &tr->rng, 0.01);
         else tg_model_init_uniform(tr->model, &tr->rng);
         if (c->forget_bias != 0) tg_model_set_forget_bias(tr->model, c->forget_bias);
+        TRY(tg_model_init_cell(tr->model, &tr->rng)); /* a cell file's init lines, if any */
     }
     tg_metrics_reset(tr->task, &tr->train_m);
     tg_metrics_reset(tr->task, &tr->eval_m);

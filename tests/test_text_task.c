@@ -299,6 +299,55 @@ static void test_train_evaluates_held_out(void **state)
     free(path);
 }
 
+/* --lines through the trainer: the checkpoint keeps lines, the fraction and the measured seq,
+ * so 2 steps + resume + 2 steps gives the bytes of 4 straight; an output on an input is refused. */
+static void test_lines_resume(void **state)
+{
+    (void)state;
+    char txt[2000] = "";
+    for (int i = 0; i < 120; i++) strcat(txt, i % 3 ? "ab ba\n" : i % 2 ? "abba cab\n" : "c\n");
+    char *path = write_temp(txt, strlen(txt));
+    char a[] = "/tmp/tg_lines_a_XXXXXX", b[] = "/tmp/tg_lines_b_XXXXXX";
+    close(mkstemp(a));
+    close(mkstemp(b));
+    struct tg_train_config cfg = {.task = "text", .data = path, .lines = 1, .steps = 4, .hidden = 8,
+                                  .batch = 4, .eval_size = 8, .dtype = "f64", .checkpoint = a,
+                                  .overwrite = 1, .micro_batches = 2};
+    struct tg_train_result res;
+    if (tg_train(&cfg, &res) != TG_OK) fail_msg("%s", tg_last_error());
+    assert_true(res.eval.den[0] > 0 && isfinite(res.eval.values[0]));
+    cfg.checkpoint = b, cfg.steps = 2;
+    if (tg_train(&cfg, &res) != TG_OK) fail_msg("%s", tg_last_error());
+    struct tg_train_config rc = {.resume = b, .checkpoint = b, .steps = 4, .eval_size = 8};
+    struct tg_trainer *tr;
+    if (tg_trainer_new(&rc, &tr) != TG_OK) fail_msg("%s", tg_last_error());
+    assert_int_equal(tg_trainer_config(tr)->lines, 1);
+    assert_int_equal(tg_trainer_config(tr)->seq, 9); /* "abba cab" + its end mark */
+    assert_true(tg_trainer_config(tr)->valid_fraction == 0.1);
+    assert_int_equal(tg_trainer_run(tr, &res), TG_OK);
+    tg_trainer_free(tr);
+    struct tg_checkpoint *ca, *cb;
+    assert_int_equal(tg_checkpoint_open(a, &ca), TG_OK);
+    assert_int_equal(tg_checkpoint_open(b, &cb), TG_OK);
+    struct tg_model *ma, *mb;
+    assert_int_equal(tg_checkpoint_new_model(ca, NULL, &ma), TG_OK);
+    assert_int_equal(tg_checkpoint_new_model(cb, NULL, &mb), TG_OK);
+    for (int i = 0; i < ma->n_params; i++)
+        assert_memory_equal(ma->params[i]->data, mb->params[i]->data, tg_nbytes(ma->params[i]));
+    tg_model_free(ma), tg_model_free(mb);
+    tg_checkpoint_close(ca), tg_checkpoint_close(cb);
+    /* --valid must not be the checkpoint, and the held-out options are for text only */
+    struct tg_train_config bad = {.task = "text", .data = path, .valid = a, .checkpoint = a,
+                                  .overwrite = 1, .steps = 1};
+    assert_int_equal(tg_trainer_new(&bad, &tr), TG_ERR_VALUE);
+    assert_non_null(strstr(tg_last_error(), "same file as --valid"));
+    bad = (struct tg_train_config){.task = "copy", .lines = 1, .steps = 1};
+    assert_int_equal(tg_trainer_new(&bad, &tr), TG_ERR_VALUE);
+    assert_non_null(strstr(tg_last_error(), "for --task text"));
+    unlink(a), unlink(b), unlink(path);
+    free(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -306,6 +355,7 @@ int main(void)
         cmocka_unit_test(test_valid_file),
         cmocka_unit_test(test_lines_packing),
         cmocka_unit_test(test_train_evaluates_held_out),
+        cmocka_unit_test(test_lines_resume),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

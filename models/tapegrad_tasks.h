@@ -199,7 +199,8 @@ int tg_reber_generate(struct tg_rng *rng, int embedded, int32_t *sym, int cap);
 int tg_task_vocab_size(const struct tg_task *task);          /* 0 unless text */
 int tg_task_vocab_char(const struct tg_task *task, int index); /* byte 0..255, or −1 */
 int tg_task_vocab_index(const struct tg_task *task, int byte); /* index, or −1 if absent */
-/* The file as vocabulary indices (length *n), e.g. for tests or priming. */
+/* This task's part of the text (the whole file without a held-out split) as vocabulary indices
+ * (length *n), e.g. for tests or priming. */
 const uint8_t *tg_task_text_data(const struct tg_task *task, int64_t *n);
 
 #ifdef __cplusplus

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -172,6 +173,21 @@ static void test_export_lstm(void **state)
     r = run_tapegrad("export", "--checkpoint", ck, "--out", p("nodir/npy"), "--format", "npy", NULL);
     assert_last_line_error(r, "nodir", NULL);
     assert_int_equal(stat(p("nodir"), &sb), -1);
+
+    /* a write that fails midway (a file-size limit: EFBIG, as a full disk) leaves no output and
+     * no temporary file or folder behind */
+    const char *fmts[] = {"safetensors", "npy", "csv"};
+    for (int k = 0; k < 3; k++) {
+        cli_fsize_limit = 300;
+        r = run_tapegrad("export", "--checkpoint", ck, "--out", p("full"), "--format", fmts[k], NULL);
+        cli_fsize_limit = -1;
+        assert_last_line_error(r, "full", NULL);
+        DIR *d = opendir(dir);
+        struct dirent *de;
+        while ((de = readdir(d)))
+            if (strncmp(de->d_name, "full", 4) == 0) fail_msg("%s: %s left behind", fmts[k], de->d_name);
+        closedir(d);
+    }
 }
 
 /* A cell that is not a PyTorch layer keeps the cell file's names and declared shapes. */

@@ -24,26 +24,25 @@
 #include "tapegrad_fileio.h"
 #include "tasks_impl.h"
 
+/* Read the regular file `path` (what: "text file" or "held-out file", for messages). */
 static enum tg_status read_file(const char *what, const char *path, uint8_t **buf, size_t *n)
 {
-    enum tg_status st = tg_file_read(what, path, (size_t)TG_TEXT_MAX_BYTES, buf, n);
+    char fn[64];
+    snprintf(fn, sizeof fn, "tg_task_new: %s", what);
+    enum tg_status st = tg_file_read(fn, path, (size_t)TG_TEXT_MAX_BYTES, buf, n);
     if (st != TG_OK) return st;
-    if (*n > (size_t)TG_TEXT_MAX_BYTES) {
+    if (*n > (size_t)TG_TEXT_MAX_BYTES || *n == 0) {
         free(*buf);
         *buf = NULL;
-        return tg_error(TG_ERR_VALUE, "tg_task_new: %s '%s' is larger than the %ld MiB cap", what + 13,
-                        path, TG_TEXT_MAX_BYTES >> 20);
-    }
-    if (*n == 0) {
-        free(*buf);
-        *buf = NULL;
-        return tg_error(TG_ERR_VALUE, "tg_task_new: %s '%s' is empty", what + 13, path);
+        if (*n) return tg_error(TG_ERR_VALUE, "%s '%s' is larger than the %ld MiB cap", fn, path,
+                                TG_TEXT_MAX_BYTES >> 20);
+        return tg_error(TG_ERR_VALUE, "%s '%s' is empty", fn, path);
     }
     return TG_OK;
 }
 
 /* Non-empty lines of buf[0, n): count, longest, and (if start != NULL) where they are. Reports
- * the first line longer than max_len − 1 bytes as PATH:LINE. */
+ * the first line longer than cap − 1 bytes (a sequence of more than cap steps) as PATH:LINE. */
 static enum tg_status scan_lines(const uint8_t *buf, size_t n, const char *path, int64_t cap,
                                  int64_t *count, int64_t *longest, int64_t *start, int32_t *len)
 {
@@ -83,8 +82,8 @@ enum tg_status tg_text_load(struct tg_task *task)
     const char *path = task->path, *vpath = task->valid_path;
     uint8_t *buf = NULL, *vbuf = NULL;
     size_t n = 0, vn = 0;
-    enum tg_status st = read_file("tg_task_new: text file", path, &buf, &n);
-    if (st == TG_OK && vpath) st = read_file("tg_task_new: held-out file", vpath, &vbuf, &vn);
+    enum tg_status st = read_file("text file", path, &buf, &n);
+    if (st == TG_OK && vpath) st = read_file("held-out file", vpath, &vbuf, &vn);
     if (st != TG_OK) goto fail;
 
     /* Vocabulary: the sorted set of bytes present in either file (and '\n' with lines). */

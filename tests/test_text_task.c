@@ -348,6 +348,45 @@ static void test_lines_resume(void **state)
     free(path);
 }
 
+/* The line sampler starts each line from the start mark and a zero state: with a near-greedy
+ * temperature every line it draws is the model's most likely line, and a trained model's is
+ * the one line of the file. */
+static void test_sample_lines(void **state)
+{
+    (void)state;
+    char txt[800] = "";
+    for (int i = 0; i < 60; i++) strcat(txt, "abcab\n");
+    char *path = write_temp(txt, strlen(txt));
+    char ck[] = "/tmp/tg_lines_s_XXXXXX";
+    close(mkstemp(ck));
+    struct tg_train_config cfg = {.task = "text", .data = path, .lines = 1, .steps = 150,
+                                  .hidden = 16, .batch = 8, .eval_size = 8, .checkpoint = ck,
+                                  .overwrite = 1, .lr = 0.05};
+    struct tg_train_result res;
+    if (tg_train(&cfg, &res) != TG_OK) fail_msg("%s", tg_last_error());
+    struct tg_checkpoint *c;
+    assert_int_equal(tg_checkpoint_open(ck, &c), TG_OK);
+    const struct tg_checkpoint_state *s = tg_checkpoint_state(c);
+    struct tg_model *m;
+    assert_int_equal(tg_checkpoint_new_model(c, NULL, &m), TG_OK);
+    char out[64] = "";
+    FILE *f = fmemopen(out, sizeof out, "w");
+    struct tg_rng rng;
+    tg_rng_seed(&rng, 1);
+    assert_int_equal(tg_sample_lines(m, s->vocab, s->vocab_n, NULL, 36, 1e-3, &rng, f), TG_OK);
+    fclose(f);
+    assert_string_equal(out, "abcab\nabcab\nabcab\nabcab\nabcab\nabcab\n");
+    /* a prime is the start of the first line */
+    f = fmemopen(out, sizeof out, "w");
+    assert_int_equal(tg_sample_lines(m, s->vocab, s->vocab_n, "abc", 9, 1e-3, &rng, f), TG_OK);
+    fclose(f);
+    assert_string_equal(out, "ab\nabcab\n");
+    tg_model_free(m);
+    tg_checkpoint_close(c);
+    unlink(ck), unlink(path);
+    free(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -356,6 +395,7 @@ int main(void)
         cmocka_unit_test(test_lines_packing),
         cmocka_unit_test(test_train_evaluates_held_out),
         cmocka_unit_test(test_lines_resume),
+        cmocka_unit_test(test_sample_lines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

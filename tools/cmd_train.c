@@ -166,7 +166,7 @@ static int train_main(int argc, char **argv)
         {"hidden", CLI_INT, &hidden, "hidden size H [64; text 128]", 1, 1 << 16},
         {"layers", CLI_INT, &layers, "stacked layers [1]", 1, 64},
         {"embed", CLI_INT, &embed, "text: embedding width [vocabulary size]", 1, 1 << 16},
-        {"seq", CLI_INT, &seq, "truncated BPTT chunk length [text 25; else off]", 1, 1e7},
+        {"seq", CLI_INT, &seq, "truncated BPTT chunk length [text 25; else off]; with --lines the longest sequence [longest line + 1]", 1, 1e7},
         {"optimizer", CLI_STR, &optimizer, "sgd, adagrad, adagrad-minchar, adam, rmsprop [adam]", 0, -1},
         {"lr", CLI_DOUBLE, &lr, "learning rate [adam: 1e-2; others: PyTorch's default]", 1e-12, 1e6},
         {"momentum", CLI_DOUBLE, &momentum, "sgd/rmsprop momentum [0]", 0, 1},

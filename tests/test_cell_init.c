@@ -206,12 +206,78 @@ static void test_resume_bit_identical(void **state)
     tg_cell_free(c);
 }
 
+/* LAPACK (OpenBLAS's), Fortran calling convention: A = QR, then Q from the reflectors. */
+void dgeqrf_(const int *m, const int *n, double *a, const int *lda, double *tau, double *work,
+             const int *lwork, int *info);
+void dorgqr_(const int *m, const int *n, const int *k, double *a, const int *lda, const double *tau,
+             double *work, const int *lwork, int *info);
+
+/* The expected orthogonal r × c block from the next r·c normals of rng: LAPACK's Householder QR
+ * of the (tall) Gaussian matrix, each column of Q times the sign of R's diagonal entry. */
+static void lapack_orthogonal(struct tg_rng *rng, int r, int c, double *out)
+{
+    int n = r > c ? r : c, k = r < c ? r : c, lw = 64 * n, info;
+    double *A = malloc(sizeof *A * (size_t)n * k), tau[64], work[64 * 64], sgn[64];
+    for (int i = 0; i < r; i++)
+        for (int j = 0; j < c; j++) {
+            double g = tg_rng_normal(rng); /* column-major n × k */
+            if (r >= c) A[(size_t)j * n + i] = g;
+            else A[(size_t)i * n + j] = g;
+        }
+    dgeqrf_(&n, &k, A, &n, tau, work, &lw, &info);
+    assert_int_equal(info, 0);
+    for (int j = 0; j < k; j++) sgn[j] = A[(size_t)j * n + j] < 0 ? -1.0 : 1.0;
+    dorgqr_(&n, &k, &k, A, &n, tau, work, &lw, &info);
+    assert_int_equal(info, 0);
+    for (int i = 0; i < r; i++)
+        for (int j = 0; j < c; j++)
+            out[(size_t)i * c + j] = r >= c ? A[(size_t)j * n + i] * sgn[j] : A[(size_t)i * n + j] * sgn[i];
+    free(A);
+}
+
+/* `orthogonal` is the QR factor, sign-corrected: the same matrix LAPACK gives for the same draws. */
+static void test_orthogonal_is_lapack_qr(void **state)
+{
+    (void)state;
+    const char *src = "state h\nparam U[3H, H], V[H, 2H]\n"
+                      "h' = tanh(U[0:H] @ h + 0 * (V @ [h, h]))\n"
+                      "init U = orthogonal\ninit V = orthogonal\n";
+    struct tg_cell *c = tg_cell_parse(src, strlen(src), "qr.cell");
+    if (!c) fail_msg("%s", tg_last_error());
+    struct tg_model_config cfg = {.cell = c, .input = 3, .hidden = 5, .layers = 1, .outputs = 2,
+                                  .dtype = TG_F64, .loss = TG_LOSS_XENT_SUM};
+    struct tg_model *m;
+    assert_int_equal(tg_model_new(&cfg, &m), TG_OK);
+    struct tg_rng r;
+    tg_rng_seed(&r, 42);
+    tg_model_init_uniform(m, &r);
+    struct tg_rng r2 = r;
+    assert_int_equal(tg_model_init_cell(m, &r), TG_OK);
+    double want[15 * 10];
+    const char *names[2] = {"U", "V"};
+    const int shape[2][2] = {{15, 5}, {5, 10}};
+    for (int k = 0; k < 2; k++) {
+        lapack_orthogonal(&r2, shape[k][0], shape[k][1], want);
+        const struct tg_tensor *t = P(m, names[k], 0);
+        double worst = 0;
+        for (int i = 0; i < shape[k][0]; i++)
+            for (int j = 0; j < shape[k][1]; j++)
+                worst = fmax(worst, fabs(tg_get(t, i, j) - want[(size_t)i * shape[k][1] + j]));
+        printf("# %s (%d x %d): max |Gram-Schmidt - LAPACK QR| = %.2g\n", names[k], shape[k][0],
+               shape[k][1], worst);
+        assert_true(worst < 1e-13);
+    }
+    tg_model_free(m);
+    tg_cell_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_init_values),
         cmocka_unit_test(test_init_as_a_name),
         cmocka_unit_test(test_resume_bit_identical),
+        cmocka_unit_test(test_orthogonal_is_lapack_qr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

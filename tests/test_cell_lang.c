@@ -320,42 +320,57 @@ static void test_derivation_grammar(void **state)
     cl_file_free(f);
 }
 
-/* Mutations of the shipped files: bytes flipped, lines cut, characters inserted. */
+/* Mutations of a shipped file and of the init-line corpus file: bytes flipped, lines cut,
+ * characters inserted. */
 static void test_mutations_never_crash(void **state)
 {
     (void)state;
-    char path[512];
-    snprintf(path, sizeof path, "%s/models/cells/lstm_peephole.cell", TG_SOURCE_DIR);
-    size_t len;
-    char *src = tg_test_read_file(path, &len);
-    assert_non_null(src);
-    char *buf = malloc(len + 8);
-    struct tg_rng r;
-    tg_rng_seed(&r, 5);
-    const char alphabet[] = "[]():,=+-*/@^'#\nHIx0123456789.e hc";
-    int loaded = 0;
-    for (int it = 0; it < 20000; it++) {
-        memcpy(buf, src, len);
-        size_t n = len;
-        for (int m = 0; m < 1 + (int)tg_rng_below(&r, 4); m++) {
-            size_t at = tg_rng_below(&r, (uint32_t)n);
-            int kind = (int)tg_rng_below(&r, 3);
-            if (kind == 0) buf[at] = alphabet[tg_rng_below(&r, sizeof alphabet - 1)];
-            else if (kind == 1 && n > 1) memmove(buf + at, buf + at + 1, n - at - 1), n--;
-            else if (kind == 2) buf[at] = (char)tg_rng_below(&r, 256);
+    const char *files[] = {"models/cells/lstm_peephole.cell", "fuzz/corpus/cell/init_every.cell"};
+    for (int fi = 0; fi < 2; fi++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", TG_SOURCE_DIR, files[fi]);
+        size_t len;
+        char *src = tg_test_read_file(path, &len);
+        assert_non_null(src);
+        char *buf = malloc(len + 8);
+        struct tg_rng r;
+        tg_rng_seed(&r, 5);
+        const char alphabet[] = "[]():,=+-*/@^'#\nHIx0123456789.e hc";
+        int loaded = 0, initialised = 0;
+        for (int it = 0; it < 10000; it++) {
+            memcpy(buf, src, len);
+            size_t n = len;
+            for (int m = 0; m < 1 + (int)tg_rng_below(&r, 4); m++) {
+                size_t at = tg_rng_below(&r, (uint32_t)n);
+                int kind = (int)tg_rng_below(&r, 3);
+                if (kind == 0) buf[at] = alphabet[tg_rng_below(&r, sizeof alphabet - 1)];
+                else if (kind == 1 && n > 1) memmove(buf + at, buf + at + 1, n - at - 1), n--;
+                else if (kind == 2) buf[at] = (char)tg_rng_below(&r, 256);
+            }
+            struct tg_cell *c = tg_cell_parse(buf, n, "m.cell");
+            if (c) {
+                loaded++;
+                /* a file that passes its checks also initialises a model without harm */
+                struct tg_model_config mc = {.cell = c, .input = 3, .hidden = 4, .layers = 2,
+                                             .outputs = 2, .dtype = TG_F32};
+                struct tg_model *m = NULL;
+                if (tg_cell_check(c, 3, 4) == TG_OK && tg_cell_has_init(c) &&
+                    tg_model_new(&mc, &m) == TG_OK) {
+                    tg_model_init_uniform(m, &r);
+                    assert_int_equal(tg_model_init_cell(m, &r), TG_OK);
+                    initialised++;
+                }
+                tg_model_free(m);
+            } else {
+                assert_null(strchr(tg_last_error(), '\n'));
+            }
+            tg_cell_free(c);
         }
-        struct tg_cell *c = tg_cell_parse(buf, n, "m.cell");
-        if (c) {
-            loaded++;
-            tg_cell_check(c, 3, 4);
-        } else {
-            assert_null(strchr(tg_last_error(), '\n'));
-        }
-        tg_cell_free(c);
+        printf("# %s: 10000 mutations, %d still loaded (%d initialised a model), none crashed\n",
+               files[fi], loaded, initialised);
+        free(buf);
+        free(src);
     }
-    printf("# 20000 mutations: %d still loaded, none crashed\n", loaded);
-    free(buf);
-    free(src);
 }
 
 int main(void)

@@ -1,6 +1,7 @@
 /* fuzz_cell.c — libFuzzer harness for the cell language (models/cell_lang.c, cell_check.c,
  * cell_compile.c): any bytes are parsed; a file that loads is checked for small sizes and, if
- * it passes, run forward and backward for two layers, so the compiled program is exercised too.
+ * it passes, initialised (its init lines too) and run forward and backward for two layers, so
+ * the compiled program is exercised too.
  *
  *   fuzz/run.sh cell 600        (seeds: corpus/cell/, the shipped and literature cells)
  *
@@ -28,6 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct tg_rng r;
         tg_rng_seed(&r, 1);
         tg_model_init_uniform(m, &r);
+        if (tg_model_init_cell(m, &r) != TG_OK) __builtin_trap(); /* its init lines */
         double x[2 * 2 * 2] = {0.5, -0.25, 1, 0.125, -1, 0.75, 0.3, -0.6};
         int32_t y[4] = {0, 1, 1, -1};
         struct tg_seq_batch b = {.T = 2, .B = 2, .x = x, .labels = y};

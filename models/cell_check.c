@@ -417,6 +417,8 @@ int cc_analyze(struct cfile *c)
             if (!eq_line) eq_line = s->line;
             if (assign(c, s)) return -1;
             break;
+        case CL_S_INIT: /* resolved at the end, once every parameter is declared */
+            break;
         }
     }
     int last = f->n_stmts ? f->stmts[f->n_stmts - 1].line : 1;
@@ -432,7 +434,7 @@ int cc_analyze(struct cfile *c)
         if (s->kind == SY_PARAM && !s->used)
             return cl_error_at(f, s->line, s->col, "parameter %s is not read by any equation", s->name);
     }
-    return 0;
+    return cc_init_analyze(c);
 }
 
 /* ------------------------------------------------------- concrete sizes */
@@ -526,5 +528,5 @@ int cc_check_sizes(const struct cfile *c, int H, int I)
             return ERR(s->def, "%s: the next value of state %s has %lld units, but a state has H = %d "
                        "(I = %d)", txt(c, s->def, b, sizeof b), c->syms[c->state_sym[j]].name, n, H, I);
     }
-    return 0;
+    return cc_init_check_sizes(c, H, I);
 }

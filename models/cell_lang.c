@@ -499,6 +499,30 @@ static int parse_decls(struct parser *p, struct cl_stmt *s)
     return 0;
 }
 
+/* init NAME ['[' lo ':' hi ']'] '=' EXPR — what the EXPR may be is the checker's business. */
+static int parse_init(struct parser *p, struct cl_stmt *s)
+{
+    struct token *t = next(p);
+    s->kind = CL_S_INIT;
+    s->target = t->name;
+    s->decls = cl_alloc(p->f, sizeof *s->decls);
+    if (!s->decls) return nomem(p);
+    s->n_decls = 1;
+    *s->decls = (struct cl_decl){.name = t->name, .line = t->line, .col = t->col};
+    if (accept(p, T_LB)) {
+        if (!(s->decls->rows = parse_expr(p))) return -1;
+        if (expect(p, T_COLON, "in the slice of an init (init W[lo:hi] = …)")) return -1;
+        if (!(s->decls->cols = parse_expr(p))) return -1;
+        if (expect(p, T_RB, "to close the slice")) return -1;
+    }
+    if (expect(p, T_EQ, "after the parameter of an init (init NAME = uniform(a, b), normal(m, s), "
+               "zeros, ones, orthogonal or a number)")) return -1;
+    if (!(s->expr = parse_expr(p))) return -1;
+    struct token *e = peek(p);
+    if (e->kind != T_END) return fail(p, e->start, "unexpected %s after the init", tok_text[e->kind]);
+    return 0;
+}
+
 static int parse_stmt(struct parser *p, struct cl_stmt *s)
 {
     struct token *t = peek(p);
@@ -522,6 +546,11 @@ static int parse_stmt(struct parser *p, struct cl_stmt *s)
             return fail(p, e->start, "unexpected %s", tok_text[e->kind]);
         }
         return 0;
+    }
+    /* `init NAME …`: a keyword only when a name follows (`init = …` stays an equation) */
+    if (strcmp(t->name, "init") == 0 && after == T_NAME) {
+        next(p);
+        return parse_init(p, s);
     }
     if (strcmp(t->name, "cell") == 0) s->kind = CL_S_CELL;
     else if (strcmp(t->name, "state") == 0) s->kind = CL_S_STATE;

@@ -8,6 +8,7 @@
  *   file    := { line '\n' }
  *   line    := [ stmt ] [ '#' comment ]
  *   stmt    := 'cell' NAME | 'state' NAME {',' NAME} | 'param' decl {',' decl}
+ *            | 'init' NAME ['[' expr ':' expr ']'] '=' expr
  *            | NAME ['\''] ('=' | '+=') expr
  *   decl    := NAME '[' expr [',' expr] ']'
  *   expr    := term {('+' | '-') term}            left associative
@@ -46,12 +47,13 @@ struct cl_expr {
     int id;                   /* 0 … n_exprs−1 in parse order (for the compiler's tables) */
 };
 
-enum cl_stmt_kind { CL_S_CELL, CL_S_STATE, CL_S_PARAM, CL_S_ASSIGN, CL_S_ACCUM };
+enum cl_stmt_kind { CL_S_CELL, CL_S_STATE, CL_S_PARAM, CL_S_ASSIGN, CL_S_ACCUM, CL_S_INIT };
 
-struct cl_decl {              /* one `param` entry, or one name of `state` / `cell` */
+struct cl_decl {              /* one `param` entry, or one name of `state` / `cell` / `init` */
     const char *name;
     int line, col;
-    struct cl_expr *rows, *cols; /* param: cols NULL for a vector NAME[N] */
+    struct cl_expr *rows, *cols; /* param: cols NULL for a vector NAME[N];
+                                    init: the slice [rows:cols] of NAME, or both NULL */
 };
 
 struct cl_stmt {
@@ -60,7 +62,7 @@ struct cl_stmt {
     struct cl_decl *decls;    /* cell, state, param */
     int n_decls;
     const char *target;       /* assign / accumulate: the name, with its prime */
-    struct cl_expr *expr;
+    struct cl_expr *expr;     /* assign / accumulate: the value; init: the distribution */
 };
 
 struct cl_file {

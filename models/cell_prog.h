@@ -67,6 +67,17 @@ struct cblock {                 /* one column block of the hoisted input project
     struct lf width;
 };
 
+/* One `init` line: how (part of) a parameter starts. */
+enum init_kind { IN_UNIFORM, IN_NORMAL, IN_CONST, IN_ORTHOGONAL };
+struct cinit {
+    const struct cl_stmt *stmt;
+    int param;                  /* index into params */
+    enum init_kind kind;
+    double a, b;                /* uniform(a, b), normal(a = mean, b = std), constant a */
+    int sliced;                 /* rows (matrix) or units (vector) [lo, hi) only */
+    struct lf lo, hi;
+};
+
 struct cfile {
     struct tg_cell cell;        /* first: a struct tg_cell * of a file cell is a struct cfile * */
     unsigned magic;
@@ -83,6 +94,8 @@ struct cfile {
     int input_out;              /* slot of the projection in the input program */
     int *next_slot;             /* per state: its slot in the step program */
     int n_args;                 /* step/input arguments: x, states, parameters */
+    struct cinit *inits;        /* the `init` lines, in file order */
+    int n_inits;
 };
 
 #define CFILE_MAGIC 0x63656c6cu
@@ -92,6 +105,11 @@ int cc_analyze(struct cfile *c);
 int cc_check_sizes(const struct cfile *c, int H, int I);
 /* Parse a size expression into h·H + i·I + c. */
 int cc_size(const struct cfile *c, const struct cl_expr *e, struct lf *out);
+
+/* cell_init.c: the `init` lines — resolved (after cc_analyze's declarations), and their slices
+ * checked for concrete sizes (from cc_check_sizes). */
+int cc_init_analyze(struct cfile *c);
+int cc_init_check_sizes(const struct cfile *c, int H, int I);
 
 /* cell_compile.c */
 int cc_plan(struct cfile *c);

@@ -144,6 +144,9 @@ enum tg_status tg_checkpoint_save(const char *path, const struct tg_train_config
     if (tg_cell_source(m->cfg.cell, NULL)) tg_st_writer_meta(w, "cell_source", tg_cell_source(m->cfg.cell, NULL));
     tg_st_writer_meta(w, "task", cfg->task);
     if (cfg->data) tg_st_writer_meta(w, "data", cfg->data);
+    if (cfg->valid) tg_st_writer_meta(w, "valid", cfg->valid);
+    if (cfg->valid_fraction) meta_dbl(w, "valid_fraction", cfg->valid_fraction);
+    if (cfg->lines) meta_int(w, "lines", cfg->lines);
     meta_int(w, "length", cfg->length);
     meta_int(w, "batch", cfg->batch);
     meta_int(w, "hidden", cfg->hidden);
@@ -276,13 +279,20 @@ static enum tg_status parse(struct tg_checkpoint *c)
     const char *src = tg_st_meta(c->f, "cell_source");
     if (src) {
         char where[600];
-        snprintf(where, sizeof where, "%s (cell_source)", tg_st_path(c->f));
+        /* named as if it were the file "<cell>.cell": a file without a `cell` line takes its
+         * name from its file name, which the checkpoint does not keep */
+        snprintf(where, sizeof where, "%s (cell_source)/%s.cell", tg_st_path(c->f), cfg->cell);
         c->cell_file = tg_cell_parse(src, strlen(src), where);
         if (!c->cell_file) return TG_ERR_FORMAT; /* the parser's FILE:LINE:COL message */
         if (strcmp(c->cell_file->name, cfg->cell) != 0) return bad(c, "cell_source");
     }
     TRY(get_str(c, "task", &cfg->task));
     cfg->data = tg_st_meta(c->f, "data");
+    /* held-out text and lines (issue 14); older checkpoints have neither */
+    cfg->valid = tg_st_meta(c->f, "valid");
+    if (tg_st_meta(c->f, "valid_fraction")) TRY(get_dbl(c, "valid_fraction", &cfg->valid_fraction));
+    if (!(cfg->valid_fraction >= 0 && cfg->valid_fraction < 1)) return bad(c, "valid_fraction");
+    if (tg_st_meta(c->f, "lines")) TRY(get_int(c, "lines", 0, 1, &cfg->lines));
     TRY(get_int(c, "length", 0, BIG, &cfg->length));
     TRY(get_int(c, "batch", 1, BIG, &cfg->batch));
     TRY(get_int(c, "hidden", 1, BIG, &cfg->hidden));

@@ -108,6 +108,8 @@ const char *tg_cell_path(const struct tg_cell *cell);
 const char *tg_cell_state_name(const struct tg_cell *cell, int k);
 /* Do two cells have the same file text (both parsed from equal sources)? */
 int tg_cell_same_source(const struct tg_cell *a, const struct tg_cell *b);
+/* Does a cell file have `init` lines (docs/cell-language.md)? 0 for C cells. */
+int tg_cell_has_init(const struct tg_cell *cell);
 /* Check a cell for a layer of input width `in` and hidden width H (TG_OK for C cells). */
 enum tg_status tg_cell_check(const struct tg_cell *cell, int in, int hidden);
 
@@ -185,6 +187,10 @@ void tg_model_init_uniform(struct tg_model *m, struct tg_rng *rng);
 void tg_model_init_normal(struct tg_model *m, struct tg_rng *rng, double std);
 /* Add `value` to the forget-gate bias block of the LSTM variants (Jozefowicz et al. 2015). */
 void tg_model_set_forget_bias(struct tg_model *m, double value);
+/* Apply the cell file's `init` lines to every layer's parameters, in file order, drawing from
+ * rng (after the default initialisation). TG_OK and nothing drawn for C cells and files
+ * without init lines. */
+enum tg_status tg_model_init_cell(struct tg_model *m, struct tg_rng *rng);
 
 /* One batch of T steps × B sequences, time-major. Exactly one of x (T·B·I values) and tokens
  * (T·B ids) is given; labels (T·B, −1 = no loss) for xent losses, target (B·V) for MSE.

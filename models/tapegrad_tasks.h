@@ -33,6 +33,19 @@
  *            0 = it continues where the same row of the previous batch stopped (text in
  *            sequential mode only); tasks other than sequential text always give 1.
  *
+ * Held-out text. A text task holds one part of its data. With valid_path the held-out part is
+ * that file and the whole data file trains; with valid_fraction F > 0 it is the end of the data
+ * file — the last ⌈F·N⌉ bytes, or with lines the last ⌈F·L⌉ of its L non-empty lines — and the
+ * training part is what precedes it. Every window (inputs and labels) lies inside its part, so
+ * training never reads a held-out byte and evaluation never reads a training byte. The vocabulary
+ * is the bytes of both files together, the same in both parts. tg_task_text_data gives the part.
+ *
+ * Lines (text, lines = 1). One sequence per non-empty line of n bytes: tokens '\n' then the
+ * line, labels the line then '\n' (start and end marks: the model learns to begin and end a
+ * line), n + 1 steps. A batch is B lines drawn uniformly at random (with replacement); T is the
+ * longest of them, lengths[b] each row's n + 1, and the steps past it hold token 0 and label −1
+ * (no loss, no metric); reset is 1 for every row.
+ *
  * Determinism: all randomness comes from the tg_rng passed in, so the same rng state (and, for
  * sequential text, the same cursor) gives the same batch bit for bit.
  */
@@ -62,6 +75,13 @@ struct tg_task_config {
                             file in order, seq bytes per batch, so a model may carry its state
                             across batches (truncated BPTT); see tg_task_cursor */
     double threshold;    /* reber: probability above which a symbol counts as predicted [0.3] */
+    /* text: held-out data (see "Held-out text" below) */
+    double valid_fraction; /* share of the data file held out at its end [0: none] */
+    const char *valid_path; /* held-out text from this file instead (the whole data file trains) */
+    int held_out;        /* 0: this task draws from the training part; 1: from the held-out part */
+    int lines;           /* 1: one sequence per non-empty line (see "Lines" below); seq is then
+                            the longest sequence allowed [0: the file's longest line + 1, up to
+                            TG_TEXT_MAX_LINE + 1] and becomes the batches' max_T */
 };
 
 struct tg_task; /* opaque; text holds the file (as vocabulary indices) and the vocabulary */
@@ -75,6 +95,7 @@ enum tg_status tg_task_new(const char *name, const struct tg_task_config *cfg,
 void tg_task_free(struct tg_task *task);
 
 #define TG_TEXT_MAX_BYTES (64L << 20) /* 64 MiB: the whole file is held in memory */
+#define TG_TEXT_MAX_LINE 4096          /* lines: the longest line taken when seq is 0 */
 
 enum tg_task_kind tg_task_kind(const struct tg_task *task);
 const char *tg_task_name(const struct tg_task *task);
@@ -96,7 +117,8 @@ struct tg_batch {
     int32_t *labels;     /* max_T×B, or NULL */
     double *target;      /* B×out_dim, or NULL */
     int32_t *reset;      /* B */
-    int32_t *lengths;    /* B: steps of sequence b holding input (≤ T; < T only for padded Reber) */
+    int32_t *lengths;    /* B: steps of sequence b holding input (≤ T; < T for padded Reber
+                            strings and text lines); labels are −1 past it */
     uint8_t *allowed;    /* reber: max_T×B bit masks of the symbols the grammar allows as the
                             label at that position (bit k = symbol k); else NULL */
 };
@@ -177,7 +199,8 @@ int tg_reber_generate(struct tg_rng *rng, int embedded, int32_t *sym, int cap);
 int tg_task_vocab_size(const struct tg_task *task);          /* 0 unless text */
 int tg_task_vocab_char(const struct tg_task *task, int index); /* byte 0..255, or −1 */
 int tg_task_vocab_index(const struct tg_task *task, int byte); /* index, or −1 if absent */
-/* The file as vocabulary indices (length *n), e.g. for tests or priming. */
+/* This task's part of the text (the whole file without a held-out split) as vocabulary indices
+ * (length *n), e.g. for tests or priming. */
 const uint8_t *tg_task_text_data(const struct tg_task *task, int64_t *n);
 
 #ifdef __cplusplus

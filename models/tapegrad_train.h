@@ -21,6 +21,10 @@
  *          every chunk but the last of adding) contributes no gradient — which is exactly what
  *          makes long dependencies unlearnable across a truncation, by design.
  *
+ * Held-out text. The text task trains on the first part of the file and evaluates on the rest
+ * (valid_fraction, 0.1 by default) or on another file (valid); evaluation windows never read a
+ * training byte, and the metrics are bits per character (and accuracy) on the held-out text.
+ *
  * Loss. Classification (reber, copy, text): softmax cross-entropy summed over labelled positions
  * and, by default, divided by their number in the batch ("mean"); adding: MSE of the last step.
  *
@@ -75,6 +79,12 @@ struct tg_train_config {
     const struct tg_cell *cell_def; /* a user-defined cell; overrides `cell` (its name is saved) */
     const char *task;             /* "reber", "adding", "copy", "text" ["reber"] */
     const char *data;             /* text: the file to model (required for text) */
+    const char *valid;            /* text: held-out text from this file (the whole data file
+                                     trains) [none: the end of the data file, valid_fraction] */
+    double valid_fraction;        /* text without `valid`: the share of the data file held out
+                                     at its end, in (0, 1) [0.1]; evaluation reads only it */
+    int lines;                    /* text: one sequence per line (tapegrad_tasks.h "Lines");
+                                     seq is then the longest line + 1 [0: from the file] */
     int length;                   /* adding/copy T, reber's longest string [task default] */
     int batch;                    /* sequences per batch [32] */
     int hidden;                   /* H [64; text 128] */
@@ -202,6 +212,12 @@ enum tg_status tg_train_compare(const struct tg_train_config *base, const char *
 enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int vocab_n,
                               const char *prime, long n, double temperature,
                               struct tg_rng *rng, FILE *out);
+/* The same for a model trained with lines: every line is a sequence of its own, started by the
+ * '\n' start mark from a zero state, as in training — the prime is the beginning of the first
+ * line, and after each sampled '\n' (a line's end) the state is zeroed for the next line. */
+enum tg_status tg_sample_lines(struct tg_model *m, const uint8_t *vocab, int vocab_n,
+                               const char *prime, long n, double temperature,
+                               struct tg_rng *rng, FILE *out);
 
 /* ------------------------------------------------------------------ checkpoints
  *
@@ -212,8 +228,9 @@ enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int voca
  *              train.rng (I64 [4], the xoshiro words' bits), train.smooth_loss (F64 [1]); the
  *              carried TBPTT state, state.<h|c>_l<k> (B×H), when there is one
  *   metadata   format "tapegrad-checkpoint", version, and the resolved configuration: cell,
- *              task, data, length, batch, hidden, layers, embed, seq, micro_batches, dtype, loss, init,
- *              forget_bias, bidirectional, dropout, seed, clip_value, clip_norm, every optimizer field (optim.*), and
+ *              task, data, valid, valid_fraction, lines, length, batch, hidden, layers, embed,
+ *              seq, micro_batches, dtype, loss, init, forget_bias, bidirectional, dropout, seed,
+ *              clip_value, clip_norm, every optimizer field (optim.*), and
  *              for text the vocabulary as hex bytes (vocab_hex), so sampling needs no data file
  * Numbers in the metadata are printed with 17 significant digits, so they read back exactly. */
 

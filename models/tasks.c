@@ -13,21 +13,7 @@
 
 #include "tapegrad_fileio.h"
 #include "tapegrad_tasks.h"
-
-struct tg_task {
-    enum tg_task_kind kind;
-    struct tg_task_config cfg;  /* defaults filled in */
-    char *path;                 /* owned copy of cfg.data_path */
-    int in_dim, n_classes, out_dim, max_T;
-    int32_t *scratch;           /* reber: one string of up to cfg.length symbols */
-    uint8_t *scratch_mask;      /* reber: its allowed-next masks */
-    uint8_t *text;              /* text: the file as vocabulary indices */
-    int64_t text_n;
-    int vocab_n;
-    uint8_t vocab[256];         /* index → byte, ascending */
-    int16_t index_of[256];      /* byte → index, −1 if absent */
-    int64_t cursor;             /* batches drawn (sequential text) */
-};
+#include "tasks_impl.h"
 
 static const char *const task_names[] = {"reber", "adding", "copy", "text"};
 
@@ -145,47 +131,6 @@ int tg_reber_generate(struct tg_rng *rng, int embedded, int32_t *sym, int cap)
 
 /* ================================================================= creation */
 
-static enum tg_status read_text(struct tg_task *task)
-{
-    const char *path = task->path;
-    uint8_t *buf;
-    size_t n;
-    /* A regular file only (a FIFO would block forever), read to its end. */
-    enum tg_status st = tg_file_read("tg_task_new: text file", path, (size_t)TG_TEXT_MAX_BYTES,
-                                     &buf, &n);
-    if (st != TG_OK) return st;
-    if (n > (size_t)TG_TEXT_MAX_BYTES) {
-        free(buf);
-        return tg_error(TG_ERR_VALUE, "tg_task_new: text file '%s' is larger than the %ld MiB cap",
-                        path, TG_TEXT_MAX_BYTES >> 20);
-    }
-    if (n == 0) {
-        free(buf);
-        return tg_error(TG_ERR_VALUE, "tg_task_new: text file '%s' is empty", path);
-    }
-    if (n < (size_t)task->cfg.seq + 1) {
-        free(buf);
-        return tg_error(TG_ERR_VALUE,
-                        "tg_task_new: text file '%s' has %zu bytes, fewer than seq+1 = %d",
-                        path, n, task->cfg.seq + 1);
-    }
-    /* Vocabulary: the sorted set of bytes present; the file is kept as indices into it. */
-    int present[256] = {0};
-    for (size_t i = 0; i < n; i++) present[buf[i]] = 1;
-    task->vocab_n = 0;
-    for (int c = 0; c < 256; c++) {
-        task->index_of[c] = -1;
-        if (present[c]) {
-            task->index_of[c] = (int16_t)task->vocab_n;
-            task->vocab[task->vocab_n++] = (uint8_t)c;
-        }
-    }
-    for (size_t i = 0; i < n; i++) buf[i] = (uint8_t)task->index_of[buf[i]];
-    task->text = buf;
-    task->text_n = (int64_t)n;
-    return TG_OK;
-}
-
 static int pick(int v, int dflt) { return v ? v : dflt; }
 
 enum tg_status tg_task_new(const char *name, const struct tg_task_config *cfg,
@@ -210,9 +155,12 @@ enum tg_status tg_task_new(const char *name, const struct tg_task_config *cfg,
     c.length = pick(c.length, kind == TG_TASK_ADDING ? 100 : kind == TG_TASK_COPY ? 20 : 40);
     c.copy_symbols = pick(c.copy_symbols, 5);
     c.copy_alphabet = pick(c.copy_alphabet, 8);
-    c.seq = pick(c.seq, 25);
+    c.lines = c.lines != 0;
+    c.held_out = c.held_out != 0;
+    if (!c.lines) c.seq = pick(c.seq, 25); /* lines: 0 = the longest line + 1 */
     if (c.threshold == 0) c.threshold = 0.3;
-    c.sequential = c.sequential != 0;
+    c.sequential = c.sequential != 0 && !c.lines; /* lines are drawn at random */
+    if (c.valid_path && !*c.valid_path) c.valid_path = NULL;
     if (kind == TG_TASK_REBER && (c.length < 9 || c.length > 1000000))
         return tg_error(TG_ERR_VALUE,
                         "tg_task_new: reber length (longest string) %d not in [9, 10^6]; 9 is the "
@@ -227,12 +175,19 @@ enum tg_status tg_task_new(const char *name, const struct tg_task_config *cfg,
                         c.length, c.copy_symbols);
     if (kind == TG_TASK_TEXT && (!c.data_path || !*c.data_path))
         return tg_error(TG_ERR_VALUE, "tg_task_new: task 'text' needs a data file (--data FILE)");
+    if (kind == TG_TASK_TEXT && !(c.valid_fraction >= 0 && c.valid_fraction < 1))
+        return tg_error(TG_ERR_VALUE, "tg_task_new: valid fraction %g not in [0, 1)",
+                        c.valid_fraction);
+    if (kind == TG_TASK_TEXT && c.held_out && !c.valid_path && c.valid_fraction == 0)
+        return tg_error(TG_ERR_VALUE, "tg_task_new: a held-out text task needs a valid fraction "
+                        "> 0 or a held-out file");
 
     struct tg_task *task = calloc(1, sizeof *task);
     if (!task) return tg_error(TG_ERR_NOMEM, "tg_task_new: out of memory");
     task->kind = (enum tg_task_kind)kind;
     task->cfg = c;
     task->cfg.data_path = NULL;
+    task->cfg.valid_path = NULL;
     switch (task->kind) {
     case TG_TASK_REBER:
         task->in_dim = task->n_classes = task->out_dim = TG_REBER_NSYM;
@@ -257,18 +212,19 @@ enum tg_status tg_task_new(const char *name, const struct tg_task_config *cfg,
         break;
     case TG_TASK_TEXT: {
         task->path = strdup(c.data_path);
-        if (!task->path) {
+        task->valid_path = c.valid_path ? strdup(c.valid_path) : NULL;
+        if (!task->path || (c.valid_path && !task->valid_path)) {
             tg_task_free(task);
             return tg_error(TG_ERR_NOMEM, "tg_task_new: out of memory");
         }
         task->cfg.data_path = task->path;
-        enum tg_status st = read_text(task);
+        task->cfg.valid_path = task->valid_path;
+        enum tg_status st = tg_text_load(task); /* sets max_T (and seq, with lines) */
         if (st != TG_OK) {
             tg_task_free(task);
             return st;
         }
         task->in_dim = task->n_classes = task->out_dim = task->vocab_n;
-        task->max_T = c.seq;
         break;
     }
     }
@@ -282,7 +238,10 @@ void tg_task_free(struct tg_task *task)
     free(task->scratch);
     free(task->scratch_mask);
     free(task->text);
+    free(task->line_start);
+    free(task->line_len);
     free(task->path);
+    free(task->valid_path);
     free(task);
 }
 
@@ -491,37 +450,6 @@ static void copy_batch(struct tg_task *task, struct tg_rng *rng, struct tg_batch
     bt->T = T;
 }
 
-/* Character windows of seq+1 bytes: tokens = bytes [p, p+seq), labels = bytes [p+1, p+seq].
- * Random mode: B independent starts, uniform over the N−seq possible ones.
- * Sequential mode: the file is cut into B segments of S = ⌊N/B⌋ bytes; row b of batch i reads
- * chunk c = i mod C of segment b, where C = ⌊(S−1)/seq⌋ chunks fit with their next byte, so a
- * row continues the text of the previous batch's row and starts over (reset) when c = 0 —
- * min-char-rnn's walk (p += seq; back to 0 and zero state at the end), B times in parallel. */
-static void text_batch(struct tg_task *task, struct tg_rng *rng, struct tg_batch *bt)
-{
-    int B = bt->B, seq = task->cfg.seq;
-    int64_t N = task->text_n, S = N / B, C = (S - 1) / seq; /* C ≥ 1 checked if sequential */
-    /* the cursor comes from checkpoints too: keep the chunk index in [0, C) whatever its sign */
-    int64_t c = task->cfg.sequential ? ((task->cursor % C) + C) % C : 0;
-    for (int b = 0; b < B; b++) {
-        int64_t p;
-        if (task->cfg.sequential) {
-            p = (int64_t)b * S + c * seq;
-            bt->reset[b] = c == 0;
-        } else {
-            p = (int64_t)tg_rng_below(rng, (uint32_t)(N - seq));
-            bt->reset[b] = 1;
-        }
-        for (int t = 0; t < seq; t++) {
-            size_t i = (size_t)t * (size_t)B + (size_t)b;
-            bt->tokens[i] = task->text[p + t];
-            bt->labels[i] = task->text[p + t + 1];
-        }
-        bt->lengths[b] = seq;
-    }
-    bt->T = seq;
-}
-
 enum tg_status tg_task_next_batch(struct tg_task *task, struct tg_rng *rng, struct tg_batch *b)
 {
     if (!task || !rng || !b)
@@ -543,7 +471,7 @@ enum tg_status tg_task_next_batch(struct tg_task *task, struct tg_rng *rng, stru
     case TG_TASK_REBER: reber_batch(task, rng, b); break;
     case TG_TASK_ADDING: adding_batch(task, rng, b); break;
     case TG_TASK_COPY: copy_batch(task, rng, b); break;
-    case TG_TASK_TEXT: text_batch(task, rng, b); break;
+    case TG_TASK_TEXT: tg_text_batch(task, rng, b); break;
     }
     task->cursor++;
     return TG_OK;
@@ -634,7 +562,7 @@ static void label_metrics(const struct tg_task *task, const struct tg_batch *bt,
     int acc = text ? 1 : 0;
     for (int b = 0; b < B; b++) {
         int all = 1;
-        for (int t = 0; t < bt->T; t++) {
+        for (int t = 0; t < bt->lengths[b]; t++) { /* the steps past a length carry no label */
             size_t i = (size_t)t * (size_t)B + (size_t)b;
             int32_t y = bt->labels[i];
             if (y < 0) continue;

@@ -80,6 +80,8 @@ static enum tg_status check_same(const struct tg_train_config *g, const struct t
     SAME_NUM(forget_bias, "forget-bias", "%g");
     SAME_NUM(bidirectional, "bidirectional", "%d");
     SAME_NUM(dropout, "dropout", "%g");
+    SAME_NUM(valid_fraction, "valid-fraction", "%g");
+    SAME_NUM(lines, "lines", "%d");
 #undef SAME_STR
 #undef SAME_NUM
     return TG_OK;
@@ -103,7 +105,8 @@ static void fill_defaults(struct tg_train_config *c)
     if (!c->batch) c->batch = 32;
     if (!c->hidden) c->hidden = text ? 128 : 64;
     if (!c->layers) c->layers = 1;
-    if (!c->seq && text) c->seq = 25;
+    if (!c->seq && text && !c->lines) c->seq = 25; /* lines: the task measures the file */
+    if (text && !c->valid && !c->valid_fraction) c->valid_fraction = 0.1;
     if (!c->dtype) c->dtype = "f32";
     if (!c->optimizer) c->optimizer = "adam";
     if (!c->loss) c->loss = "mean";
@@ -150,6 +153,12 @@ static enum tg_status validate(const struct tg_train_config *c)
                         "adam, rmsprop)", c->optimizer);
     if (strcmp(c->task, "text") == 0 && (!c->data || !*c->data))
         return tg_error(TG_ERR_VALUE, "task 'text' needs a data file (--data FILE)");
+    if (strcmp(c->task, "text") != 0 && (c->valid || c->valid_fraction || c->lines))
+        return tg_error(TG_ERR_VALUE, "--valid, --valid-fraction and --lines are for --task text");
+    if (c->valid && c->valid_fraction)
+        return tg_error(TG_ERR_VALUE, "give either --valid FILE or --valid-fraction, not both");
+    if (!(c->valid_fraction >= 0 && c->valid_fraction < 1))
+        return tg_error(TG_ERR_VALUE, "--valid-fraction %g is not in (0, 1)", c->valid_fraction);
     if (c->batch < 1 || c->hidden < 1 || c->layers < 1 || c->embed < 0 || c->seq < 0 ||
         c->length < 0 || c->steps < 0 || c->eval_every < 0 || c->eval_size < 0 ||
         c->checkpoint_every < 0)
@@ -206,6 +215,7 @@ void tg_trainer_free(struct tg_trainer *tr)
     tg_checkpoint_close(tr->ck);
     tg_cell_free(tr->owned_cell);   /* after the model that uses it */
     free(tr->owned_data);
+    free(tr->owned_valid);
     free(tr->gnorm);
     free(tr);
 }
@@ -217,8 +227,12 @@ static enum tg_status check_paths(const struct tg_train_config *c)
 {
     if (c->checkpoint) TRY(tg_file_check_writable(NULL, "checkpoint", c->checkpoint));
     const struct { const char *flag, *path; } in[] = {
-        {"--data", c->data}, {"--resume", c->resume}, {"--checkpoint", c->checkpoint}};
-    for (int i = 0; i < 3; i++) {
+        {"--data", c->data}, {"--resume", c->resume}, {"--checkpoint", c->checkpoint},
+        {"--valid", c->valid}};
+    for (int i = 0; i < 4; i++) {
+        if (i == 3 && tg_file_same(c->checkpoint, in[i].path))
+            return tg_error(TG_ERR_VALUE, "checkpoint '%s' is the same file as %s '%s'", c->checkpoint,
+                            in[i].flag, in[i].path);
         if (i == 0 && tg_file_same(c->checkpoint, in[i].path))
             return tg_error(TG_ERR_VALUE, "checkpoint '%s' is the same file as %s '%s'", c->checkpoint,
                             in[i].flag, in[i].path);
@@ -271,11 +285,16 @@ static enum tg_status build(struct tg_trainer *tr)
     tr->regression = strcmp(c->task, "adding") == 0;
     tr->mean_loss = strcmp(c->loss, "mean") == 0;
     struct tg_task_config tc = {.length = c->length, .data_path = c->data};
-    if (tr->text) tc.seq = c->seq, tc.sequential = 1;
+    if (tr->text) {
+        tc.seq = c->seq, tc.sequential = 1, tc.lines = c->lines;
+        tc.valid_path = c->valid, tc.valid_fraction = c->valid_fraction;
+    }
     TRY(tg_task_new(c->task, &tc, &tr->task));
-    tc.sequential = 0; /* held-out text: random windows from a fresh zero state */
+    /* held-out text: random windows (or lines) of the held-out part from a fresh zero state */
+    tc.sequential = 0, tc.held_out = tr->text;
     TRY(tg_task_new(c->task, &tc, &tr->eval_task));
     c->length = tg_task_config(tr->task)->length;
+    if (tr->text) c->seq = tg_task_config(tr->task)->seq; /* lines: the longest line + 1 */
     int vocab = tg_task_vocab_size(tr->task);
     if (tr->text && !c->embed) c->embed = vocab;
     TRY(tg_batch_alloc(tr->task, c->batch, &tr->batch));
@@ -336,6 +355,7 @@ static enum tg_status build(struct tg_trainer *tr)
         if (strcmp(c->init, "minchar") == 0) tg_model_init_normal(tr->model, &tr->rng, 0.01);
         else tg_model_init_uniform(tr->model, &tr->rng);
         if (c->forget_bias != 0) tg_model_set_forget_bias(tr->model, c->forget_bias);
+        TRY(tg_model_init_cell(tr->model, &tr->rng)); /* a cell file's init lines, if any */
     }
     tg_metrics_reset(tr->task, &tr->train_m);
     tg_metrics_reset(tr->task, &tr->eval_m);
@@ -365,6 +385,7 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
             /* a cell file comes from the checkpoint unless given, and must then be the same */
             r.cell_def = cfg->cell_def ? cfg->cell_def : tg_checkpoint_cell(tr->ck);
             r.data = cfg->data ? cfg->data : s->data;
+            r.valid = cfg->valid ? cfg->valid : s->valid;
             r.steps = cfg->steps;                 /* how long and what along the way: ours */
             r.until_solved = cfg->until_solved;
             r.eval_every = cfg->eval_every;
@@ -402,6 +423,11 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
         tr->owned_data = strdup(c->data);
         if (!tr->owned_data) st = tg_error(TG_ERR_NOMEM, "tg_trainer_new: out of memory");
         c->data = tr->owned_data;
+    }
+    if (st == TG_OK && c->valid) {
+        tr->owned_valid = strdup(c->valid);
+        if (!tr->owned_valid) st = tg_error(TG_ERR_NOMEM, "tg_trainer_new: out of memory");
+        c->valid = tr->owned_valid;
     }
     if (st == TG_OK) st = check_paths(c);
     if (st == TG_OK && tr->lead && c->checkpoint && !c->overwrite &&
@@ -476,7 +502,7 @@ enum tg_status tg_trainer_eval(struct tg_trainer *tr, struct tg_metrics *out)
         st = tg_task_next_batch(tr->eval_task, &rng, b);
         if (st != TG_OK) break;
         struct tg_seq_batch sb = {.T = b->T, .B = b->B, .x = b->x, .tokens = b->x ? NULL : b->tokens,
-                                  .labels = b->labels, .target = b->target};
+                                  .labels = b->labels, .lengths = b->lengths, .target = b->target};
         struct tg_seq_result res;
         tg_tape_reset(t);
         st = tg_model_forward_from(tr->model, t, &sb, NULL, &res);
@@ -674,9 +700,9 @@ enum tg_status tg_train_compare(const struct tg_train_config *base, const char *
 
 /* ------------------------------------------------------------------ sampling */
 
-enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int vocab_n,
-                              const char *prime, long n, double temperature,
-                              struct tg_rng *rng, FILE *out)
+static enum tg_status sample(struct tg_model *m, const uint8_t *vocab, int vocab_n,
+                             const char *prime, long n, double temperature,
+                             struct tg_rng *rng, FILE *out, int lines)
 {
     if (!m || !vocab || !rng || !out) return tg_error(TG_ERR_VALUE, "tg_sample_text: NULL argument");
     if (m->cfg.vocab < 1 || m->cfg.vocab != vocab_n || m->cfg.outputs != vocab_n)
@@ -688,6 +714,9 @@ enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int voca
     int index_of[256];
     for (int i = 0; i < 256; i++) index_of[i] = -1;
     for (int i = 0; i < vocab_n; i++) index_of[vocab[i]] = i;
+    int nl = index_of['\n'];
+    if (lines && nl < 0)
+        return tg_error(TG_ERR_VALUE, "tg_sample_lines: the vocabulary has no '\\n' (not a --lines model)");
     size_t P = prime ? strlen(prime) : 0;
     for (size_t i = 0; i < P; i++) {
         unsigned char ch = (unsigned char)prime[i];
@@ -701,17 +730,24 @@ enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int voca
     }
     struct tg_tape *t = tg_tape_new(0);
     double *p = malloc((size_t)vocab_n * sizeof *p);
-    int32_t *tok = malloc((P ? P : 1) * sizeof *tok), *lab = malloc((P ? P : 1) * sizeof *lab);
+    int32_t *tok = malloc((P + 1) * sizeof *tok), *lab = malloc((P + 1) * sizeof *lab);
     enum tg_status st = TG_OK;
     if (!t || !p || !tok || !lab) st = tg_error(TG_ERR_NOMEM, "tg_sample_text: out of memory");
     if (st == TG_OK) {
         tg_tape_set_no_grad(t, 1);
         tg_model_reset_state(m);
-        /* The prime (or one random symbol) as one sequence; its last output starts the draw. */
+        /* The prime (or one random symbol) as one sequence; its last output starts the draw.
+         * Lines: a line starts with the '\n' start mark from a zero state, as in training. */
         size_t len = P ? P : 1;
         for (size_t i = 0; i < len; i++) {
             tok[i] = P ? index_of[(unsigned char)prime[i]] : (int32_t)tg_rng_below(rng, (uint32_t)vocab_n);
             lab[i] = -1;
+        }
+        if (lines) {
+            memmove(tok + 1, tok, P * sizeof *tok);
+            tok[0] = nl;
+            lab[P] = -1;
+            len = P + 1;
         }
         struct tg_seq_batch sb = {.T = (int)len, .B = 1, .tokens = tok, .labels = lab};
         for (long k = 0; k <= n && st == TG_OK; k++) {
@@ -747,6 +783,9 @@ enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int voca
             tok[0] = pick;
             lab[0] = -1;
             sb.T = 1;
+            /* Lines: '\n' ends a sequence; the next one starts from a zero state with its
+             * start mark — which is '\n' again. */
+            if (lines && pick == nl) tg_model_reset_state(m);
         }
         tg_model_reset_state(m);
     }
@@ -755,4 +794,18 @@ enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int voca
     free(tok);
     free(lab);
     return st;
+}
+
+enum tg_status tg_sample_text(struct tg_model *m, const uint8_t *vocab, int vocab_n,
+                              const char *prime, long n, double temperature,
+                              struct tg_rng *rng, FILE *out)
+{
+    return sample(m, vocab, vocab_n, prime, n, temperature, rng, out, 0);
+}
+
+enum tg_status tg_sample_lines(struct tg_model *m, const uint8_t *vocab, int vocab_n,
+                               const char *prime, long n, double temperature,
+                               struct tg_rng *rng, FILE *out)
+{
+    return sample(m, vocab, vocab_n, prime, n, temperature, rng, out, 1);
 }

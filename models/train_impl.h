@@ -22,6 +22,7 @@
 struct tg_trainer {
     struct tg_train_config cfg;   /* resolved; strings are static names or owned below */
     char *owned_data;
+    char *owned_valid;
     struct tg_cell *owned_cell;   /* a resumed run's cell file, from its checkpoint */
     struct tg_checkpoint *ck;     /* open while resuming (its strings back cfg) */
     struct tg_task *task, *eval_task;

@@ -129,6 +129,7 @@ static enum tg_status run_block(struct tg_trainer *tr, const struct tg_batch *b,
             .x = b->x ? b->x + (size_t)t0 * B * in : NULL,
             .tokens = b->x ? NULL : b->tokens + (size_t)t0 * B,
             .labels = b->labels ? b->labels + (size_t)t0 * B : NULL,
+            .lengths = nchunks == 1 ? b->lengths : NULL, /* chunks: the −1 labels say it */
             .target = b->target,
         };
         /* Adding's loss sits at the very last step: earlier chunks only move the state. */

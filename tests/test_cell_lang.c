@@ -159,6 +159,38 @@ static const struct err_case ERRORS[] = {
      0, "t.cell:3:4: expected '=' after 'h'', found name"},
     {"state h\nparam W[H, H]\n= tanh(W @ h)",
      0, "t.cell:3:1: expected a statement (cell, state, param or NAME = EXPR), found '='"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit V = zeros",
+     0, "t.cell:4:6: init V: 'V' is not a parameter of the cell (declare it with param first)"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W = gaussian(0, 1)",
+     0, "t.cell:4:10: init W: unknown initialisation 'gaussian(0, 1)' (expected uniform(a, b), normal(mean, std), zeros, ones, orthogonal or a number)"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W = uniform(1, -1)",
+     0, "t.cell:4:10: init W: uniform(1, -1) needs a < b"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W = normal(0, -2)",
+     0, "t.cell:4:10: init W: normal(0, -2) needs a standard deviation >= 0"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W = uniform(0, H)",
+     0, "t.cell:4:21: init W: H is not a number (the bounds of an init are constants)"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W = uniform(1)",
+     0, "t.cell:4:10: init W: uniform takes two numbers, uniform(a, b), not 1"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W = zeros\ninit W = ones",
+     0, "t.cell:5:6: a second init of W (the first is line 4)"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W[0:H] = 1\ninit W[0:H] = orthogonal",
+     0, "t.cell:5:6: a second init of W over the same slice (the first is line 4)"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit b = orthogonal",
+     0, "t.cell:4:10: init b = orthogonal: b is a vector; orthogonal takes a matrix (or rows of one)"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W[0:2H] = 1",
+     1, "t.cell:4:8: init W[0:8]: not a slice of the 4 rows of W (H = 4, I = 3)"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit b[H:H] = 1",
+     1, "t.cell:4:8: init b[4:4]: not a slice of the 4 units of b (H = 4, I = 3)"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W zeros",
+     0, "t.cell:4:8: expected '=' after the parameter of an init (init NAME = uniform(a, b), normal(m, s), zeros, ones, orthogonal or a number), found 'zeros'"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W[0 H] = 1",
+     0, "t.cell:4:10: expected ':' in the slice of an init (init W[lo:hi] = …), found 'H'"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W = 1 2",
+     0, "t.cell:4:12: unexpected number after the init"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W = 1e999",
+     0, "t.cell:4:10: number 1e999 is out of range"},
+    {"state h\nparam W[H, H], b[H]\nh' = tanh(W @ h + b)\ninit W[x:H] = 1",
+     0, "t.cell:4:8: a size may use only numbers, H and I, not 'x'"},
     {"state h\nparam W[H, 2H], U[H, 2H]\nh' = tanh(W @ [h, x] + U @ [h, h])",
      1, "t.cell:3:11: W @ [h, x]: W has 8 columns but [h, x] has 7 units (H = 4, I = 3)"},
 };
@@ -288,42 +320,57 @@ static void test_derivation_grammar(void **state)
     cl_file_free(f);
 }
 
-/* Mutations of the shipped files: bytes flipped, lines cut, characters inserted. */
+/* Mutations of a shipped file and of the init-line corpus file: bytes flipped, lines cut,
+ * characters inserted. */
 static void test_mutations_never_crash(void **state)
 {
     (void)state;
-    char path[512];
-    snprintf(path, sizeof path, "%s/models/cells/lstm_peephole.cell", TG_SOURCE_DIR);
-    size_t len;
-    char *src = tg_test_read_file(path, &len);
-    assert_non_null(src);
-    char *buf = malloc(len + 8);
-    struct tg_rng r;
-    tg_rng_seed(&r, 5);
-    const char alphabet[] = "[]():,=+-*/@^'#\nHIx0123456789.e hc";
-    int loaded = 0;
-    for (int it = 0; it < 20000; it++) {
-        memcpy(buf, src, len);
-        size_t n = len;
-        for (int m = 0; m < 1 + (int)tg_rng_below(&r, 4); m++) {
-            size_t at = tg_rng_below(&r, (uint32_t)n);
-            int kind = (int)tg_rng_below(&r, 3);
-            if (kind == 0) buf[at] = alphabet[tg_rng_below(&r, sizeof alphabet - 1)];
-            else if (kind == 1 && n > 1) memmove(buf + at, buf + at + 1, n - at - 1), n--;
-            else if (kind == 2) buf[at] = (char)tg_rng_below(&r, 256);
+    const char *files[] = {"models/cells/lstm_peephole.cell", "fuzz/corpus/cell/init_every.cell"};
+    for (int fi = 0; fi < 2; fi++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", TG_SOURCE_DIR, files[fi]);
+        size_t len;
+        char *src = tg_test_read_file(path, &len);
+        assert_non_null(src);
+        char *buf = malloc(len + 8);
+        struct tg_rng r;
+        tg_rng_seed(&r, 5);
+        const char alphabet[] = "[]():,=+-*/@^'#\nHIx0123456789.e hc";
+        int loaded = 0, initialised = 0;
+        for (int it = 0; it < 10000; it++) {
+            memcpy(buf, src, len);
+            size_t n = len;
+            for (int m = 0; m < 1 + (int)tg_rng_below(&r, 4); m++) {
+                size_t at = tg_rng_below(&r, (uint32_t)n);
+                int kind = (int)tg_rng_below(&r, 3);
+                if (kind == 0) buf[at] = alphabet[tg_rng_below(&r, sizeof alphabet - 1)];
+                else if (kind == 1 && n > 1) memmove(buf + at, buf + at + 1, n - at - 1), n--;
+                else if (kind == 2) buf[at] = (char)tg_rng_below(&r, 256);
+            }
+            struct tg_cell *c = tg_cell_parse(buf, n, "m.cell");
+            if (c) {
+                loaded++;
+                /* a file that passes its checks also initialises a model without harm */
+                struct tg_model_config mc = {.cell = c, .input = 3, .hidden = 4, .layers = 2,
+                                             .outputs = 2, .dtype = TG_F32};
+                struct tg_model *m = NULL;
+                if (tg_cell_check(c, 3, 4) == TG_OK && tg_cell_has_init(c) &&
+                    tg_model_new(&mc, &m) == TG_OK) {
+                    tg_model_init_uniform(m, &r);
+                    assert_int_equal(tg_model_init_cell(m, &r), TG_OK);
+                    initialised++;
+                }
+                tg_model_free(m);
+            } else {
+                assert_null(strchr(tg_last_error(), '\n'));
+            }
+            tg_cell_free(c);
         }
-        struct tg_cell *c = tg_cell_parse(buf, n, "m.cell");
-        if (c) {
-            loaded++;
-            tg_cell_check(c, 3, 4);
-        } else {
-            assert_null(strchr(tg_last_error(), '\n'));
-        }
-        tg_cell_free(c);
+        printf("# %s: 10000 mutations, %d still loaded (%d initialised a model), none crashed\n",
+               files[fi], loaded, initialised);
+        free(buf);
+        free(src);
     }
-    printf("# 20000 mutations: %d still loaded, none crashed\n", loaded);
-    free(buf);
-    free(src);
 }
 
 int main(void)

@@ -38,6 +38,7 @@ const struct tg_cell *cli_cell(const char *cmd, const char *spec, struct tg_cell
 int cli_cell_is_builtin_layout(const struct tg_cell *cell);
 
 int cmd_check(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 int cmd_adjoint(int argc, char **argv);
 /* A cell's file: a built-in name (its shipped .cell, compiled in) or FILE.cell; NULL after a
  * message. Free with tg_cell_free. */

@@ -46,9 +46,12 @@ int cmd_sample(int argc, char **argv)
     int known[256] = {0}, ok = 1;
     for (int i = 0; i < s->vocab_n; i++) known[s->vocab[i]] = 1;
     for (const char *p = prime; p && *p; p++) ok &= known[(unsigned char)*p];
-    enum tg_status st = ok ? TG_OK : tg_sample_text(m, s->vocab, s->vocab_n, prime, 0, temperature, &rng, stdout);
+    /* a --lines model samples line by line, each from its start mark (tg_sample_lines) */
+    enum tg_status (*draw)(struct tg_model *, const uint8_t *, int, const char *, long, double,
+                           struct tg_rng *, FILE *) = cfg->lines ? tg_sample_lines : tg_sample_text;
+    enum tg_status st = ok ? TG_OK : draw(m, s->vocab, s->vocab_n, prime, 0, temperature, &rng, stdout);
     if (st == TG_OK && prime) fputs(prime, stdout);
-    if (st == TG_OK) st = tg_sample_text(m, s->vocab, s->vocab_n, prime, length, temperature, &rng, stdout);
+    if (st == TG_OK) st = draw(m, s->vocab, s->vocab_n, prime, length, temperature, &rng, stdout);
     fflush(stdout);
     tg_model_free(m);
     tg_checkpoint_close(ck);

@@ -77,7 +77,7 @@ static void progress(const struct tg_train_progress *p, void *ctx)
     hms(per_step * (double)(p->total - p->step), eta, sizeof eta);
     rate(p->tokens_per_s, tps, sizeof tps);
     const char *mname = p->train->n ? p->train->names[0] : "";
-    const char *held = strcmp(p->task, "text") == 0 ? "eval" : "held-out";
+    const char *held = "held-out";
     char prefix[48] = "";
     if (d->compare) snprintf(prefix, sizeof prefix, "%-13s ", p->cell);
     if (d->tty && d->compare && d->cell && strcmp(d->cell, p->cell) != 0) fputc('\n', stderr);
@@ -99,7 +99,7 @@ static void progress(const struct tg_train_progress *p, void *ctx)
     if (p->step % d->print_every != 0 && p->step != p->total) return;
     fprintf(stderr, "%sstep %ld/%ld  loss %.4f  %s %.4f", prefix, p->step, p->total,
             p->smooth_loss, mname, p->smooth_metric);
-    print_metrics(stderr, strcmp(held, "eval") == 0 ? "| eval" : "| held-out", p->eval);
+    print_metrics(stderr, "| held-out", p->eval);
     fprintf(stderr, "  | %s tok/s  %.1f s\n", tps, p->seconds);
 }
 
@@ -142,8 +142,9 @@ static int train_main(int argc, char **argv)
 {
     const char *cell = NULL, *task = NULL, *data = NULL, *optimizer = NULL, *checkpoint = NULL;
     const char *resume = NULL, *log = NULL, *compare = NULL, *dtype = NULL, *init = NULL;
-    const char *loss = NULL, *plot = NULL;
-    int detect_anomaly = 0;
+    const char *loss = NULL, *plot = NULL, *valid = NULL;
+    int detect_anomaly = 0, lines = 0;
+    double valid_fraction = 0;
     int length = 0, batch = 0, hidden = 0, layers = 0, seq = 0, threads = 0, embed = 0;
     int until_solved = 0, overwrite = 0, eval_size = 0, micro_batches = 0, bidirectional = 0;
     long steps = 0, max_steps = 20000, checkpoint_every = 0, seed = 1, eval_every = 0;
@@ -153,6 +154,10 @@ static int train_main(int argc, char **argv)
         {"cell", CLI_STR, &cell, "recurrent cell: a built-in name or FILE.cell [lstm]", 0, -1},
         {"task", CLI_STR, &task, "reber, adding, copy or text [reber]", 0, -1},
         {"data", CLI_STR, &data, "text file for --task text", 0, -1},
+        {"valid", CLI_STR, &valid, "text: held-out text from this file (the whole --data trains)", 0, -1},
+        {"valid-fraction", CLI_DOUBLE, &valid_fraction, "text: hold out this share of --data at its "
+         "end, never trained on [0.1]", 1e-9, 0.999999},
+        {"lines", CLI_BOOL, &lines, "text: one sequence per line of --data (lengths vary)", 0, -1},
         {"length", CLI_INT, &length, "adding: T [100]; copy: delay [20]; reber: longest string [40]", 2, 1e7},
         {"steps", CLI_LONG, &steps, "total optimizer steps, counting resumed ones [until solved; text 1000]", 1, 1e12},
         {"until-solved", CLI_BOOL, &until_solved, "stop early once the held-out set is solved", 0, -1},
@@ -165,7 +170,7 @@ static int train_main(int argc, char **argv)
         {"dropout", CLI_DOUBLE, &dropout, "p: dropout on the output of every layer but the last, "
          "training only, scaled by 1/(1-p) [0]", 1, 0}, /* [0, 1): checked by the trainer */
         {"embed", CLI_INT, &embed, "text: embedding width [vocabulary size]", 1, 1 << 16},
-        {"seq", CLI_INT, &seq, "truncated BPTT chunk length [text 25; else off]", 1, 1e7},
+        {"seq", CLI_INT, &seq, "truncated BPTT chunk length [text 25; else off]; with --lines the longest sequence [longest line + 1]", 1, 1e7},
         {"optimizer", CLI_STR, &optimizer, "sgd, adagrad, adagrad-minchar, adam, rmsprop [adam]", 0, -1},
         {"lr", CLI_DOUBLE, &lr, "learning rate [adam: 1e-2; others: PyTorch's default]", 1e-12, 1e6},
         {"momentum", CLI_DOUBLE, &momentum, "sgd/rmsprop momentum [0]", 0, 1},
@@ -207,7 +212,8 @@ static int train_main(int argc, char **argv)
         cell = NULL;
     }
     struct tg_train_config cfg = {
-        .cell = cell, .cell_def = cell_def, .task = task, .data = data, .length = length, .batch = batch,
+        .cell = cell, .cell_def = cell_def, .task = task, .data = data, .valid = valid,
+        .valid_fraction = valid_fraction, .lines = lines, .length = length, .batch = batch,
         .hidden = hidden, .layers = layers, .embed = embed, .seq = seq, .dtype = dtype,
         .optimizer = optimizer, .lr = lr, .momentum = momentum, .clip_value = clip_value,
         .clip_norm = clip_norm, .loss = loss, .init = init, .forget_bias = forget_bias,
@@ -275,6 +281,8 @@ static int train_main(int argc, char **argv)
     }
     if (resume && !checkpoint) cfg.checkpoint = resume; /* keep saving where we came from */
     if (data && !is_text) return cli_fail("train", "--data is only for --task text");
+    if ((valid || valid_fraction || lines) && !is_text)
+        return cli_fail("train", "--valid, --valid-fraction and --lines are only for --task text");
 
     struct display d = {.tty = isatty(2), .compare = compare != NULL, .print_every = print_every};
     cfg.progress_ctx = &d;
@@ -340,8 +348,8 @@ static int train_main(int argc, char **argv)
                 100.0 * ds.seconds / (res.seconds > 0 ? res.seconds : 1), res.seconds);
     char what[512];
     describe(what, sizeof what, &res.eval);
-    /* text has no held-out data: its evaluation is random windows of the file from a zero state */
-    const char *held = strcmp(rc->task, "text") == 0 ? "eval" : "held-out";
+    /* text: windows (or lines) of the held-out part, never of the training text */
+    const char *held = "held-out";
     char ran[64] = "";
     if (res.steps_run != res.steps) snprintf(ran, sizeof ran, " (%ld in this run)", res.steps_run);
     if (res.interrupted) {

@@ -21,6 +21,7 @@ static const struct subcommand commands[] = {
     {"dot", cmd_dot, "draw the unrolled forward/backward graph (DOT, SVG or PNG)"},
     {"bench", cmd_bench, "time training steps against the hand-written BPTT"},
     {"flow", cmd_flow, "per-step gradient flow of one batch: norms, split, weight terms, saturation, plots"},
+    {"export", cmd_export, "a checkpoint's parameters for PyTorch's load_state_dict (or npy / csv)"},
     {"plot", cmd_plot, "draw the loss and metric curves of a train --log CSV (PNG or SVG)"},
 };
 enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
@@ -55,7 +56,7 @@ int main(int argc, char **argv)
     char name[64];
     snprintf(name, sizeof name, "%s", argv[1]);
     cli_sanitize(name);
-    fprintf(stderr, "tapegrad: unknown command '%s' (expected train, sample, check, adjoint, grad, dot, or bench)\n",
+    fprintf(stderr, "tapegrad: unknown command '%s' (expected train, sample, check, adjoint, grad, dot, bench, flow, export or plot)\n",
             name);
     return 1;
 }

@@ -42,12 +42,12 @@ class Exported(nn.Module):
         V, O = int(meta["vocab_size"]), int(meta["outputs"])
         if V:
             self.embed = nn.Embedding(V, I)
-        kind = meta["torch_module"]
+        kind, D = meta["torch_module"], 1 + int(meta.get("bidirectional", "0"))
         if kind == "RNN":
-            self.rnn = nn.RNN(I, H, L, nonlinearity=meta["nonlinearity"])
+            self.rnn = nn.RNN(I, H, L, nonlinearity=meta["nonlinearity"], bidirectional=D == 2)
         else:
-            self.rnn = getattr(nn, kind)(I, H, L)
-        self.out = nn.Linear(H, O)
+            self.rnn = getattr(nn, kind)(I, H, L, bidirectional=D == 2)
+        self.out = nn.Linear(D * H, O)
 
     def forward(self, inp):
         x = self.embed(inp) if hasattr(self, "embed") else inp
@@ -100,6 +100,13 @@ def main():
         case(tmp, "rnn_relu_reber", "f64", reber + ["--cell", "rnn_relu"])
         case(tmp, "rnn_tanh_reber_2layers", "f64", reber + ["--cell", "rnn_tanh", "--layers", "2"])
         case(tmp, "gru_reber_f32", "f32", reber + ["--cell", "gru"])
+        # bidirectional: *_reverse names, out.weight reads [forward; reverse] (2H); dropout is a
+        # training-only option, so the exported module (eval) must match with it set
+        copy = ["--task", "copy", "--length", "6"]
+        case(tmp, "lstm_copy_bidir_2layers", "f64",
+             copy + ["--cell", "lstm", "--layers", "2", "--bidirectional", "--dropout", "0.2"])
+        case(tmp, "gru_copy_bidir", "f32", copy + ["--cell", "gru", "--bidirectional"])
+        case(tmp, "rnn_tanh_copy_bidir", "f64", copy + ["--cell", "rnn_tanh", "--bidirectional"])
         # a cell file that restates nn.LSTM exports as nn.LSTM too
         case(tmp, "lstm.cell_text", "f64", txt + ["--cell", os.path.join(SRC, "models", "cells", "lstm.cell")])
     print("export round-trips into PyTorch")

@@ -1,0 +1,225 @@
+/* test_recompute.c — gradient checkpointing for BPTT (models/recompute.c) against the plain run:
+ * the same loss and gradients for lstm, gru, rnn_tanh and a cell file, 1 and 2 layers, K = 1,
+ * K dividing T and not, K = T, float64 and float32, sum / mean / last-step MSE losses; the
+ * trainer's --recompute (resume gives the same bytes, no heap allocation after warm-up); bad K.
+ *
+ * What is bit-identical and why (recompute.c): ∂loss/∂(initial state) for lstm and rnn_tanh
+ * (every step runs the same ops on the same bytes; the gradient reaching a segment's last h is
+ * a sum of two terms, which commutes); everything for K ≥ T. Parameter gradients are sums over
+ * T·B rows grouped per segment here and in one GEMM there, so they differ by rounding; gru adds
+ * three terms at each boundary. Those are bounded in float64 relative to the largest |g|
+ * of the tensor: 1e-13 (the differences seen are a few ulps; a wrong gradient is off by O(1)). */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "tapegrad_models.h"
+#include "tapegrad_train.h"
+#include "malloc_count.h"
+#include "seq_case.h"
+
+#define F64_BOUND 1e-13 /* |recompute − plain| / max|plain| for a parameter's gradient, float64 */
+#define F32_BOUND 1e-5  /* the same in float32 */
+
+struct grads {
+    int n;
+    double *g[64];  /* parameter gradients, then initial-state gradients */
+    size_t len[64];
+    double loss;
+};
+
+static void grads_take(struct grads *out, struct tg_tensor *const *ts, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const struct tg_tensor *x = ts[i];
+        size_t N = tg_numel(x);
+        double *d = malloc(N * sizeof *d);
+        for (size_t k = 0; k < N; k++)
+            d[k] = x->dtype == TG_F64 ? ((const double *)x->grad)[k] : ((const float *)x->grad)[k];
+        out->g[out->n] = d;
+        out->len[out->n++] = N;
+    }
+}
+
+static void grads_free(struct grads *g)
+{
+    for (int i = 0; i < g->n; i++) free(g->g[i]);
+    g->n = 0;
+}
+
+static void zero_all(struct seq_case *c)
+{
+    tg_model_zero_grad(c->m);
+    for (int i = 0; i < c->n_init; i++) tg_tensor_zero_grad(c->init[i]);
+}
+
+/* The plain run: one tape, the whole unroll, the trainer's way of scaling. */
+static void run_plain(struct seq_case *c, double scale, struct grads *out)
+{
+    struct tg_tape *t = tg_tape_new(0);
+    struct tg_seq_result res;
+    zero_all(c);
+    if (tg_model_forward_from(c->m, t, &c->b, c->n_init ? c->init : NULL, &res) != TG_OK)
+        fail_msg("%s", tg_last_error());
+    struct tg_tensor *L = scale != 1.0 ? tg_affine(t, res.loss, scale, 0.0) : res.loss;
+    if (tg_backward(t, L) != TG_OK) fail_msg("%s", tg_last_error());
+    memset(out, 0, sizeof *out);
+    out->loss = tg_get(L, 0, 0);
+    grads_take(out, c->m->params, c->m->n_params);
+    grads_take(out, c->init, c->n_init);
+    tg_tape_free(t);
+}
+
+static void run_recompute(struct seq_case *c, int K, double scale, struct grads *out)
+{
+    struct tg_tape *t = tg_tape_new(0);
+    struct tg_recompute *rc;
+    assert_int_equal(tg_recompute_new(K, &rc), TG_OK);
+    zero_all(c);
+    double loss;
+    if (tg_model_grad_recompute(c->m, t, &c->b, c->n_init ? c->init : NULL, scale, rc, &loss,
+                                NULL, NULL) != TG_OK)
+        fail_msg("%s", tg_last_error());
+    memset(out, 0, sizeof *out);
+    out->loss = loss;
+    grads_take(out, c->m->params, c->m->n_params);
+    grads_take(out, c->init, c->n_init);
+    tg_recompute_free(rc);
+    tg_tape_free(t);
+}
+
+/* max |a − b| / max |a| over tensor i (0 if both are zero). */
+static double rel_diff(const struct grads *a, const struct grads *b, int i)
+{
+    double d = 0, m = 0;
+    for (size_t k = 0; k < a->len[i]; k++) {
+        d = fmax(d, fabs(a->g[i][k] - b->g[i][k]));
+        m = fmax(m, fabs(a->g[i][k]));
+    }
+    return m > 0 ? d / m : d;
+}
+
+static int same_bits(const struct grads *a, const struct grads *b, int i)
+{
+    return memcmp(a->g[i], b->g[i], a->len[i] * sizeof(double)) == 0;
+}
+
+struct case_spec {
+    const char *what;
+    const struct tg_cell *cell;
+    int L;
+    enum tg_dtype dt;
+    enum tg_loss_kind loss;
+    int init_exact; /* ∂loss/∂(initial state) bit-identical for K < T */
+};
+
+static void check_case(const struct case_spec *cs)
+{
+    const int T = 7, B = 3, I = 4, H = 5, V = 3;
+    const int Ks[] = {1, 2, 3, 6, 7, 9};
+    struct seq_case c;
+    seq_case_new(&c, cs->cell, T, B, I, H, cs->L, V, cs->dt, 42 + cs->L, 1, NULL);
+    double *target = NULL;
+    c.m->cfg.loss = cs->loss;
+    if (cs->loss == TG_LOSS_MSE_LAST) {
+        target = malloc(sizeof(double) * B * V);
+        for (int i = 0; i < B * V; i++) target[i] = 0.1 * i - 0.3;
+        c.b.target = target;
+    }
+    double scale = cs->loss == TG_LOSS_XENT_SUM ? 0.25 : 1.0;
+    struct grads plain, rec;
+    run_plain(&c, scale, &plain);
+    int np = c.m->n_params;
+    for (size_t k = 0; k < sizeof Ks / sizeof Ks[0]; k++) {
+        int K = Ks[k];
+        run_recompute(&c, K, scale, &rec);
+        assert_int_equal(rec.n, plain.n);
+        double bound = cs->dt == TG_F64 ? F64_BOUND : F32_BOUND;
+        assert_true(fabs(rec.loss - plain.loss) <= bound * fabs(plain.loss));
+        for (int i = 0; i < plain.n; i++) {
+            const char *name = i < np ? c.m->names[i] : "initial state";
+            double r = rel_diff(&plain, &rec, i);
+            if (K >= T && !same_bits(&plain, &rec, i))
+                fail_msg("%s K=%d: %s differs from the plain run (rel %.3g); K >= T is the plain run",
+                         cs->what, K, name, r);
+            if (i >= np && cs->init_exact && cs->dt == TG_F64 && !same_bits(&plain, &rec, i))
+                fail_msg("%s K=%d: the gradient of initial state %d is not the plain run's bytes "
+                         "(rel %.3g)", cs->what, K, i - np, r);
+            if (r > bound)
+                fail_msg("%s K=%d: %s: relative difference %.3g > %.0e", cs->what, K, name, r, bound);
+            if (getenv("RECOMPUTE_VERBOSE"))
+                printf("%s L=%d K=%d %-22s rel %.3g %s\n", cs->what, cs->L, K, name, r,
+                       same_bits(&plain, &rec, i) ? "(same bits)" : "");
+        }
+        grads_free(&rec);
+    }
+    grads_free(&plain);
+    free(target);
+    seq_case_free(&c);
+}
+
+static const struct tg_cell *cell_file(void)
+{
+    static struct tg_cell *ln;
+    if (!ln) ln = tg_cell_load(TG_SOURCE_DIR "/examples/cells/ln_lstm.cell");
+    if (!ln) fail_msg("%s", tg_last_error());
+    return ln;
+}
+
+static void test_cells_f64(void **state)
+{
+    (void)state;
+    for (int L = 1; L <= 2; L++) {
+        struct case_spec cs[] = {
+            {"lstm", tg_cell_find("lstm"), L, TG_F64, TG_LOSS_XENT_SUM, L == 1},
+            {"rnn_tanh", tg_cell_find("rnn_tanh"), L, TG_F64, TG_LOSS_XENT_SUM, 1},
+            {"gru", tg_cell_find("gru"), L, TG_F64, TG_LOSS_XENT_SUM, 0},
+            {"ln_lstm.cell", cell_file(), L, TG_F64, TG_LOSS_XENT_SUM, 0},
+        };
+        for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) check_case(&cs[i]);
+    }
+}
+
+static void test_cells_f32(void **state)
+{
+    (void)state;
+    for (int L = 1; L <= 2; L++) {
+        struct case_spec cs[] = {
+            {"lstm f32", tg_cell_find("lstm"), L, TG_F32, TG_LOSS_XENT_SUM, 0},
+            {"rnn_tanh f32", tg_cell_find("rnn_tanh"), L, TG_F32, TG_LOSS_XENT_SUM, 0},
+            {"gru f32", tg_cell_find("gru"), L, TG_F32, TG_LOSS_XENT_SUM, 0},
+            {"ln_lstm.cell f32", cell_file(), L, TG_F32, TG_LOSS_XENT_SUM, 0},
+        };
+        for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) check_case(&cs[i]);
+    }
+}
+
+static void test_losses(void **state)
+{
+    (void)state;
+    struct case_spec cs[] = {
+        {"lstm mean", tg_cell_find("lstm"), 1, TG_F64, TG_LOSS_XENT_MEAN, 1},
+        {"lstm mean", tg_cell_find("lstm"), 2, TG_F64, TG_LOSS_XENT_MEAN, 0},
+        {"lstm mse", tg_cell_find("lstm"), 2, TG_F64, TG_LOSS_MSE_LAST, 0},
+        {"rnn_tanh mse", tg_cell_find("rnn_tanh"), 2, TG_F64, TG_LOSS_MSE_LAST, 1},
+        {"gru mse", tg_cell_find("gru"), 1, TG_F64, TG_LOSS_MSE_LAST, 0},
+    };
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) check_case(&cs[i]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cells_f64),
+        cmocka_unit_test(test_cells_f32),
+        cmocka_unit_test(test_losses),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -191,6 +191,7 @@ void tg_trainer_free(struct tg_trainer *tr)
     tg_tape_free(tr->tape);
     tg_optim_free(tr->optim);
     tg_model_free(tr->model);
+    tg_recompute_free(tr->rc);
     tg_task_free(tr->task);
     tg_task_free(tr->eval_task);
     tg_checkpoint_close(tr->ck);
@@ -279,6 +280,17 @@ static enum tg_status build(struct tg_trainer *tr)
     if (!tr->probs || !tr->eval_probs || !tr->tape || !tr->gnorm)
         return tg_error(TG_ERR_NOMEM, "trainer: out of memory");
     if (c->detect_anomaly) tg_tape_set_anomaly(tr->tape, 1);
+    /* --recompute K: K past the steps one backward spans (T, or the --seq chunk) is refused,
+     * not silently the plain run; anomaly reports would count steps within a segment. */
+    int span = tr->text || (c->seq > 0 && c->seq < T) ? c->seq : T;
+    if (c->recompute < 0 || c->recompute > span)
+        return tg_error(TG_ERR_VALUE, "--recompute %d: K must be between 1 and the %d steps one "
+                        "backward spans (%s)", c->recompute, span, span == T ? "the task's T" :
+                        "the --seq chunk");
+    if (c->recompute && c->detect_anomaly)
+        return tg_error(TG_ERR_VALUE, "--recompute cannot be combined with --detect-anomaly yet "
+                        "(its reports would count time steps within a segment)");
+    if (c->recompute) TRY(tg_recompute_new(c->recompute, &tr->rc));
 
     struct tg_model_config mc = {
         .cell = cell, .input = tr->text ? c->embed : tg_task_in_dim(tr->task),
@@ -364,6 +376,7 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
             r.overwrite = cfg->overwrite;
             r.log_path = cfg->log_path;
             if (cfg->micro_batches) r.micro_batches = cfg->micro_batches;
+            r.recompute = cfg->recompute;
             r.dist = cfg->dist;
             r.stop = cfg->stop;
             r.progress = cfg->progress;

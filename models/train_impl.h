@@ -47,6 +47,7 @@ struct tg_trainer {
     int stop_seen;                /* some rank's stop flag was set during the last step */
     int failed_alone;             /* where the last error came from (tg_trainer_failed_alone) */
     double *gnorm;                /* ‖∂L/∂W‖ per layer, then the rest (log columns), pre-clip */
+    struct tg_recompute *rc;      /* --recompute K: saved segment states (NULL: plain run) */
 };
 
 /* The model's outputs for rows of one chunk, as probabilities (train.c). */

@@ -24,6 +24,7 @@
 #include "tapegrad_train.h"
 #include "malloc_count.h"
 #include "seq_case.h"
+#include "test_util.h"
 
 #define F64_BOUND 1e-13 /* |recompute − plain| / max|plain| for a parameter's gradient, float64 */
 #define F32_BOUND 1e-5  /* the same in float32 */
@@ -214,12 +215,147 @@ static void test_losses(void **state)
     for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) check_case(&cs[i]);
 }
 
+/* ------------------------------------------------------------------ the trainer */
+
+static struct tg_train_config train_cfg(const char *task, long steps, int recompute)
+{
+    struct tg_train_config c = {0};
+    c.task = task;
+    c.cell = "lstm";
+    c.length = 12;
+    c.hidden = 6;
+    c.batch = 4;
+    c.layers = 2;
+    c.dtype = "f64";
+    c.steps = steps;
+    c.eval_every = 1000;
+    c.eval_size = 8;
+    c.seed = 5;
+    c.recompute = recompute;
+    c.overwrite = 1;
+    return c;
+}
+
+static void train_to(struct tg_train_config c, const char *ckpt, const char *resume)
+{
+    c.checkpoint = ckpt;
+    c.resume = resume;
+    if (resume) c.overwrite = 0;
+    if (tg_train(&c, NULL) != TG_OK) fail_msg("%s", tg_last_error());
+}
+
+static void assert_same_file(const char *a, const char *b)
+{
+    size_t na, nb;
+    char *da = tg_test_read_file(a, &na), *db = tg_test_read_file(b, &nb);
+    assert_non_null(da);
+    assert_non_null(db);
+    if (na != nb || memcmp(da, db, na) != 0) fail_msg("%s and %s differ", a, b);
+    free(da);
+    free(db);
+}
+
+/* 3 steps with --recompute, then resumed to 6 (with it again), are the bytes of 6 steps in one
+ * run; and the parameters are the plain run's up to the order of sums. */
+static void test_train_resume(void **state)
+{
+    (void)state;
+    const char *tasks[] = {"copy", "adding"};
+    char dir[] = "/tmp/tg_recompute_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char a[256], b[256], p[256];
+    snprintf(a, sizeof a, "%s/a.safetensors", dir);
+    snprintf(b, sizeof b, "%s/b.safetensors", dir);
+    snprintf(p, sizeof p, "%s/p.safetensors", dir);
+    for (int k = 0; k < 2; k++) {
+        train_to(train_cfg(tasks[k], 3, 5), a, NULL);
+        train_to(train_cfg(tasks[k], 6, 5), a, a);
+        train_to(train_cfg(tasks[k], 6, 5), b, NULL);
+        assert_same_file(a, b);
+        train_to(train_cfg(tasks[k], 6, 0), p, NULL);
+        struct tg_train_config c = train_cfg(tasks[k], 7, 0); /* opened, not run */
+        struct tg_trainer *ta, *tp;
+        c.resume = b;
+        assert_int_equal(tg_trainer_new(&c, &ta), TG_OK);
+        c.resume = p;
+        assert_int_equal(tg_trainer_new(&c, &tp), TG_OK);
+        struct tg_model *ma = tg_trainer_model(ta), *mp = tg_trainer_model(tp);
+        for (int i = 0; i < ma->n_params; i++) {
+            for (size_t j = 0; j < tg_numel(ma->params[i]); j++) {
+                double x = ((double *)ma->params[i]->data)[j], y = ((double *)mp->params[i]->data)[j];
+                /* 6 Adam steps of lr 1e-2 from gradients equal to ~1e-15: far below 1e-9 */
+                if (fabs(x - y) > 1e-9)
+                    fail_msg("%s: %s[%zu] %.17g with --recompute, %.17g without", tasks[k],
+                             ma->names[i], j, x, y);
+            }
+        }
+        tg_trainer_free(ta);
+        tg_trainer_free(tp);
+    }
+    unlink(a);
+    unlink(b);
+    unlink(p);
+    rmdir(dir);
+}
+
+/* After the first step neither path allocates on the heap: the saved states and the tape's
+ * arena are sized once. */
+static void test_no_alloc_after_warmup(void **state)
+{
+    (void)state;
+    for (int rk = 0; rk <= 5; rk += 5) {
+        struct tg_train_config c = train_cfg("copy", 100, rk);
+        struct tg_trainer *tr;
+        assert_int_equal(tg_trainer_new(&c, &tr), TG_OK);
+        for (int step = 0; step < 6; step++) {
+            size_t calls = heap_calls();
+            assert_int_equal(tg_trainer_step(tr), TG_OK);
+            if (COUNT_MALLOC && step >= 2 && heap_calls() != calls)
+                fail_msg("--recompute %d: step %d made %zu heap allocations", rk, step,
+                         heap_calls() - calls);
+        }
+        tg_trainer_free(tr);
+    }
+}
+
+/* K outside [1, T] is refused with one line; so is K < 1 in the C API. */
+static void test_bad_k(void **state)
+{
+    (void)state;
+    struct tg_recompute *rc = (void *)1;
+    assert_int_equal(tg_recompute_new(0, &rc), TG_ERR_VALUE);
+    assert_null(rc);
+    assert_non_null(strstr(tg_last_error(), "K must be >= 1"));
+    assert_int_equal(tg_recompute_new(-4, &rc), TG_ERR_VALUE);
+    struct tg_trainer *tr;
+    struct tg_train_config c = train_cfg("adding", 2, 13);
+    assert_int_equal(tg_trainer_new(&c, &tr), TG_ERR_VALUE);
+    assert_non_null(strstr(tg_last_error(), "--recompute 13"));
+    c = train_cfg("adding", 2, -1);
+    assert_int_equal(tg_trainer_new(&c, &tr), TG_ERR_VALUE);
+    c = train_cfg("copy", 2, 4);
+    c.seq = 3;
+    assert_int_equal(tg_trainer_new(&c, &tr), TG_ERR_VALUE);
+    assert_non_null(strstr(tg_last_error(), "--seq chunk"));
+    c = train_cfg("adding", 2, 4);
+    c.detect_anomaly = 1;
+    assert_int_equal(tg_trainer_new(&c, &tr), TG_ERR_VALUE);
+    assert_non_null(strstr(tg_last_error(), "--detect-anomaly"));
+    c = train_cfg("adding", 2, 12); /* K = T: allowed, the plain run */
+    assert_int_equal(tg_trainer_new(&c, &tr), TG_OK);
+    assert_int_equal(tg_trainer_step(tr), TG_OK);
+    tg_trainer_free(tr);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cells_f64),
         cmocka_unit_test(test_cells_f32),
         cmocka_unit_test(test_losses),
+        cmocka_unit_test(test_train_resume),
+        cmocka_unit_test(test_no_alloc_after_warmup),
+        cmocka_unit_test(test_bad_k),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -25,6 +25,8 @@
 #include "malloc_count.h"
 #include "seq_case.h"
 #include "test_util.h"
+#include "cli_util.h"
+#include "tapegrad_safetensors.h"
 
 #define F64_BOUND 1e-13 /* |recompute − plain| / max|plain| for a parameter's gradient, float64 */
 #define F32_BOUND 1e-5  /* the same in float32 */
@@ -347,6 +349,56 @@ static void test_bad_k(void **state)
     tg_trainer_free(tr);
 }
 
+/* tapegrad grad --recompute K: the plain run's loss and final state to the byte (lstm, 2
+ * layers: the forward is the same ops on the same bytes), its gradients within the bound;
+ * K past T and --detect-anomaly refused with one line, writing nothing. */
+static void test_cli_grad(void **state)
+{
+    (void)state;
+    need_binary();
+    const char *dir = TG_SOURCE_DIR "/tests/fixtures/torch/lstm_l2_f64";
+    char p[512], d[512], o0[] = "/tmp/tg_rc_g0_XXXXXX", o1[] = "/tmp/tg_rc_g1_XXXXXX";
+    snprintf(p, sizeof p, "%s/params.safetensors", dir);
+    snprintf(d, sizeof d, "%s/data.safetensors", dir);
+    int f0 = mkstemp(o0), f1 = mkstemp(o1);
+    assert_true(f0 >= 0 && f1 >= 0);
+    close(f0);
+    close(f1);
+    struct run *r = run_tapegrad("grad", "--cell", "lstm", "--params", p, "--data", d, "--out", o0, NULL);
+    if (r->status != 0) fail_msg("%s", r->err);
+    r = run_tapegrad("grad", "--cell", "lstm", "--params", p, "--data", d, "--out", o1, "--recompute", "2", NULL);
+    if (r->status != 0) fail_msg("%s", r->err);
+    struct tg_st_file *a, *b;
+    assert_int_equal(tg_st_read(o0, &a), TG_OK);
+    assert_int_equal(tg_st_read(o1, &b), TG_OK);
+    assert_int_equal(tg_st_count(a), tg_st_count(b));
+    for (int i = 0; i < tg_st_count(a); i++) {
+        const struct tg_st_tensor *x = tg_st_at(a, i), *y = tg_st_find(b, x->name);
+        assert_non_null(y);
+        assert_int_equal(x->nbytes, y->nbytes);
+        assert_int_equal(x->dtype, TG_ST_F64);
+        const double *u = x->data, *v = y->data;
+        double dm = 0, m = 0;
+        for (size_t k = 0; k < x->nbytes / sizeof(double); k++)
+            dm = fmax(dm, fabs(u[k] - v[k])), m = fmax(m, fabs(u[k]));
+        int state_or_loss = strchr(x->name, '.') == NULL; /* loss, h_n, c_n */
+        if (state_or_loss && memcmp(u, v, x->nbytes) != 0) fail_msg("%s differs with --recompute", x->name);
+        if (dm > F64_BOUND * m) fail_msg("%s: relative difference %.3g", x->name, dm / m);
+    }
+    tg_st_close(a);
+    tg_st_close(b);
+    unlink(o1);
+    r = run_tapegrad("grad", "--cell", "lstm", "--params", p, "--data", d, "--out", o1, "--recompute", "6", NULL);
+    assert_one_line_error(r, "--recompute 6", "T = 5", NULL);
+    r = run_tapegrad("grad", "--cell", "lstm", "--params", p, "--data", d, "--out", o1, "--recompute", "2",
+                     "--detect-anomaly", NULL);
+    assert_one_line_error(r, "--detect-anomaly", NULL);
+    r = run_tapegrad("grad", "--cell", "lstm", "--params", p, "--data", d, "--out", o1, "--recompute", "0", NULL);
+    assert_one_line_error(r, "--recompute", NULL);
+    assert_int_equal(access(o1, F_OK), -1); /* nothing written */
+    unlink(o0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -356,6 +408,7 @@ int main(void)
         cmocka_unit_test(test_train_resume),
         cmocka_unit_test(test_no_alloc_after_warmup),
         cmocka_unit_test(test_bad_k),
+        cmocka_unit_test(test_cli_grad),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,16 +20,22 @@
  *
  * Equal to the plain run. Every step runs the same ops on the same values (a segment starts
  * from the same bytes the plain run had at that step), so activations, per-step gradients
- * (dA_t, dh_t, dc_t) and ∂loss/∂(initial state) are the same bytes — provided the gradient
- * arriving at a segment's last state h_K is a sum of two terms (out-layer/upper-layer part and
- * the recurrent part: a + b = b + a), as for lstm and rnn_tanh. A cell that also reads h
- * elementwise (gru: z ⊙ h) adds three terms there, and the plain run's (out + fused) + gemm
- * becomes (fused + gemm) + out here: a last-bit difference at each boundary. Parameter
- * gradients are sums over all T·B rows; the plain run forms the hoisted ones (W_ih and its
- * bias through the input projection, W_hh through the engine's staged dW, the output layer,
- * the embedding) as one GEMM over T·B rows, this as S GEMMs over K·B rows added last segment
- * first: the same terms summed in another order, a difference of a few ulps of the sum
- * (tests/test_recompute.c bounds it in float64). K ≥ T is the plain run, bit for bit.
+ * (dA_t, dh_t, dc_t) and ∂loss/∂(initial state) are the same bytes, except where a sum is
+ * grouped differently:
+ *   - parameter gradients are sums over all T·B rows; the plain run forms the hoisted ones
+ *     (W_ih and its bias through the input projection, W_hh through the engine's staged dW,
+ *     the output layer, the embedding) as one GEMM over T·B rows, this as S GEMMs over K·B
+ *     rows added last segment first: the same terms in another order, a few ulps of the sum;
+ *   - the gradient reaching a segment's last h is g + (output or upper-layer part): two terms
+ *     commute (a + b = b + a), so lstm and rnn_tanh are exact there; a cell that also reads h
+ *     elementwise (gru: z ⊙ h) has three, and the plain run's (out + fused) + gemm becomes
+ *     (fused + gemm) + out here: a last-bit difference at each boundary;
+ *   - with L ≥ 2 the upper layer's input projection is one GEMM over T·B rows there and over
+ *     K·B rows here; OpenBLAS runs a row through a full 4-row kernel or an edge kernel by where
+ *     it falls in M, and the two round differently, so dh of some rows differs in the last bit
+ *     unless B is a multiple of 4 (tested both ways).
+ * tests/test_recompute.c asserts the exact cases bit for bit and bounds the rest in float64
+ * (observed ≤ 1.1e-15 of the largest |g|). K ≥ T is the plain run, bit for bit.
  *
  * Loss normalisation. The model's loss is per segment; a sum splits exactly over segments. A
  * mean (TG_LOSS_XENT_MEAN) divides by the labelled positions of the whole batch, so each

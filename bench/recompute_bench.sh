@@ -8,7 +8,8 @@
 # Each measurement is its own process (bench/recompute_bench.c, bench/torch_recompute.py), so its
 # peak RSS is that mode's. The modes run alternately, tapegrad plain, tapegrad recompute, torch
 # plain, torch checkpoint, repeated --reps times, so that a busy machine's drift hits every mode;
-# the summary gives each ratio as the median over repetitions with its range. Raw lines go to
+# the summary gives each ratio as the median over repetitions with its range (of the processes'
+# median steps, and of their best steps, which a loaded machine disturbs less). Raw lines go to
 # bench/results/<date>-recompute/raw.txt.
 set -eu
 cd "$(dirname "$0")/.."
@@ -77,6 +78,8 @@ def ratio(T, a, b, key):
     return v
 def fmt(v):
     return "%.2f (%.2f–%.2f)" % (statistics.median(v), min(v), max(v)) if v else "—"
+def fmt_cpu(T, a, b):
+    return fmt(ratio(T, a, b, "cpu_ms"))
 def med(T, side, key):
     v = [float(r[key]) for r in rows if r["T"] == T and r["side"] == side]
     return statistics.median(v) if v else None
@@ -85,11 +88,19 @@ for T in sorted({r["T"] for r in rows}, key=int):
     print("T=%s B=32 H=256, K=%s" % (T, K[0] if K else "?"))
     for side in ("plain", "recompute", "torch-plain", "torch-checkpoint"):
         t, p, b = med(T, side, "median_ms"), med(T, side, "peak_rss_mb"), med(T, side, "base_rss_mb")
+        c = med(T, side, "cpu_ms")
         if t is not None:
-            print("  %-17s %9.0f ms/step   peak RSS %7.0f MB (baseline %4.0f MB)" % (side, t, p, b))
-    print("  time   recompute / plain          %s" % fmt(ratio(T, "recompute", "plain", "median_ms")))
-    print("  time   torch-ckpt / torch-plain   %s" % fmt(ratio(T, "torch-checkpoint", "torch-plain", "median_ms")))
+            print("  %-17s %9.0f ms/step (CPU %7.0f ms)   peak RSS %7.0f MB (baseline %4.0f MB)"
+                  % (side, t, c or 0, p, b))
+    print("  time   recompute / plain          %s   best step: %s" % (fmt(ratio(T, "recompute", "plain", "median_ms")),
+                                                              fmt(ratio(T, "recompute", "plain", "min_ms"))))
+    print("  time   torch-ckpt / torch-plain   %s   best step: %s" % (fmt(ratio(T, "torch-checkpoint", "torch-plain", "median_ms")),
+                                                              fmt(ratio(T, "torch-checkpoint", "torch-plain", "min_ms"))))
     print("  time   torch-ckpt / recompute     %s" % fmt(ratio(T, "torch-checkpoint", "recompute", "median_ms")))
+    print("  CPU    recompute / plain          %s" % fmt_cpu(T, "recompute", "plain"))
+    print("  CPU    torch-ckpt / torch-plain   %s" % fmt_cpu(T, "torch-checkpoint", "torch-plain"))
+    print("  CPU    torch-ckpt / recompute     %s" % fmt_cpu(T, "torch-checkpoint", "recompute"))
+    print("  CPU    torch-plain / plain        %s" % fmt_cpu(T, "torch-plain", "plain"))
     print("  memory recompute / plain (peak)   %s" % fmt(ratio(T, "recompute", "plain", "peak_rss_mb")))
     print("  memory torch-ckpt / recompute     %s" % fmt(ratio(T, "torch-checkpoint", "recompute", "peak_rss_mb")))
 EOF

@@ -47,10 +47,10 @@ def main():
         return loss, h2, c2
 
     base = rss_mb()
-    times = []
+    times, cpu = [], []
     loss = None
     for step in range(-1, steps):  # step -1: warm-up, not timed
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for p in params:
             p.grad = None
         h = torch.zeros(1, B, H)
@@ -65,11 +65,13 @@ def main():
         loss.backward()
         if step >= 0:
             times.append((time.perf_counter() - t0) * 1e3)
+            cpu.append((time.process_time() - c0) * 1e3)
     times.sort()
-    print("mode=%s T=%d B=%d H=%d K=%d steps=%d median_ms=%.1f min_ms=%.1f base_rss_mb=%.1f "
-          "peak_rss_mb=%.1f loss=%.6g torch=%s" % ("checkpoint" if K else "plain", T, B, H, K, steps,
-                                                   times[len(times) // 2], times[0], base, rss_mb(),
-                                                   float(loss), torch.__version__))
+    cpu.sort()
+    print("mode=%s T=%d B=%d H=%d K=%d steps=%d median_ms=%.1f min_ms=%.1f cpu_ms=%.1f "
+          "base_rss_mb=%.1f peak_rss_mb=%.1f loss=%.6g torch=%s"
+          % ("checkpoint" if K else "plain", T, B, H, K, steps, times[len(times) // 2], times[0],
+             cpu[len(cpu) // 2], base, rss_mb(), float(loss), torch.__version__))
 
 
 if __name__ == "__main__":

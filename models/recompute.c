@@ -271,3 +271,54 @@ enum tg_status tg_model_grad_recompute(struct tg_model *m, struct tg_tape *t,
     }
     return TG_OK;
 }
+
+/* Forward only, in K-step segments (evaluation of long sequences): each segment recorded from
+ * the state the one before it ended in, handed to on_segment in order, then dropped; O(K)
+ * memory. *loss as tg_model_forward_from's (a mean over the whole batch's labelled positions). */
+enum tg_status tg_model_forward_segments(struct tg_model *m, struct tg_tape *t,
+                                         const struct tg_seq_batch *b, struct tg_tensor *const *init,
+                                         struct tg_recompute *rc, double *loss,
+                                         tg_recompute_segment_fn on_segment, void *ctx)
+{
+    *loss = 0;
+    if (b->T < 1 || b->B < 1)
+        return tg_error(TG_ERR_SHAPE, "tg_model_forward_segments: need T >= 1 and B >= 1, got T=%d B=%d",
+                        b->T, b->B);
+    int K = rc->K, T = b->T, S = (T + K - 1) / K;
+    enum tg_loss_kind kind = m->cfg.loss;
+    double scale = 1.0;
+    if (kind == TG_LOSS_XENT_MEAN) {
+        if (!b->labels) return tg_error(TG_ERR_VALUE, "tg_model_forward: missing labels");
+        long n = 0;
+        for (long i = 0; i < (long)T * b->B; i++) n += b->labels[i] >= 0;
+        scale = n ? 1.0 / (double)n : 0.0;
+    }
+    enum tg_status st = reserve(rc, m, b->B, 1);
+    if (st != TG_OK) return st;
+    size_t one = (size_t)rc->B * rc->H * tg_dtype_size(rc->dtype);
+    for (int i = 0; i < rc->n; i++) {
+        const struct tg_tensor *s0 = init ? init[i] : NULL;
+        if (s0 && (s0->rows != rc->B || s0->cols != rc->H || s0->dtype != rc->dtype))
+            return tg_error(TG_ERR_SHAPE, "tg_model_forward_segments: initial state %d is (%dx%d) %s, "
+                            "expected (%dx%d) %s", i, s0->rows, s0->cols, tg_dtype_name(s0->dtype),
+                            rc->B, rc->H, tg_dtype_name(rc->dtype));
+        if (s0) memcpy(rc->leaf[i]->data, s0->data, one);
+        else memset(rc->leaf[i]->data, 0, one);
+    }
+    if (kind == TG_LOSS_XENT_MEAN) m->cfg.loss = TG_LOSS_XENT_SUM; /* restored below */
+    int prev = tg_tape_set_no_grad(t, 1);
+    for (int j = 0; j < S && st == TG_OK; j++) {
+        int t0 = j * K;
+        struct tg_seq_batch sb = segment(m, b, t0, j == S - 1 ? T - t0 : K);
+        struct tg_seq_result res;
+        tg_tape_reset(t);
+        st = tg_model_forward_from(m, t, &sb, rc->leaf, &res);
+        if (st != TG_OK) break;
+        if (kind != TG_LOSS_MSE_LAST || j == S - 1) *loss += scale * tg_get(res.loss, 0, 0);
+        if (on_segment) st = on_segment(ctx, t0, &res);
+        for (int i = 0; st == TG_OK && i < rc->n; i++) memcpy(rc->leaf[i]->data, res.final[i]->data, one);
+    }
+    tg_tape_set_no_grad(t, prev);
+    m->cfg.loss = kind;
+    return st;
+}

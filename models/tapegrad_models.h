@@ -233,6 +233,12 @@ enum tg_status tg_model_grad_recompute(struct tg_model *m, struct tg_tape *t,
                                        tg_recompute_segment_fn on_segment, void *ctx);
 /* ∂loss/∂(initial state) of the last call: L·n_state heap tensors' gradients (NULL before). */
 struct tg_tensor *const *tg_recompute_init_grad(const struct tg_recompute *rc);
+/* Forward only (no gradient), in K-step segments handed to on_segment in order (t0 ascending)
+ * and dropped: evaluation of long sequences in O(K) memory. *loss: the model's loss. */
+enum tg_status tg_model_forward_segments(struct tg_model *m, struct tg_tape *t,
+                                         const struct tg_seq_batch *b, struct tg_tensor *const *init,
+                                         struct tg_recompute *rc, double *loss,
+                                         tg_recompute_segment_fn on_segment, void *ctx);
 
 #ifdef __cplusplus
 }

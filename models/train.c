@@ -192,6 +192,7 @@ void tg_trainer_free(struct tg_trainer *tr)
     tg_optim_free(tr->optim);
     tg_model_free(tr->model);
     tg_recompute_free(tr->rc);
+    tg_recompute_free(tr->eval_rc);
     tg_task_free(tr->task);
     tg_task_free(tr->eval_task);
     tg_checkpoint_close(tr->ck);
@@ -291,6 +292,7 @@ static enum tg_status build(struct tg_trainer *tr)
         return tg_error(TG_ERR_VALUE, "--recompute cannot be combined with --detect-anomaly yet "
                         "(its reports would count time steps within a segment)");
     if (c->recompute) TRY(tg_recompute_new(c->recompute, &tr->rc));
+    if (c->recompute) TRY(tg_recompute_new(c->recompute, &tr->eval_rc));
 
     struct tg_model_config mc = {
         .cell = cell, .input = tr->text ? c->embed : tg_task_in_dim(tr->task),
@@ -464,6 +466,20 @@ void train_outputs(const struct tg_trainer *tr, const struct tg_seq_result *res,
     }
 }
 
+/* --recompute: the held-out forward in K-step segments, so that evaluating a long sequence
+ * holds one segment, not T steps (no-grad ops still keep their outputs until the reset). */
+struct eval_ctx {
+    struct tg_trainer *tr;
+    int T, B, K;
+};
+
+static enum tg_status eval_segment(void *ctx, int t0, const struct tg_seq_result *res)
+{
+    struct eval_ctx *e = ctx;
+    if (!e->tr->regression || t0 + e->K >= e->T) train_outputs(e->tr, res, e->tr->eval_probs, t0, e->B);
+    return TG_OK;
+}
+
 enum tg_status tg_trainer_eval(struct tg_trainer *tr, struct tg_metrics *out)
 {
     struct tg_batch *b = &tr->eval_batch;
@@ -480,9 +496,16 @@ enum tg_status tg_trainer_eval(struct tg_trainer *tr, struct tg_metrics *out)
         struct tg_seq_batch sb = {b->T, b->B, b->x, b->x ? NULL : b->tokens, b->labels, b->target};
         struct tg_seq_result res;
         tg_tape_reset(t);
-        st = tg_model_forward_from(tr->model, t, &sb, NULL, &res);
-        if (st != TG_OK) break;
-        train_outputs(tr, &res, tr->eval_probs, 0, b->B);
+        if (tr->eval_rc && tg_recompute_k(tr->eval_rc) < b->T) {
+            struct eval_ctx e = {tr, b->T, b->B, tg_recompute_k(tr->eval_rc)};
+            double loss;
+            st = tg_model_forward_segments(tr->model, t, &sb, NULL, tr->eval_rc, &loss, eval_segment, &e);
+            if (st != TG_OK) break;
+        } else {
+            st = tg_model_forward_from(tr->model, t, &sb, NULL, &res);
+            if (st != TG_OK) break;
+            train_outputs(tr, &res, tr->eval_probs, 0, b->B);
+        }
         tg_task_metrics(tr->eval_task, b, tr->eval_probs, out);
     }
     tg_tape_reset(t);

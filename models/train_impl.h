@@ -48,6 +48,7 @@ struct tg_trainer {
     int failed_alone;             /* where the last error came from (tg_trainer_failed_alone) */
     double *gnorm;                /* ‖∂L/∂W‖ per layer, then the rest (log columns), pre-clip */
     struct tg_recompute *rc;      /* --recompute K: saved segment states (NULL: plain run) */
+    struct tg_recompute *eval_rc; /* … and the held-out forward in K-step segments */
 };
 
 /* The model's outputs for rows of one chunk, as probabilities (train.c). */

@@ -338,6 +338,52 @@ static void test_no_alloc_after_warmup(void **state)
     }
 }
 
+/* The held-out evaluation runs in K-step segments under --recompute: the same metrics as the
+ * plain forward (copy: per-step accuracy; adding: the last step's MSE), and
+ * tg_model_forward_segments gives tg_model_forward_from's loss. */
+static void test_eval_segments(void **state)
+{
+    (void)state;
+    const char *tasks[] = {"copy", "adding"};
+    for (int k = 0; k < 2; k++) {
+        struct tg_metrics a, b;
+        struct tg_trainer *tr;
+        struct tg_train_config c = train_cfg(tasks[k], 10, 0);
+        assert_int_equal(tg_trainer_new(&c, &tr), TG_OK);
+        assert_int_equal(tg_trainer_eval(tr, &a), TG_OK);
+        tg_trainer_free(tr);
+        c = train_cfg(tasks[k], 10, 5);
+        assert_int_equal(tg_trainer_new(&c, &tr), TG_OK);
+        assert_int_equal(tg_trainer_eval(tr, &b), TG_OK);
+        tg_trainer_free(tr);
+        assert_int_equal(a.n, b.n);
+        for (int i = 0; i < a.n; i++)
+            if (fabs(a.values[i] - b.values[i]) > 1e-12 * fmax(1, fabs(a.values[i])))
+                fail_msg("%s: held-out metric %d is %.17g in segments, %.17g whole", tasks[k], i,
+                         b.values[i], a.values[i]);
+    }
+    for (int kind = 0; kind < 3; kind++) {
+        struct seq_case sc;
+        seq_case_new(&sc, tg_cell_find("gru"), 9, 3, 4, 5, 2, 3, TG_F64, 3, 1, NULL);
+        double target[9] = {0.1, -0.2, 0.3, 0, 0.5, -0.6, 0.7, 0.8, -0.9};
+        sc.b.target = target;
+        sc.m->cfg.loss = (enum tg_loss_kind)kind;
+        struct tg_tape *t = tg_tape_new(0);
+        struct tg_seq_result res;
+        assert_int_equal(tg_model_forward_from(sc.m, t, &sc.b, sc.init, &res), TG_OK);
+        double whole = tg_get(res.loss, 0, 0), seg;
+        struct tg_recompute *rc;
+        assert_int_equal(tg_recompute_new(4, &rc), TG_OK);
+        assert_int_equal(tg_model_forward_segments(sc.m, t, &sc.b, sc.init, rc, &seg, NULL, NULL), TG_OK);
+        assert_int_equal(sc.m->cfg.loss, kind); /* restored */
+        if (fabs(seg - whole) > 1e-13 * fabs(whole))
+            fail_msg("loss kind %d: %.17g in segments, %.17g whole", kind, seg, whole);
+        tg_recompute_free(rc);
+        tg_tape_free(t);
+        seq_case_free(&sc);
+    }
+}
+
 /* K outside [1, T] is refused with one line; so is K < 1 in the C API. */
 static void test_bad_k(void **state)
 {
@@ -426,6 +472,7 @@ int main(void)
         cmocka_unit_test(test_rows_of_four),
         cmocka_unit_test(test_train_resume),
         cmocka_unit_test(test_no_alloc_after_warmup),
+        cmocka_unit_test(test_eval_segments),
         cmocka_unit_test(test_bad_k),
         cmocka_unit_test(test_cli_grad),
     };

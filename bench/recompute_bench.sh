@@ -37,7 +37,7 @@ export OMP_NUM_THREADS=1
 B=32
 H=256
 {
-    echo "# $(date -u) $(uname -m) $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "# $(date -u) $(uname -m) $(nproc --all) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 } >"$raw"
 for rep in $(seq "$reps"); do

@@ -367,7 +367,7 @@ static int grad_main(int argc, char **argv)
         {"data", CLI_STR, &dpath, "x (T, B, I) float and y (T, B) int64 labels", 1, 0},
         {"out", CLI_STR, &out, "where to write loss, the gradients, h_n (and c_n)", 1, 0},
         {"detect-anomaly", CLI_BOOL, &anomaly, "stop at the first NaN/inf in forward or backward and say where", 1, 0},
-        {"recompute", CLI_INT, &recompute, "keep the state every K steps, recompute segments in backward "
+        {"recompute", CLI_INT, &recompute, "keep the state every N steps, recompute segments in backward "
          "(less memory; the same gradients up to the order of sums) [off]", 1, 1e7},
     };
     int pr = cli_parse(CMD, USAGE, argc, argv, flags, (int)(sizeof flags / sizeof flags[0]));

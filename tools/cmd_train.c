@@ -183,8 +183,8 @@ static int train_main(int argc, char **argv)
         {"print-every", CLI_LONG, &print_every, "non-terminal: a progress line every N steps [100]", 1, 1e12},
         {"micro-batches", CLI_INT, &micro_batches, "split each batch into K fixed blocks, summed in "
          "order: the same result with or without mpirun -np N (N <= K) [1]", 1, 1 << 20},
-        {"recompute", CLI_INT, &recompute, "keep the state every K steps, recompute segments in "
-         "backward: O(T/K + K) memory, ~1/3 more time [off]", 1, 1e7},
+        {"recompute", CLI_INT, &recompute, "keep the state every N steps, recompute segments in "
+         "backward: O(T/N + N) memory, ~1/3 more time [off]", 1, 1e7},
         {"compare", CLI_STR, &compare, "train each listed cell (rnn_tanh,lstm,gru) and print a table", 0, -1},
         {"plot", CLI_STR, &plot, "at the end, draw loss, metric and gradient-norm curves to FILE.png|svg", 0, -1},
         {"detect-anomaly", CLI_BOOL, &detect_anomaly, "stop at the first NaN/inf in forward or backward and say where", 0, -1},

@@ -221,7 +221,8 @@ void tg_model_reset_state(struct tg_model *m);
  * NULL or live on t (it is copied first); heap initial states that want a gradient receive it,
  * as in the plain run. on_segment (may be NULL) sees each segment's result after its backward,
  * last segment first (t0: its first step); its logits and final state are valid during the
- * call. A non-OK return from it stops the call. *loss: the scaled loss (summed per segment). */
+ * call. A non-OK return from it stops the call. *loss: the scaled loss (summed per segment).
+ * Anomaly reports (tg_tape_set_anomaly on t) count time steps within the segment. */
 struct tg_recompute;
 enum tg_status tg_recompute_new(int K, struct tg_recompute **out);  /* K ≥ 1 */
 void tg_recompute_free(struct tg_recompute *rc);

@@ -236,6 +236,44 @@ enum tg_status tg_model_state_alloc(struct tg_model *m, int B);
 enum tg_status tg_model_keep_state(struct tg_model *m, const struct tg_seq_result *res, int B);
 void tg_model_reset_state(struct tg_model *m);
 
+/* ------------------------------------------- recompute (gradient checkpointing for BPTT)
+ * (models/recompute.c) The loss and gradients of tg_model_forward_from + tg_backward, keeping
+ * only the state every K steps: a forward without recording saves the state at the start of
+ * each K-step segment; backward re-records the segments from the last, one at a time on t.
+ * Activation memory O(T/K + K) instead of O(T); time about one more forward of the sequence.
+ *
+ *   struct tg_recompute *rc;
+ *   tg_recompute_new(32, &rc);                       // K = 32 (≈ √T for T = 1000)
+ *   tg_model_zero_grad(m);
+ *   tg_model_grad_recompute(m, t, &batch, NULL, 1.0, rc, &loss, NULL, NULL);
+ *   // every parameter's grad now holds what tg_backward on the whole unroll gives
+ *
+ * Parameter gradients accumulate (+=) like tg_backward's; scale multiplies the loss (the
+ * trainer's loss weight). Gradients equal the plain run's up to the order of the sums over
+ * time (bit for bit for K ≥ T; see recompute.c for exactly where they can differ). init may be
+ * NULL or live on t (it is copied first); heap initial states that want a gradient receive it,
+ * as in the plain run. on_segment (may be NULL) sees each segment's result after its backward,
+ * last segment first (t0: its first step); its logits and final state are valid during the
+ * call. A non-OK return from it stops the call. *loss: the scaled loss (summed per segment).
+ * Anomaly reports (tg_tape_set_anomaly on t) count time steps within the segment. */
+struct tg_recompute;
+enum tg_status tg_recompute_new(int K, struct tg_recompute **out);  /* K ≥ 1 */
+void tg_recompute_free(struct tg_recompute *rc);
+int tg_recompute_k(const struct tg_recompute *rc);
+typedef enum tg_status (*tg_recompute_segment_fn)(void *ctx, int t0, const struct tg_seq_result *res);
+enum tg_status tg_model_grad_recompute(struct tg_model *m, struct tg_tape *t,
+                                       const struct tg_seq_batch *b, struct tg_tensor *const *init,
+                                       double scale, struct tg_recompute *rc, double *loss,
+                                       tg_recompute_segment_fn on_segment, void *ctx);
+/* ∂loss/∂(initial state) of the last call: L·n_state heap tensors' gradients (NULL before). */
+struct tg_tensor *const *tg_recompute_init_grad(const struct tg_recompute *rc);
+/* Forward only (no gradient), in K-step segments handed to on_segment in order (t0 ascending)
+ * and dropped: evaluation of long sequences in O(K) memory. *loss: the model's loss. */
+enum tg_status tg_model_forward_segments(struct tg_model *m, struct tg_tape *t,
+                                         const struct tg_seq_batch *b, struct tg_tensor *const *init,
+                                         struct tg_recompute *rc, double *loss,
+                                         tg_recompute_segment_fn on_segment, void *ctx);
+
 #ifdef __cplusplus
 }
 #endif

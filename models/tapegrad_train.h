@@ -126,6 +126,10 @@ struct tg_train_config {
     int micro_batches;            /* K fixed blocks of batch/K sequences each [1; resuming: the
                                      checkpoint's]; free to change when resuming (last bits) */
     struct tg_dist *dist;         /* the MPI job (tapegrad_dist.h), or NULL: one process */
+    /* ---- memory for long sequences (free to change when resuming; not saved) */
+    int recompute;                /* K: keep the state every K steps and recompute each segment
+                                     in backward (tg_model_grad_recompute): O(T/K + K) activation
+                                     memory, gradients equal up to the order of sums [0 = off] */
     volatile sig_atomic_t *stop;  /* set (e.g. by a SIGINT handler) to stop after this step */
     void (*progress)(const struct tg_train_progress *p, void *ctx); /* called after every step */
     void *progress_ctx;

@@ -210,6 +210,8 @@ void tg_trainer_free(struct tg_trainer *tr)
     tg_tape_free(tr->tape);
     tg_optim_free(tr->optim);
     tg_model_free(tr->model);
+    tg_recompute_free(tr->rc);
+    tg_recompute_free(tr->eval_rc);
     tg_task_free(tr->task);
     tg_task_free(tr->eval_task);
     tg_checkpoint_close(tr->ck);
@@ -308,6 +310,24 @@ static enum tg_status build(struct tg_trainer *tr)
     if (!tr->probs || !tr->eval_probs || !tr->tape || !tr->gnorm)
         return tg_error(TG_ERR_NOMEM, "trainer: out of memory");
     if (c->detect_anomaly) tg_tape_set_anomaly(tr->tape, 1);
+    /* --recompute K: K past the steps one backward spans (T, or the --seq chunk) is refused,
+     * not silently the plain run; anomaly reports would count steps within a segment. */
+    int span = tr->text || (c->seq > 0 && c->seq < T) ? c->seq : T;
+    if (c->recompute < 0 || c->recompute > span)
+        return tg_error(TG_ERR_VALUE, "--recompute %d: K must be between 1 and the %d steps one "
+                        "backward spans (%s)", c->recompute, span, span == T ? "the task's T" :
+                        "the --seq chunk");
+    if (c->recompute && c->detect_anomaly)
+        return tg_error(TG_ERR_VALUE, "--recompute cannot be combined with --detect-anomaly yet "
+                        "(its reports would count time steps within a segment)");
+    /* reber and --lines batches hold sequences shorter than T (frozen past their length) */
+    int padded = c->lines || !strcmp(c->task, "reber");
+    if (c->recompute && (c->bidirectional || c->dropout > 0 || padded))
+        return tg_error(TG_ERR_VALUE, "--recompute cannot be combined with %s yet (a segment "
+                        "replay cannot reproduce it)", c->bidirectional ? "--bidirectional" :
+                        c->dropout > 0 ? "--dropout" : c->lines ? "--lines" : "task reber's padded strings");
+    if (c->recompute) TRY(tg_recompute_new(c->recompute, &tr->rc));
+    if (c->recompute) TRY(tg_recompute_new(c->recompute, &tr->eval_rc));
 
     struct tg_model_config mc = {
         .cell = cell, .input = tr->text ? c->embed : tg_task_in_dim(tr->task),
@@ -396,6 +416,7 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
             r.overwrite = cfg->overwrite;
             r.log_path = cfg->log_path;
             if (cfg->micro_batches) r.micro_batches = cfg->micro_batches;
+            r.recompute = cfg->recompute;
             r.dist = cfg->dist;
             r.stop = cfg->stop;
             r.progress = cfg->progress;
@@ -488,6 +509,20 @@ void train_outputs(const struct tg_trainer *tr, const struct tg_seq_result *res,
     }
 }
 
+/* --recompute: the held-out forward in K-step segments, so that evaluating a long sequence
+ * holds one segment, not T steps (no-grad ops still keep their outputs until the reset). */
+struct eval_ctx {
+    struct tg_trainer *tr;
+    int T, B, K;
+};
+
+static enum tg_status eval_segment(void *ctx, int t0, const struct tg_seq_result *res)
+{
+    struct eval_ctx *e = ctx;
+    if (!e->tr->regression || t0 + e->K >= e->T) train_outputs(e->tr, res, e->tr->eval_probs, t0, e->B);
+    return TG_OK;
+}
+
 enum tg_status tg_trainer_eval(struct tg_trainer *tr, struct tg_metrics *out)
 {
     struct tg_batch *b = &tr->eval_batch;
@@ -505,9 +540,16 @@ enum tg_status tg_trainer_eval(struct tg_trainer *tr, struct tg_metrics *out)
                                   .labels = b->labels, .lengths = b->lengths, .target = b->target};
         struct tg_seq_result res;
         tg_tape_reset(t);
-        st = tg_model_forward_from(tr->model, t, &sb, NULL, &res);
-        if (st != TG_OK) break;
-        train_outputs(tr, &res, tr->eval_probs, 0, b->B);
+        if (tr->eval_rc && tg_recompute_k(tr->eval_rc) < b->T) {
+            struct eval_ctx e = {tr, b->T, b->B, tg_recompute_k(tr->eval_rc)};
+            double loss;
+            st = tg_model_forward_segments(tr->model, t, &sb, NULL, tr->eval_rc, &loss, eval_segment, &e);
+            if (st != TG_OK) break;
+        } else {
+            st = tg_model_forward_from(tr->model, t, &sb, NULL, &res);
+            if (st != TG_OK) break;
+            train_outputs(tr, &res, tr->eval_probs, 0, b->B);
+        }
         tg_task_metrics(tr->eval_task, b, tr->eval_probs, out);
     }
     tg_tape_reset(t);

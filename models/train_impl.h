@@ -50,6 +50,8 @@ struct tg_trainer {
     double *gnorm;                /* ‖∂L/∂W‖ per layer, then the rest (log columns), pre-clip */
     uint64_t drop_seed;           /* dropout: this step's draw from rng; block r0's masks come
                                      from a generator seeded by it and r0 (train_step.c) */
+    struct tg_recompute *rc;      /* --recompute K: saved segment states (NULL: plain run) */
+    struct tg_recompute *eval_rc; /* … and the held-out forward in K-step segments */
 };
 
 /* The model's outputs for rows of one chunk, as probabilities (train.c). */

@@ -106,6 +106,25 @@ static enum tg_status state_out(struct tg_trainer *tr, const struct tg_seq_resul
     return TG_OK;
 }
 
+/* --recompute: what run_block does with a chunk's result, per segment (last segment first). */
+struct segment_ctx {
+    struct tg_trainer *tr;
+    int r0, B, t0;             /* the block's rows, the chunk's first step */
+    int keep;                  /* the chunk's final state is carried (state_out) */
+    int seen;                  /* segments seen: the first one is the chunk's last */
+};
+
+static enum tg_status segment_out(void *ctx, int s0, const struct tg_seq_result *res)
+{
+    struct segment_ctx *c = ctx;
+    int last = c->seen++ == 0;
+    if (!c->tr->regression || last) train_outputs(c->tr, res, c->tr->probs, c->t0 + s0, c->B);
+    /* Overwriting the carried state before the first segment is re-recorded is safe: the
+     * recompute copied the initial state when it began. */
+    if (c->keep && last) return state_out(c->tr, res, c->r0, c->B);
+    return TG_OK;
+}
+
 /* Record and backpropagate one block of sequences (the whole batch, or micro-batch rows
  * [r0, r0 + b->B)) into the parameters' gradients: its weighted loss and its metric sums. */
 static enum tg_status run_block(struct tg_trainer *tr, const struct tg_batch *b, int r0,
@@ -139,6 +158,15 @@ static enum tg_status run_block(struct tg_trainer *tr, const struct tg_batch *b,
         struct tg_seq_result res;
         struct tg_tensor **init;
         enum tg_status st = state_in(tr, t, r0, B, tr->text || c > 0, &init);
+        if (st == TG_OK && tr->rc && !nograd && tg_recompute_k(tr->rc) < Tc) {
+            struct segment_ctx sc = {tr, r0, B, t0, tr->text || !last, 0};
+            double l = 0;
+            st = tg_model_grad_recompute(m, t, &sb, init, scale, tr->rc, &l, segment_out, &sc);
+            if (st != TG_OK && !isfinite(l) && !tg_tape_anomaly(t)) st = diverged(tr, t, l, NAN);
+            *loss += l;
+            if (st != TG_OK) return st;
+            continue;
+        }
         if (st == TG_OK) st = tg_model_forward_from(m, t, &sb, init, &res);
         struct tg_tensor *L = res.loss;
         if (st == TG_OK && !nograd) {

@@ -413,10 +413,60 @@ static int write_result(const char *out, const struct tg_cell *cell, const struc
 
 static struct tg_cell *owned_cell; /* --cell FILE.cell */
 
+/* --recompute: the last segment (seen first) holds the final state; keep a copy, as its tape
+ * is reset before the call returns. */
+struct kept_final {
+    int n, seen;
+    struct tg_tensor **final;
+};
+
+static enum tg_status keep_final(void *ctx, int t0, const struct tg_seq_result *res)
+{
+    (void)t0;
+    struct kept_final *k = ctx;
+    if (k->seen++) return TG_OK;
+    for (int i = 0; i < k->n; i++) {
+        enum tg_status st = tg_tensor_copy(k->final[i], res->final[i]);
+        if (st != TG_OK) return st;
+    }
+    return TG_OK;
+}
+
+/* The gradients through tg_model_grad_recompute (K-step segments); res gets heap copies of the
+ * loss and final state (freed by the caller with free_kept). */
+static enum tg_status grad_recompute(struct tg_model *m, struct tg_tape *t, const struct tg_seq_batch *b,
+                                     int K, struct tg_seq_result *res)
+{
+    int n = m->cfg.layers * m->cfg.cell->n_state;
+    memset(res, 0, sizeof *res);
+    struct kept_final k = {n, 0, calloc((size_t)n, sizeof *k.final)};
+    res->final = k.final;
+    res->loss = tg_tensor_new_heap(1, 1, m->cfg.dtype);
+    if (!k.final || !res->loss) return tg_error(TG_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n; i++)
+        if (!(k.final[i] = tg_tensor_new_heap(b->B, m->cfg.hidden, m->cfg.dtype)))
+            return tg_error(TG_ERR_NOMEM, "out of memory");
+    struct tg_recompute *rc;
+    double loss;
+    enum tg_status st = tg_recompute_new(K, &rc);
+    if (st == TG_OK) st = tg_model_grad_recompute(m, t, b, NULL, 1.0, rc, &loss, keep_final, &k);
+    tg_recompute_free(rc);
+    if (st == TG_OK) tg_set(res->loss, 0, 0, loss);
+    return st;
+}
+
+static void free_kept(const struct tg_model *m, struct tg_seq_result *res)
+{
+    tg_tensor_free(res->loss);
+    for (int i = 0; res->final && i < m->cfg.layers * m->cfg.cell->n_state; i++)
+        tg_tensor_free(res->final[i]);
+    free(res->final);
+}
+
 static int grad_main(int argc, char **argv)
 {
     const char *cell_name = NULL, *ppath = NULL, *dpath = NULL, *out = NULL;
-    int anomaly = 0;
+    int anomaly = 0, recompute = 0;
     const struct cli_flag flags[] = {
         {"cell", CLI_STR, &cell_name, "rnn_tanh, rnn_relu, lstm or gru (must match the parameters), or FILE.cell", 1, 0},
         {"params", CLI_STR, &ppath, "state_dict of the model: rnn.weight_ih_l0, ..., out.weight, out.bias", 1, 0},
@@ -424,6 +474,8 @@ static int grad_main(int argc, char **argv)
          "dropout_mask (L-1, T, B, D*H)", 1, 0},
         {"out", CLI_STR, &out, "where to write loss, the gradients, h_n (and c_n)", 1, 0},
         {"detect-anomaly", CLI_BOOL, &anomaly, "stop at the first NaN/inf in forward or backward and say where", 1, 0},
+        {"recompute", CLI_INT, &recompute, "keep the state every N steps, recompute segments in backward "
+         "(less memory; the same gradients up to the order of sums) [off]", 1, 1e7},
     };
     int pr = cli_parse(CMD, USAGE, argc, argv, flags, (int)(sizeof flags / sizeof flags[0]));
     if (pr < 0) return 1;
@@ -440,6 +492,9 @@ static int grad_main(int argc, char **argv)
                "multiplies each layer's output but the last's (dropout with its masks fixed).\n");
         return 0;
     }
+    if (recompute && anomaly)
+        return cli_fail(CMD, "--recompute cannot be combined with --detect-anomaly yet (its reports "
+                        "would count time steps within a segment)");
     const char *missing = !cell_name ? "--cell" : !ppath ? "--params" : !dpath ? "--data" : !out ? "--out" : NULL;
     if (missing) return cli_fail(CMD, "%s is required (see tapegrad grad --help)", missing);
     const struct tg_cell *cell = cli_cell(CMD, cell_name, &owned_cell);
@@ -492,6 +547,17 @@ static int grad_main(int argc, char **argv)
     m->dropout_mask = d.mask;
     struct tg_seq_batch b = {.T = d.T, .B = d.B, .x = d.x, .labels = d.y, .lengths = d.len};
     struct tg_seq_result res;
+    if (recompute > d.T) {
+        rc = cli_fail(CMD, "--recompute %d is longer than the sequence (T = %d in %s)", recompute, d.T, dpath);
+        goto done;
+    }
+    if (recompute) {
+        enum tg_status st = t ? grad_recompute(m, t, &b, recompute, &res) : TG_ERR_NOMEM;
+        rc = st == TG_OK ? write_result(out, cell, &lo, m, &res, d.B)
+                         : cli_fail(CMD, "%s", t ? tg_last_error() : "out of memory");
+        free_kept(m, &res);
+        goto done;
+    }
     if (!t || tg_model_forward_from(m, t, &b, NULL, &res) != TG_OK || tg_backward(t, res.loss) != TG_OK) {
         rc = cli_fail(CMD, "%s", t ? tg_last_error() : "out of memory");
         goto done;

@@ -146,7 +146,8 @@ static int train_main(int argc, char **argv)
     int detect_anomaly = 0, lines = 0;
     double valid_fraction = 0;
     int length = 0, batch = 0, hidden = 0, layers = 0, seq = 0, threads = 0, embed = 0;
-    int until_solved = 0, overwrite = 0, eval_size = 0, micro_batches = 0, bidirectional = 0;
+    int until_solved = 0, overwrite = 0, eval_size = 0, micro_batches = 0, bidirectional = 0,
+        recompute = 0;
     long steps = 0, max_steps = 20000, checkpoint_every = 0, seed = 1, eval_every = 0;
     long print_every = 100;
     double lr = 0, clip_value = 0, clip_norm = 0, forget_bias = 0, momentum = 0, dropout = 0;
@@ -192,6 +193,8 @@ static int train_main(int argc, char **argv)
         {"print-every", CLI_LONG, &print_every, "non-terminal: a progress line every N steps [100]", 1, 1e12},
         {"micro-batches", CLI_INT, &micro_batches, "split each batch into K fixed blocks, summed in "
          "order: the same result with or without mpirun -np N (N <= K) [1]", 1, 1 << 20},
+        {"recompute", CLI_INT, &recompute, "keep the state every N steps, recompute segments in "
+         "backward: O(T/N + N) memory, ~1/3 more time [off]", 1, 1e7},
         {"compare", CLI_STR, &compare, "train each listed cell (rnn_tanh,lstm,gru) and print a table", 0, -1},
         {"plot", CLI_STR, &plot, "at the end, draw loss, metric and gradient-norm curves to FILE.png|svg", 0, -1},
         {"detect-anomaly", CLI_BOOL, &detect_anomaly, "stop at the first NaN/inf in forward or backward and say where", 0, -1},
@@ -223,7 +226,7 @@ static int train_main(int argc, char **argv)
         .checkpoint_every = checkpoint_every, .resume = resume, .overwrite = overwrite,
         .log_path = log, .stop = &interrupted, .progress = progress,
         .micro_batches = micro_batches, .dist = train_dist(), /* issue 16: train_mpi.c */
-        .detect_anomaly = detect_anomaly,
+        .detect_anomaly = detect_anomaly, .recompute = recompute,
     };
     /* --plot draws from the log; without --log, from a temporary one removed afterwards */
     char tmp_log[64] = "";

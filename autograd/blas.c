@@ -1,11 +1,23 @@
-/* blas.c — the one GEMM every floor calls: CBLAS in either dtype, split over our own OpenMP
- * team when a product is worth threading. The engine (deferred weight gradients), the ops
- * (matmul, addmm) and the hand-derived oracles all use it, so their products round alike. */
+/* blas.c — the one GEMM every floor calls: CBLAS in either dtype, or a libxsmm JIT kernel for
+ * the small per-step products, split over our own OpenMP team when a product is worth
+ * threading. The engine (deferred weight gradients), the ops (matmul, addmm) and the
+ * hand-derived oracles all use it, so their products round alike. */
+#include <stdlib.h>
+
 #include <cblas.h>
 
 #include "internal.h"
 
-static void gemm1(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
+#if TG_HAVE_LIBXSMM
+#include <libxsmm.h>
+#endif
+
+static enum tg_gemm_backend backend = TG_GEMM_AUTO;
+
+void tg_gemm_set_backend(enum tg_gemm_backend b) { backend = b; }
+enum tg_gemm_backend tg_gemm_get_backend(void) { return backend; }
+
+static void blas1(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
                   const void *b, int ldb, double beta, void *c, int ldc)
 {
     enum CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans;
@@ -14,6 +26,132 @@ static void gemm1(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const v
         cblas_dgemm(CblasRowMajor, TA, TB, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc);
     else
         cblas_sgemm(CblasRowMajor, TA, TB, m, n, k, 1.0f, a, lda, b, ldb, (float)beta, c, ldc);
+}
+
+#if TG_HAVE_LIBXSMM
+/* Which products go to libxsmm (TG_GEMM_AUTO). libxsmm computes straight from the operands
+ * with a kernel generated for the exact shape, where OpenBLAS copies ("packs") both operands
+ * into its blocked layout on every call — for a per-step product h·W_hhᵀ that is all of W_hh
+ * re-copied for a handful of rows. The packing pays off once the copy is reused across many
+ * rows; the rule below is the measured crossover (bench/gemm_bench.c, figures in
+ * bench/README.md): libxsmm for products whose smallest side is at most 64 (B rows of a step,
+ * or the B-long inner size of a per-step weight gradient), OpenBLAS for the stacked
+ * products over T·B rows, whose three sides are all large. β must be 0 or 1 (the kernels'
+ * only forms); anything else stays with OpenBLAS. */
+static int xsmm_wanted(int m, int n, int k, double beta)
+{
+    if (beta != 0.0 && beta != 1.0) return 0;
+    if (backend == TG_GEMM_XSMM) return 1;
+    if (backend != TG_GEMM_AUTO) return 0;
+    int lo = m < n ? m : n;
+    if (k < lo) lo = k;
+    return lo <= 64 && (double)m * n * k <= 64.0 * 4096 * 4096;
+}
+
+/* Scratch for the transposed-operand form below: per thread (each thread of tg_gemm's split
+ * runs its own block), grown to the largest need seen and then reused, so after the first
+ * step of a training loop nothing is allocated. */
+static _Thread_local void *scratch;
+static _Thread_local size_t scratch_cap;
+
+static void *scratch_get(size_t bytes)
+{
+    if (bytes <= scratch_cap) return scratch;
+    size_t cap = (bytes + 4095) / 4096 * 4096;
+    void *p = aligned_alloc(64, cap);
+    if (!p) return NULL;
+    free(scratch);
+    scratch = p, scratch_cap = cap;
+    return p;
+}
+
+/* One column-major libxsmm product C = op(A)·op(B) + β·C (β ∈ {0, 1}); 0 when libxsmm has no
+ * kernel for it (the caller then uses OpenBLAS). The kernel is looked up on every call: a
+ * hash of the shape into libxsmm's registry, generated once per shape (that is the warm-up). */
+static int xsmm_cm(enum tg_dtype dt, int flags, int m, int n, int k, const void *a, int lda,
+                   const void *b, int ldb, double beta, void *c, int ldc)
+{
+    libxsmm_blasint M = m, N = n, K = k, LDA = lda, LDB = ldb, LDC = ldc;
+    if (dt == TG_F64) {
+        double one = 1.0, bt = beta;
+        libxsmm_dmmfunction f = libxsmm_dmmdispatch(M, N, K, &LDA, &LDB, &LDC, &one, &bt, &flags, NULL);
+        if (!f) return 0;
+        f(a, b, c);
+    } else {
+        float one = 1.0f, bt = (float)beta;
+        libxsmm_smmfunction f = libxsmm_smmdispatch(M, N, K, &LDA, &LDB, &LDC, &one, &bt, &flags, NULL);
+        if (!f) return 0;
+        f(a, b, c);
+    }
+    return 1;
+}
+
+/* Row-major C = op(A)·op(B) + β·C through libxsmm, which is column-major: the same memory is
+ * column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, so B and A swap places and m and n swap; each operand
+ * keeps its own transpose flag. libxsmm 1.17 generates no kernel with its first operand
+ * transposed, and that is exactly the forward product h·W_hhᵀ (tb = 1: both operands
+ * contiguous along k). For it:
+ *   B = 1 (a row h):  h·Wᵀ is W·hᵀ read the other way: column-major, c (1×n, ld 1) =
+ *                     h (1×k, ld 1) · Wᵀ (k×n, ld = ldb), no transpose, no copy;
+ *   B > 1:            copy hᵀ (k×m) into scratch, compute E = h·Wᵀ column-major (m×n, ld m)
+ *                     with no transpose, then C = β·C + Eᵀ: two extra passes over m·(k + n)
+ *                     numbers, against OpenBLAS's pass over all of W (n·k) to pack it. */
+static int xsmm_gemm(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
+                     const void *b, int ldb, double beta, void *c, int ldc)
+{
+    if (!tb)
+        return xsmm_cm(dt, ta ? LIBXSMM_GEMM_FLAG_TRANS_B : 0, n, m, k, b, ldb, a, lda, beta, c, ldc);
+    if (ta) return 0;
+    if (m == 1) {
+        if (dt == TG_F64)
+            cblas_dgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0, b, ldb, a, 1, beta, c, 1);
+        else
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, b, ldb, a, 1, (float)beta, c, 1);
+        return 1;
+    }
+    size_t es = tg_dtype_size(dt);
+    char *ht = scratch_get(((size_t)m * k + (size_t)m * n) * es);
+    if (!ht) return 0;
+    char *e = ht + (size_t)m * k * es;
+    if (dt == TG_F64) {
+        const double *h = a;
+        double *t = (double *)ht;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < k; j++) t[(size_t)j * m + i] = h[(size_t)i * lda + j];
+    } else {
+        const float *h = a;
+        float *t = (float *)ht;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < k; j++) t[(size_t)j * m + i] = h[(size_t)i * lda + j];
+    }
+    if (!xsmm_cm(dt, 0, m, n, k, ht, m, b, ldb, 0.0, e, m)) return 0;
+    /* C[i][j] = β·C[i][j] + E[j][i]   (E column-major m×n: element (i, j) at j·m + i) */
+    if (dt == TG_F64) {
+        double *cc = c;
+        const double *ee = (const double *)e;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+                cc[(size_t)i * ldc + j] = (beta != 0.0 ? cc[(size_t)i * ldc + j] : 0.0) + ee[(size_t)j * m + i];
+    } else {
+        float *cc = c;
+        const float *ee = (const float *)e;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+                cc[(size_t)i * ldc + j] = (beta != 0.0 ? cc[(size_t)i * ldc + j] : 0.0f) + ee[(size_t)j * m + i];
+    }
+    return 1;
+}
+#endif
+
+/* One thread's product, by the backend the shape calls for. */
+static void gemm1(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const void *a, int lda,
+                  const void *b, int ldb, double beta, void *c, int ldc)
+{
+#if TG_HAVE_LIBXSMM
+    if (xsmm_wanted(m, n, k, beta) && xsmm_gemm(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc))
+        return;
+#endif
+    blas1(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
 }
 
 /* Below this m·n·k OpenBLAS runs a GEMM on one thread anyway (its interface/gemm.c:
@@ -75,3 +213,5 @@ void tg_syrk(enum tg_dtype dt, int n, int k, const void *a, int lda, void *c, in
     else
         cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, n, k, 1.0f, a, lda, 0.0f, c, ldc);
 }
+
+int tg_gemm_have_xsmm(void) { return TG_HAVE_LIBXSMM; }

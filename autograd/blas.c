@@ -31,21 +31,35 @@ static void blas1(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const v
 #if TG_HAVE_LIBXSMM
 /* Which products go to libxsmm (TG_GEMM_AUTO). libxsmm computes straight from the operands
  * with a kernel generated for the exact shape, where OpenBLAS copies ("packs") both operands
- * into its blocked layout on every call — for a per-step product h·W_hhᵀ that is all of W_hh
- * re-copied for a handful of rows. The packing pays off once the copy is reused across many
- * rows; the rule below is the measured crossover (bench/gemm_bench.c, figures in
- * bench/README.md): libxsmm for products whose smallest side is at most 64 (B rows of a step,
- * or the B-long inner size of a per-step weight gradient), OpenBLAS for the stacked
- * products over T·B rows, whose three sides are all large. β must be 0 or 1 (the kernels'
- * only forms); anything else stays with OpenBLAS. */
-static int xsmm_wanted(int m, int n, int k, double beta)
+ * into its blocked layout on every call — for a per-step product that is all of W_hh re-copied
+ * for a handful of rows. Measured per shape with bench/gemm_bench.c (thread CPU time, OpenBLAS
+ * 0.3.21 on its CPUID kernels, Cooperlake/AVX-512, one thread; figures in bench/README.md),
+ * libxsmm ÷ OpenBLAS:
+ *   h·W_hhᵀ (ta = 0, tb = 1; m = B, n = G·H, k = H): 0.6–0.9 for B = 4–32 once W_hh is at least
+ *       400 × 100 (B = 64 from H = 256); 1.2–3.5 below that or at B ≤ 2, where the column-major
+ *       kernel has only B lanes to vectorise and the transposes cost as much as the product.
+ *       float64 at B = 4 loses from n·k > 2¹⁸.
+ *   dZ·W_hh (ta = 0, tb = 0; m = B, n = H, k = G·H): 0.25–0.8 for B ≥ 4 and n·k > 2¹⁶ (B ≥ 16 at
+ *       n·k = 2¹⁶); about 1 below; float64 loses from n·k = 2²⁰ at B ≥ 16 (1.1–1.2).
+ *   dW += dZᵀ·h (ta = 1, tb = 0; m = G·H, n = H, k = T·B, the engine's one GEMM per weight over
+ *       all steps): float64 0.5–0.95 for H ≤ 128 (G·H ≤ 512) up to T·B = 3200; float32 0.5–0.9
+ *       at H = 32–64 from T·B = 800; 1.0–3.1 for larger H (OpenBLAS's packing pays there).
+ *   the stacked input projection (m = T·B ≥ 50): 1.1–4.7: OpenBLAS.
+ * β must be 0 or 1 (the kernels' only forms); anything else stays with OpenBLAS. */
+static int xsmm_wanted(enum tg_dtype dt, int ta, int tb, int m, int n, int k, double beta)
 {
     if (beta != 0.0 && beta != 1.0) return 0;
     if (backend == TG_GEMM_XSMM) return 1;
     if (backend != TG_GEMM_AUTO) return 0;
-    int lo = m < n ? m : n;
-    if (k < lo) lo = k;
-    return lo <= 64 && (double)m * n * k <= 64.0 * 4096 * 4096;
+    int f64 = dt == TG_F64;
+    if (ta) /* dW += dZᵀ·h */
+        return !tb && n >= 8 && (f64 ? n <= 128 && m <= 512 && k <= 3200 : n >= 32 && n <= 64 && k >= 800);
+    if (m < 4 || m > 64) return 0;
+    double nk = (double)n * k;
+    if (tb) /* h·W_hhᵀ */
+        return n >= 400 && k >= 100 && (m <= 32 || k >= 256) && !(f64 && m < 16 && nk > 262144);
+    /* dZ·W_hh */
+    return (nk > 65536 || (m >= 16 && nk >= 65536)) && !(f64 && m >= 16 && nk >= 1048576);
 }
 
 /* Scratch for the transposed-operand form below: per thread (each thread of tg_gemm's split
@@ -148,7 +162,7 @@ static void gemm1(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const v
                   const void *b, int ldb, double beta, void *c, int ldc)
 {
 #if TG_HAVE_LIBXSMM
-    if (xsmm_wanted(m, n, k, beta) && xsmm_gemm(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc))
+    if (xsmm_wanted(dt, ta, tb, m, n, k, beta) && xsmm_gemm(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc))
         return;
 #endif
     blas1(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);

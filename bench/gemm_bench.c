@@ -109,6 +109,20 @@ static double allocs_per_call(int bk, int f64, int ta, int tb, int m, int n, int
     return (count() - n0) / 10.0;
 }
 
+/* Is `name` one of the comma-separated items of `list`? */
+static int in_list(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && !strncmp(p, name, n)) return 1;
+        if (!e) break;
+        p = e + 1;
+    }
+    return 0;
+}
+
 static void fill(void *p, size_t n, int f64, unsigned seed)
 {
     for (size_t i = 0; i < n; i++) {
@@ -135,7 +149,7 @@ int main(int argc, char **argv)
 {
     int rounds = 7;
     double ms = 3.0;
-    const char *dts = "both", *Bs = "1 4 16 32 64", *Hs = "8 32 64 100 128 256 512", *Gs = "1 4";
+    const char *ops = "fwd,dh,dW,xp,dWs", *dts = "both", *Bs = "1 4 16 32 64", *Hs = "8 32 64 100 128 256 512", *Gs = "1 4";
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && !strcmp(argv[i], "--rounds")) rounds = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--ms")) ms = atof(argv[++i]);
@@ -143,9 +157,10 @@ int main(int argc, char **argv)
         else if (i + 1 < argc && !strcmp(argv[i], "--B")) Bs = argv[++i];
         else if (i + 1 < argc && !strcmp(argv[i], "--H")) Hs = argv[++i];
         else if (i + 1 < argc && !strcmp(argv[i], "--G")) Gs = argv[++i];
+        else if (i + 1 < argc && !strcmp(argv[i], "--ops")) ops = argv[++i];
         else {
             fprintf(stderr, "gemm_bench: unknown argument '%s' (--rounds R --ms MS --dtype "
-                    "f32|f64|both --B LIST --H LIST --G LIST)\n", argv[i]);
+                    "f32|f64|both --B LIST --H LIST --G LIST --ops fwd,dh,dW,xp,dWs)\n", argv[i]);
             return 2;
         }
     }
@@ -176,6 +191,7 @@ int main(int argc, char **argv)
                 for (char *bb = strtok_r(Bbuf, " ", &s3); bb; bb = strtok_r(NULL, " ", &s3)) {
                     int B = atoi(bb);
                     for (int p = 0; p < 5; p++) {
+                        if (!in_list(ops, prods[p].name)) continue;
                         int ta = prods[p].ta, tb = prods[p].tb, m, n, k;
                         if (p == 0) m = B, n = G * H, k = H;
                         else if (p == 1) m = B, n = H, k = G * H;

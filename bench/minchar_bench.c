@@ -1,6 +1,7 @@
 /* minchar_bench.c — tapegrad's side of the min-char-rnn benchmark config (issue 15).
  *
- *   build/bench/minchar_bench --data FILE [--steps N] [--warmup W] [--threads N] [--json FILE]
+ *   build/bench/minchar_bench --data FILE [--steps N] [--warmup W] [--threads N] [--clock wall|cpu]
+ *                             [--json FILE]
  *
  * The configuration of min-char-rnn (bench/minchar_numpy.py is the NumPy reference): a tanh RNN
  * over the bytes of FILE, H = 100, windows of T = 25 bytes in order with the state carried
@@ -25,10 +26,12 @@
 
 void openblas_set_num_threads(int num_threads);
 
+static int clock_cpu; /* --clock cpu: the process's CPU time */
+
 static double now(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock_cpu ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
@@ -50,9 +53,11 @@ int main(int argc, char **argv)
         else if (i + 1 < argc && !strcmp(argv[i], "--threads")) threads = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--dtype")) dtype = argv[++i];
         else if (i + 1 < argc && !strcmp(argv[i], "--json")) json = argv[++i];
+        else if (i + 1 < argc && !strcmp(argv[i], "--clock") && !strcmp(argv[i + 1], "cpu")) clock_cpu = 1, i++;
+        else if (i + 1 < argc && !strcmp(argv[i], "--clock") && !strcmp(argv[i + 1], "wall")) clock_cpu = 0, i++;
         else {
             fprintf(stderr, "minchar_bench: unknown argument '%s' (--data FILE --steps N --warmup W "
-                    "--threads N --dtype f32|f64 --json FILE)\n", argv[i]);
+                    "--threads N --dtype f32|f64 --clock wall|cpu --json FILE)\n", argv[i]);
             return 2;
         }
     }
@@ -99,7 +104,7 @@ int main(int argc, char **argv)
     qsort(ms, (size_t)steps, sizeof *ms, cmp_d);
     double med = ms[steps / 2];
     printf("# tapegrad: rnn_tanh over the bytes of %s, H = 100, T = 25, B = 1, %s, Adagrad "
-           "(min-char-rnn), clip 5, %d thread(s)\n", data, dtype, threads);
+           "(min-char-rnn), clip 5, %d thread(s); clock %s\n", data, dtype, threads, clock_cpu ? "cpu" : "wall");
     printf("minchar tapegrad: %.4f ms/step median (%.4f–%.4f) over %ld steps after %ld; first loss %.6f\n",
            med, ms[0], ms[steps - 1], steps, warmup, first_loss);
     if (json) {
@@ -109,8 +114,8 @@ int main(int argc, char **argv)
             return 1;
         }
         fprintf(f, "{\"impl\": \"tapegrad\", \"median_ms\": %.6f, \"min_ms\": %.6f, \"max_ms\": %.6f, "
-                "\"steps\": %ld, \"dtype\": \"%s\", \"first_loss\": %.9g}\n", med, ms[0], ms[steps - 1],
-                steps, dtype, first_loss);
+                "\"steps\": %ld, \"dtype\": \"%s\", \"first_loss\": %.9g, \"clock\": \"%s\"}\n", med, ms[0],
+                ms[steps - 1], steps, dtype, first_loss, clock_cpu ? "cpu" : "wall");
         if (fclose(f) != 0) {
             fprintf(stderr, "minchar_bench: cannot write %s\n", json);
             return 1;

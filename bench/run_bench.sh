@@ -5,7 +5,7 @@
 #   bench/run_bench.sh [--quick] [--threads "1 2"] [--build DIR] [--out DIR] [--no-torch]
 #                      [--torch-blas openmp|system] [--coretype native|keep]
 #                      [--tg-coretype native|keep] [--torch-coretype native|keep]
-#                      [--no-scaling] [--no-memory] [--no-minchar] [--text FILE]
+#                      [--no-scaling] [--no-memory] [--no-minchar] [--text FILE] [--clock wall|cpu]
 #   bench/run_bench.sh --report DIR     (re-print the table of an earlier run's results)
 #
 # For each thread count N and each config, in turn: `tapegrad bench --threads N --config C
@@ -29,6 +29,9 @@
 #   --tg-coretype     the same for tapegrad's commands (default native: both sides choose their
 #                     best; on this machine CPUID gives Cooperlake, faster than the inherited
 #                     Haswell on every B > 1 config, bench/README.md).
+#   --clock           wall (default) or cpu: every program times steps in its process's CPU
+#                     time, which time slices taken by other processes on a loaded machine do not
+#                     inflate (1 thread: the work itself; cache contention still counts).
 #   --coretype        sets both. The core each side ran is printed in meta.txt and the table.
 #   memory rows       T1000B32H128 for the three cells (3 timed steps; tape memory against the
 #                     minimum and peak-RSS rise on each side); --no-memory skips them.
@@ -39,9 +42,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 QUICK=0 THREADS="1 2" BUILD="" OUT="" TORCH=1 TORCH_BLAS=openmp SCALING=1 REPORT=""
-TG_CORETYPE=native PT_CORETYPE=native MEMORY=1 MINCHAR=1 TEXT="$ROOT/README.md"
+TG_CORETYPE=native PT_CORETYPE=native MEMORY=1 MINCHAR=1 TEXT="$ROOT/README.md" CLOCK=wall
 
-usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'; }
 coretype_arg() {
     case "$2" in native|keep) ;; *) echo "run_bench.sh: $1 native|keep, got '$2'" >&2; exit 2 ;; esac
 }
@@ -60,6 +63,8 @@ while [ $# -gt 0 ]; do
         --tg-coretype) coretype_arg "$1" "${2:-}"; TG_CORETYPE=$2; shift ;;
         --torch-coretype) coretype_arg "$1" "${2:-}"; PT_CORETYPE=$2; shift ;;
         --no-memory) MEMORY=0 ;;
+        --clock) CLOCK=${2:-}; shift
+                 case "$CLOCK" in wall|cpu) ;; *) echo "run_bench.sh: --clock wall|cpu" >&2; exit 2 ;; esac ;;
         --no-minchar) MINCHAR=0 ;;
         --text) TEXT=${2:?--text needs a file}; shift
                 [ -r "$TEXT" ] || { echo "run_bench.sh: --text: cannot read '$TEXT'" >&2; exit 2; } ;;
@@ -111,6 +116,8 @@ else
     TG_ARGS=()
     PT_ARGS=()
 fi
+TG_ARGS+=(--clock "$CLOCK")
+PT_ARGS+=(--clock "$CLOCK")
 
 # Each side's OpenBLAS environment (see --tg-coretype / --torch-coretype).
 ENV_BLAS=() PT_ENV_BLAS=()
@@ -151,10 +158,10 @@ for n in $THREADS; do
     if [ $SCALING = 1 ] && [ "$n" = "$(echo $THREADS | cut -d' ' -f1)" ]; then
         echo "== tapegrad bench, $n thread(s), scaling in T"
         env "${ENV_BLAS[@]}" LD_PRELOAD="$MALLOC_SO" "$TAPEGRAD" bench --threads "$n" --config none \
-            --cell lstm --scaling --json "$OUT/part-tapegrad-t$n-scaling.json" | tee -a "$OUT/tapegrad-t$n.txt"
+            --cell lstm --scaling --clock "$CLOCK" --json "$OUT/part-tapegrad-t$n-scaling.json" | tee -a "$OUT/tapegrad-t$n.txt"
         if [ $TORCH = 1 ]; then
             env "${PT_ENV_BLAS[@]}" "${PT_ENV[@]}" /usr/bin/python3 "$ROOT/bench/torch_bench.py" --threads "$n" \
-                --cell lstm --impl nn --config T10B32H128,T100B32H128,T1000B32H128 \
+                --cell lstm --impl nn --config T10B32H128,T100B32H128,T1000B32H128 --clock "$CLOCK" \
                 --json "$OUT/torch-scaling-t$n.json" | tee "$OUT/torch-scaling-t$n.txt"
         fi
     fi
@@ -162,10 +169,10 @@ for n in $THREADS; do
         # T = 1000: memory more than time (3 timed steps; a step takes about a second)
         echo "== tapegrad bench, $n thread(s), T1000B32H128 (memory)"
         env "${ENV_BLAS[@]}" LD_PRELOAD="$MALLOC_SO" "$TAPEGRAD" bench --threads "$n" --config T1000B32H128 \
-            --repeats 3 --warmup 1 --json "$OUT/memory-tapegrad-t$n.json" | tee -a "$OUT/tapegrad-t$n.txt"
+            --repeats 3 --warmup 1 --clock "$CLOCK" --json "$OUT/memory-tapegrad-t$n.json" | tee -a "$OUT/tapegrad-t$n.txt"
         if [ $TORCH = 1 ]; then
             env "${PT_ENV_BLAS[@]}" "${PT_ENV[@]}" /usr/bin/python3 "$ROOT/bench/torch_bench.py" --threads "$n" \
-                --impl nn --config T1000B32H128 --repeats 3 --warmup 1 \
+                --impl nn --config T1000B32H128 --repeats 3 --warmup 1 --clock "$CLOCK" \
                 --json "$OUT/memory-torch-t$n.json" | tee -a "$OUT/torch-t$n.txt"
         fi
     fi
@@ -175,10 +182,10 @@ for n in $THREADS; do
         else
             echo "== min-char-rnn ($TEXT): tapegrad and NumPy alternated, 3 runs each"
             for rep in 1 2 3; do
-                env "${ENV_BLAS[@]}" "$BUILD/bench/minchar_bench" --data "$TEXT" --threads "$n" \
+                env "${ENV_BLAS[@]}" "$BUILD/bench/minchar_bench" --data "$TEXT" --threads "$n" --clock "$CLOCK" \
                     --json "$OUT/minchar-tapegrad-$rep.json" | tee -a "$OUT/minchar.txt"
                 env "${PT_ENV_BLAS[@]}" OMP_NUM_THREADS="$n" OPENBLAS_NUM_THREADS="$n" /usr/bin/python3 \
-                    "$ROOT/bench/minchar_numpy.py" --data "$TEXT" --json "$OUT/minchar-numpy-$rep.json" \
+                    "$ROOT/bench/minchar_numpy.py" --data "$TEXT" --clock "$CLOCK" --json "$OUT/minchar-numpy-$rep.json" \
                     | tee -a "$OUT/minchar.txt"
             done
         fi

@@ -25,7 +25,7 @@ form is accepted (e.g. T10B32H128, T1000B32H128 for the scaling series).
 
 Timing: --warmup steps first (default 3), then --repeats timed steps (default: as many as fit in
 about 2 s after warm-up, at least 20, at most 200). Each step is timed alone with
-time.perf_counter; reported are the median and the min–max in ms/step and tokens/s = T·B / median.
+time.perf_counter (--clock cpu: time.process_time, the process's CPU time); reported are the median and the min–max in ms/step and tokens/s = T·B / median.
 Threads: torch.set_num_threads(N) (default 1), and the same count for the OpenBLAS that torch
 loaded, through its openblas_set_num_threads (see openblas_info; --blas-threads leave skips it).
 OPENBLAS_* and *_NUM_THREADS environment variables are printed but never changed: run tapegrad
@@ -110,6 +110,9 @@ class LoopLSTM(nn.Module):
         return self.out(torch.stack(hs))
 
 
+CLOCK = time.perf_counter   # --clock cpu: time.process_time (this process's CPU time)
+
+
 def bench_one(impl, cell, config, threads, repeats, warmup, seed=0):
     T, B, H = parse_config(config)
     torch.manual_seed(seed)
@@ -128,17 +131,17 @@ def bench_one(impl, cell, config, threads, repeats, warmup, seed=0):
         return loss
 
     mark = _rss_mark()
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for _ in range(warmup):
         loss = step()
-    warm = (time.perf_counter() - t0) / max(warmup, 1)
+    warm = (CLOCK() - t0) / max(warmup, 1)
     if repeats is None:
         repeats = int(min(200, max(20, 2.0 / max(warm, 1e-6))))
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         loss = step()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     if not torch.isfinite(loss):
         print(f"warning: {impl} {cell} {config}: loss is not finite", file=sys.stderr)
     med = statistics.median(times)
@@ -261,6 +264,9 @@ def main(argv=None):
     ap.add_argument("--blas-threads", choices=("match", "leave"), default="match",
                     help="match: set OpenBLAS's thread count to --threads (default); "
                          "leave: keep OpenBLAS's own (pthread flavour: one per CPU)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall (default) or cpu: the process's CPU time (all threads), which a "
+                         "loaded machine's time slicing does not inflate")
     ap.add_argument("--json", metavar="FILE", help="write the results as a JSON list")
     args = ap.parse_args(argv)
 
@@ -275,6 +281,8 @@ def main(argv=None):
         except ValueError as e:
             raise SystemExit(str(e))
 
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     print_environment(args.threads, args.blas_threads == "match")
     print(f"# one training step, float32: forward + summed cross-entropy (V={V}) + backward + SGD")

@@ -149,6 +149,43 @@ static void test_gemm_split(void **state)
 #endif
 }
 
+/* β = 1 adds the finished product: accumulating the same product twice into zero gives exactly
+ * twice it, on every backend (gradients summed over calls rely on it: tests/test_tape.c). */
+static void test_gemm_accumulates_whole_products(void **state)
+{
+    (void)state;
+    static const int shapes[][5] = {
+        {1, 0, 4, 2, 3}, {0, 0, 8, 100, 200}, {1, 0, 400, 100, 50}, {0, 1, 16, 512, 128},
+        {0, 0, 32, 256, 64}, {1, 0, 128, 32, 64}, {0, 1, 1, 400, 100},
+    };
+    static const enum tg_gemm_backend backends[] = {TG_GEMM_AUTO, TG_GEMM_OPENBLAS, TG_GEMM_XSMM};
+    for (size_t bk = 0; bk < 3; bk++) {
+        tg_gemm_set_backend(backends[bk]);
+        for (int f64 = 0; f64 < 2; f64++)
+            for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+                const int *q = shapes[s];
+                int ta = q[0], tb = q[1], m = q[2], n = q[3], k = q[4];
+                int lda = ta ? m : k, ldb = tb ? k : n;
+                size_t es = f64 ? 8 : 4;
+                void *a = malloc((size_t)m * k * es), *b = malloc((size_t)k * n * es);
+                void *c1 = calloc((size_t)m * n, es), *c2 = calloc((size_t)m * n, es);
+                for (size_t i = 0; i < (size_t)m * k; i++) set(a, i, f64, urand());
+                for (size_t i = 0; i < (size_t)k * n; i++) set(b, i, f64, urand());
+                enum tg_dtype dt = f64 ? TG_F64 : TG_F32;
+                tg_gemm(dt, ta, tb, m, n, k, a, lda, b, ldb, 1.0, c1, n);
+                tg_gemm(dt, ta, tb, m, n, k, a, lda, b, ldb, 1.0, c2, n);
+                tg_gemm(dt, ta, tb, m, n, k, a, lda, b, ldb, 1.0, c2, n);
+                for (size_t i = 0; i < (size_t)m * n; i++)
+                    if (get(c2, i, f64) != 2 * get(c1, i, f64))
+                        fail_msg("backend %d %s ta %d tb %d %dx%dx%d: element %zu: twice accumulated %.17g, "
+                                 "2 x once %.17g", (int)backends[bk], f64 ? "f64" : "f32", ta, tb, m, n,
+                                 k, i, get(c2, i, f64), 2 * get(c1, i, f64));
+                free(a), free(b), free(c1), free(c2);
+            }
+    }
+    tg_gemm_set_backend(TG_GEMM_AUTO);
+}
+
 /* After one call of each shape (kernel generation, scratch growth), the per-step products
  * allocate nothing: the training loop's zero-allocation guarantee covers tg_gemm. */
 static void test_gemm_no_alloc_after_warmup(void **state)
@@ -184,6 +221,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_against_loop),
         cmocka_unit_test(test_gemm_split),
+        cmocka_unit_test(test_gemm_accumulates_whole_products),
         cmocka_unit_test(test_gemm_no_alloc_after_warmup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

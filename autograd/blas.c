@@ -47,7 +47,8 @@ static void blas1(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const v
  *   dW += dZᵀ·h (ta = 1, tb = 0; m = G·H, n = H, k = T·B, the engine's one GEMM per weight over
  *       all steps): float64 0.5–0.95 for H ≤ 128 (G·H ≤ 512) up to T·B = 3200; float32 0.5–0.9
  *       at H = 32–64 from T·B = 800; 1.0–3.1 for larger H (OpenBLAS's packing pays there).
- *   one row (B = 1, GEMV): about 1 (OpenBLAS has its own GEMV path).
+ *   one row (B = 1): about 1 (OpenBLAS has its own GEMV path), except once W_hh has 2²⁰
+ *       elements: 0.19 (float64 0.35) for h·W_hhᵀ through GEMV, 0.34 for float32 dZ·W_hh.
  * Other kernels (Haswell/AVX2, which this workplace's OPENBLAS_CORETYPE selects):
  *   h·W_hhᵀ: 0.17–0.4 at B = 1 (GEMV) from H = 32; 0.5–0.9 for B = 2–4 from H = 64 and for
  *       B = 16–64 from H = 100 (B = 64 with float64 from H = 256); 1.1–4.4 at H ≤ 32 (64).
@@ -85,6 +86,7 @@ static int xsmm_wanted(enum tg_dtype dt, int ta, int tb, int m, int n, int k, do
     }
     if (ta) /* dW += dZᵀ·h */
         return !tb && n >= 8 && (f64 ? n <= 128 && m <= 512 && k <= 3200 : n >= 32 && n <= 64 && k >= 800);
+    if (m == 1 && nk >= 1048576) return tb || !f64;
     if (m < 4 || m > 64) return 0;
     if (tb) /* h·W_hhᵀ */
         return n >= 400 && k >= 100 && (m <= 32 || k >= 256) && !(f64 && m < 16 && nk > 262144);

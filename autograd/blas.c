@@ -55,6 +55,12 @@ static void blas1(enum tg_dtype dt, int ta, int tb, int m, int n, int k, const v
  *   dZ·W_hh: 0.1–0.77 at every B ≤ 64, H ≥ 8.
  *   dW over all steps: 0.3–0.94 up to H = 256 (float64 G·H·T·B ≤ 2²¹ at H = 256); H = 512 mixed.
  * The stacked input projection (m = T·B ≥ 50) stays with OpenBLAS under both (1.1–4.7).
+ * One more reason, on AVX-512 kernels only: OpenBLAS 0.3.21's small-matrix path (m·n·k ≤ 10⁶)
+ * mallocs on every A·B call (no transposes) whose n is not a multiple of the vector width (16
+ * floats, 8 doubles) — dZ·W_hh at H = 8, 36 or 100, one malloc per step (bench/gemm_bench's
+ * allocs/call column; `tapegrad bench` counted 100 per lstm T100·B1·H8 step). Those products go
+ * to libxsmm whatever its speed there (0.64–1.8×, sub-µs to a few µs), so that a training step
+ * still allocates nothing.
  * β must be 0 or 1 (the kernels' only forms); anything else stays with OpenBLAS. */
 char *openblas_get_corename(void);
 
@@ -84,6 +90,7 @@ static int xsmm_wanted(enum tg_dtype dt, int ta, int tb, int m, int n, int k, do
         if (m <= 4) return k >= 64;
         return k >= 100 && (m < 64 || k >= 256 || !f64);
     }
+    if (!ta && !tb && (double)m * n * k <= 1e6 && n % (f64 ? 8 : 16) != 0) return 1;
     if (ta) /* dW += dZᵀ·h */
         return !tb && n >= 8 && (f64 ? n <= 128 && m <= 512 && k <= 3200 : n >= 32 && n <= 64 && k >= 800);
     if (m == 1 && nk >= 1048576) return tb || !f64;

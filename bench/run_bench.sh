@@ -171,9 +171,16 @@ for n in $THREADS; do
         env "${ENV_BLAS[@]}" LD_PRELOAD="$MALLOC_SO" "$TAPEGRAD" bench --threads "$n" --config T1000B32H128 \
             --repeats 3 --warmup 1 --clock "$CLOCK" --json "$OUT/memory-tapegrad-t$n.json" | tee -a "$OUT/tapegrad-t$n.txt"
         if [ $TORCH = 1 ]; then
-            env "${PT_ENV_BLAS[@]}" "${PT_ENV[@]}" /usr/bin/python3 "$ROOT/bench/torch_bench.py" --threads "$n" \
-                --impl nn --config T1000B32H128 --repeats 3 --warmup 1 --clock "$CLOCK" \
-                --json "$OUT/memory-torch-t$n.json" | tee -a "$OUT/torch-t$n.txt"
+            # one process per cell: torch's caching allocator keeps freed blocks, so a second
+            # cell in the same process would not raise the peak RSS
+            for cell in lstm gru rnn_tanh; do
+                env "${PT_ENV_BLAS[@]}" "${PT_ENV[@]}" /usr/bin/python3 "$ROOT/bench/torch_bench.py" --threads "$n" \
+                    --impl nn --cell $cell --config T1000B32H128 --repeats 3 --warmup 1 --clock "$CLOCK" \
+                    --json "$OUT/part-memory-torch-$cell.json" | tee -a "$OUT/torch-t$n.txt"
+            done
+            python3 -c 'import json, sys; json.dump(sum((json.load(open(p)) for p in sys.argv[2:]), []), open(sys.argv[1], "w"), indent=1)' \
+                "$OUT/memory-torch-t$n.json" "$OUT"/part-memory-torch-*.json
+            rm -f "$OUT"/part-memory-torch-*.json
         fi
     fi
     if [ $MINCHAR = 1 ] && [ "$n" = "$(echo $THREADS | cut -d' ' -f1)" ]; then

@@ -30,6 +30,7 @@ struct tg_fuse_tmpl {
                                   in, out, reg_saved and tape are per node */
     signed char *host;         /* per register: where its saved result goes: −1 not saved,
                                   −2 a buffer of its own, r ≥ 0 the block of input r */
+    signed char *out_host;     /* per kept output: −1 a buffer of its own, r ≥ 0 the block of input r */
     signed char asked[TG_FUSE_MAX_IN]; /* overwritable(input r) as the analysis found it, −1 unasked */
     int nb;                    /* distinct input tensors: the node's sources, in order */
     unsigned char base_in[TG_FUSE_MAX_IN]; /* the first input register of each */
@@ -208,6 +209,29 @@ static int cache_add(struct tg_tape *t, const struct sig *S, const struct tg_fus
     return 1;
 }
 
+/* An input block that may hold instruction k's result (see analyse): not holding another, not
+ * broadcast, not read by backward (rv) nor by an instruction after k, no other input
+ * overlapping it, and overwritable; for a kept output also laid out as the output's rows
+ * (one row, or the whole width of its tensor). −1 if none. */
+static int find_host(const struct tg_tape *t, struct tg_fuse_tmpl *tm, const struct sig *S,
+                     const struct tg_fuse_instr *pins, const unsigned char *rv,
+                     const unsigned char *hosted, int k, int as_output,
+                     struct tg_tensor *const *keep, int nkeep)
+{
+    const struct tg_fuse_input *in = S->in;
+    for (int r = 0; r < S->n_in; r++) {
+        int ok = !hosted[r] && !in[r].bcast && !rv[r];
+        if (ok && as_output) ok = S->rows == 1 || (in[r].off == 0 && in[r].x->cols == S->cols);
+        if (ok && tm->asked[r] < 0) tm->asked[r] = (signed char)overwritable(t, in[r].x, keep, nkeep);
+        ok = ok && tm->asked[r];
+        for (int j = k + 1; j < S->n_ins && ok; j++) ok = pins[j].a != r && pins[j].b != r;
+        for (int q = 0; q < S->n_in && ok; q++)
+            ok = q == r || S->same[q] != S->same[r] || abs(in[q].off - in[r].off) >= S->cols;
+        if (ok) return r;
+    }
+    return -1;
+}
+
 /* The analysis of region R with signature S; NULL if the arena ran out (error set). */
 static struct tg_fuse_tmpl *analyse(struct tg_tape *t, const struct tg_fuse_region *R,
                                     const struct sig *S, struct tg_tensor *const *outs,
@@ -225,7 +249,7 @@ static struct tg_fuse_tmpl *analyse(struct tg_tape *t, const struct tg_fuse_regi
     int *ints = tg_tape_alloc(t, ((size_t)no + n_reg) * sizeof *ints);
     unsigned char *rg = tg_tape_alloc(t, 2 * (size_t)n_reg);
     int *saved_ld = tg_tape_alloc(t, (size_t)n_reg * sizeof *saved_ld);
-    signed char *host = tg_tape_alloc(t, (size_t)n_reg);
+    signed char *host = tg_tape_alloc(t, (size_t)n_reg + (size_t)no);
     if (!tm || !pins || !ints || !rg || !saved_ld || !host) return NULL;
     memset(tm, 0, sizeof *tm);
     struct tg_fuse_prog *p = &tm->proto;
@@ -243,7 +267,8 @@ static struct tg_fuse_tmpl *analyse(struct tg_tape *t, const struct tg_fuse_regi
     p->reg_saved_ld = saved_ld;
     p->serial = S->serial;
     tm->host = host;
-    memset(host, -1, (size_t)n_reg);
+    tm->out_host = host + n_reg;
+    memset(host, -1, (size_t)n_reg + (size_t)no);
     memset(saved_ld, 0, (size_t)n_reg * sizeof *saved_ld);
     memset(tm->asked, -1, sizeof tm->asked);
 
@@ -291,45 +316,53 @@ static struct tg_fuse_tmpl *analyse(struct tg_tape *t, const struct tg_fuse_regi
         }
     }
     /* Unless lean: results of transcendentals the sweep reads (TG_EW_SAVE_Y: σ, tanh, exp)
-     * are kept, those being most of a fused step's arithmetic; then, to recompute the rest, the
-     * sources of what is read (kept outputs, saved results and inputs are in memory and need
-     * nothing). */
-    unsigned char keep_val[TG_FUSE_MAX_INSTR] = {0};
+     * are kept, those being most of a fused step's arithmetic — where that costs no memory: in
+     * the storage of an input block whose values are dead by the time the result is written (no
+     * instruction after it reads the block, backward does not, no other input overlaps it, and
+     * its tensor is overwritable: an LSTM's or GRU's gate pre-activations h·W_hhᵀ). A result
+     * with no such place is recomputed in backward instead (an LSTM's tanh(c'), a GRU's n: one
+     * transcendental per element against a B×H buffer per step). To recompute, the sources of
+     * what is read are read too (kept outputs, saved results and inputs are in memory), which
+     * may take a block another result was placed in: then place again, with fewer kept, until
+     * every kept result has its place (each round keeps fewer, so this ends). */
+    unsigned char rv0[TG_FUSE_MAX_IN + TG_FUSE_MAX_INSTR], keep_val[TG_FUSE_MAX_INSTR] = {0};
+    unsigned char hosted[TG_FUSE_MAX_IN];
+    memcpy(rv0, rv, (size_t)n_reg);
     for (int k = 0; k < n_ins && !t->fusion_lean; k++)
         keep_val[k] = rv[n_in + k] && p->reg_out[n_in + k] < 0 && (pins[k].flags & TG_EW_SAVE_Y);
-    for (int k = n_ins; k-- > 0;) {
-        int d = n_in + k;
-        if (!rv[d] || p->reg_out[d] >= 0 || keep_val[k]) continue;
-        rv[pins[k].a] = 1;
-        if (pins[k].b >= 0) rv[pins[k].b] = 1;
-    }
-    /* Where a kept result lives: in the storage of an input block whose values are dead by the
-     * time the result is written — no instruction after it reads the block, backward does not,
-     * no other input overlaps it, and its tensor is overwritable (an LSTM's or GRU's gate
-     * pre-activations h·W_hhᵀ) — else in a rows×cols buffer of its own. */
-    const struct tg_fuse_input *in = S->in;
-    unsigned char hosted[TG_FUSE_MAX_IN] = {0};
-    for (int k = 0; k < n_ins; k++) {
-        if (!keep_val[k]) continue;
-        int d = n_in + k, h = -1;
-        for (int r = 0; r < n_in && h < 0; r++) {
-            int ok = !hosted[r] && !in[r].bcast && !rv[r];
-            if (ok && tm->asked[r] < 0)
-                tm->asked[r] = (signed char)overwritable(t, in[r].x, keep, nkeep);
-            ok = ok && tm->asked[r];
-            for (int j = k + 1; j < n_ins && ok; j++) ok = pins[j].a != r && pins[j].b != r;
-            for (int q = 0; q < n_in && ok; q++)
-                ok = q == r || S->same[q] != S->same[r] || abs(in[q].off - in[r].off) >= cols;
-            if (ok) h = r;
+    for (int dropped = 1; dropped;) {
+        memcpy(rv, rv0, (size_t)n_reg);
+        for (int k = n_ins; k-- > 0;) {
+            int d = n_in + k;
+            if (!rv[d] || p->reg_out[d] >= 0 || keep_val[k]) continue;
+            rv[pins[k].a] = 1;
+            if (pins[k].b >= 0) rv[pins[k].b] = 1;
         }
-        if (h >= 0) {
+        memset(hosted, 0, sizeof hosted);
+        dropped = 0;
+        for (int k = 0; k < n_ins; k++) {
+            int d = n_in + k;
+            host[d] = -1;
+            saved_ld[d] = 0;
+            if (!keep_val[k]) continue;
+            int h = find_host(t, tm, S, pins, rv, hosted, k, 0, keep, nkeep);
+            if (h < 0) {
+                keep_val[k] = 0;
+                dropped = 1;
+                continue;
+            }
             hosted[h] = 1;
             host[d] = (signed char)h;
-            saved_ld[d] = in[h].x->cols; /* in the key: the same for every hit */
-        } else {
-            host[d] = -2;
-            saved_ld[d] = cols;
+            saved_ld[d] = S->in[h].x->cols; /* in the key: the same for every hit */
         }
+    }
+    /* A kept output may live in a dead block too, if its rows fit there unchanged: one row, or
+     * a block as wide as the tensor (rnn_tanh's h' = tanh(x W_ihᵀ + h W_hhᵀ + b) takes the
+     * place of its pre-activation). */
+    for (int o = 0; o < no; o++) {
+        int h = find_host(t, tm, S, pins, rv, hosted, p->out_reg[o] - n_in, 1, keep, nkeep);
+        tm->out_host[o] = (signed char)h;
+        if (h >= 0) hosted[h] = 1;
     }
     for (int i = 0; i < n_in; i++)
         if (S->same[i] == i) tm->base_in[tm->nb++] = (unsigned char)i;
@@ -356,12 +389,18 @@ static int bind(struct tg_tape *t, const struct tg_fuse_tmpl *tm, const struct s
     struct tg_tensor **bases = (struct tg_tensor **)(p->reg_saved + n_reg);
     p->tape = t;
     memcpy(p->in, S->in, (size_t)n_in * sizeof *p->in);
-    for (int o = 0; o < no; o++) {
-        p->out[o] = outs[o];
-        outs[o]->data = tg_tape_alloc(t, tg_nbytes(outs[o]));
-        if (!outs[o]->data) return 0;
-    }
     size_t es = tg_dtype_size(outs[0]->dtype);
+    for (int o = 0; o < no; o++) {
+        int h = tm->out_host[o];
+        p->out[o] = outs[o];
+        if (h >= 0) {
+            p->in[h].x->flags |= TG_REUSED;
+            outs[o]->data = (char *)p->in[h].x->data + (size_t)p->in[h].off * es;
+        } else {
+            outs[o]->data = tg_tape_alloc(t, tg_nbytes(outs[o]));
+            if (!outs[o]->data) return 0;
+        }
+    }
     for (int d = 0; d < n_reg; d++) {
         int h = tm->host[d];
         if (h >= 0) {

@@ -10,6 +10,7 @@
  *    mode between regions misses and computes the right thing;
  *  - a region whose input block may be overwritten in one step but is read by another node in
  *    the next (same signature) does not take the other step's storage plan;
+ *  - a result recomputed in backward takes back the block another result was to be saved in;
  *  - the cache is emptied by tg_tape_reset and a training loop stays heap-silent.
  * Seeds are fixed in the code, so a failure reproduces exactly. */
 #include <math.h>
@@ -191,7 +192,7 @@ static struct tg_tensor *param(const char *name, int r, int cc, uint64_t seed)
 }
 
 /* The kinds of region the sequence below records (each: y = f(x·Wᵀ, h)). */
-enum kind { K_A, K_B, K_C2, K_C3, K_KEEP2, K_READER };
+enum kind { K_A, K_B, K_C2, K_C3, K_KEEP2, K_READER, K_CASCADE };
 
 /* One region over x (B×4) and h (B×3): z = x·Wᵀ (B×6, a product whose storage the region may
  * reuse), then cell `k` on its two column blocks. Returns the new h (and adds a second kept
@@ -220,6 +221,14 @@ static struct tg_tensor *region(struct tg_tape *t, enum kind k, struct tg_tensor
         *extra = tg_row_sum(t, z);
         y = tg_mul(t, tg_sigmoid(t, a), tg_tanh(t, tg_add(t, b, h)));
         break;
+    case K_CASCADE: {
+        /* tanh(a + h) has no dead block to live in (a is read after it), so it is recomputed
+         * in backward, from a; σ(a), which could have taken a's block, must then not: a's
+         * values are read by that recomputation */
+        struct tg_tensor *u = tg_tanh(t, tg_add(t, a, h));
+        y = tg_mul(t, u, tg_sigmoid(t, a));
+        break;
+    }
     }
     keep[0] = y;
     assert_int_equal(tg_tape_fuse_end(t, keep, nk), TG_OK);
@@ -336,6 +345,16 @@ static void test_overwritable_answer_change(void **state)
     check_sequence("overwritable answers", k, rows, 5, 3, 2, 2);
 }
 
+/* Saving one result costs another its place (K_CASCADE): nothing is placed in z, both are
+ * recomputed, and the gradients are right. */
+static void test_recompute_cascade(void **state)
+{
+    (void)state;
+    const enum kind k[] = {K_CASCADE, K_CASCADE, K_A};
+    const int rows[] = {4, 4, 4};
+    check_sequence("recompute cascade", k, rows, 3, 1, 2, 1);
+}
+
 /* Fusion mode changes between regions of one tape: on and lean are different entries. */
 static void test_mode_change(void **state)
 {
@@ -398,6 +417,7 @@ int main(void)
         cmocka_unit_test(test_shape_change),
         cmocka_unit_test(test_cell_change),
         cmocka_unit_test(test_overwritable_answer_change),
+        cmocka_unit_test(test_recompute_cascade),
         cmocka_unit_test(test_mode_change),
         cmocka_unit_test(test_loop_heap_silent),
     };

@@ -65,6 +65,12 @@ int tg_fuse_accepts(const struct tg_tape *t, const struct tg_op_info *op,
 
 int tg_fuse_check_alive(struct tg_tape *t, const char *opname, int i, const struct tg_tensor *x)
 {
+    if ((x->flags & TG_REUSED) && x->grad == x->data) { /* backward.c: a stage took it */
+        tg_op_fail(t, TG_ERR_STATE, "%s: input %d (%dx%d) has no values after tg_backward, which "
+                   "reused its storage for its gradient; record it again after tg_tape_reset",
+                   opname, i, x->rows, x->cols);
+        return 0;
+    }
     if (x->flags & TG_REUSED) {
         tg_op_fail(t, TG_ERR_STATE, "%s: input %d (%dx%d) was computed inside a fused region, "
                    "which reused its storage; pass it to tg_tape_fuse_end to keep it", opname, i,

@@ -88,10 +88,11 @@ static struct tg_tensor *addend_of(struct tg_tape *t, size_t top, struct tg_tens
     return P;
 }
 
-static void alias_addend(struct tg_tape *t, size_t top, struct tg_tensor *w)
+/* The addend P whose gradient may be w's stage dC (addend_of, and no other reader), or NULL. */
+static struct tg_tensor *alias_addend(struct tg_tape *t, size_t top, struct tg_tensor *w)
 {
     struct tg_tensor *P = addend_of(t, top, w);
-    if (!P) return;
+    if (!P) return NULL;
     /* mark the row views, then look for any reader other than the slices and the uses */
     int ad;
     for (size_t i = 0; i <= top; i++)
@@ -108,7 +109,20 @@ static void alias_addend(struct tg_tape *t, size_t top, struct tg_tensor *w)
     }
     for (size_t i = 0; i <= top; i++)
         if (staged_weight(t->nodes[i], &ad) == w) t->nodes[i]->src[ad]->flags &= ~(unsigned)TG_MARK;
-    if (ok) P->grad = stage_of(w)->dc;
+    return ok ? P : NULL;
+}
+
+/* May the stage's dC live in P's own storage? Backward never reads P's values: its readers
+ * are the row views the staged products take as addends (whose backward adds dD into dC and
+ * reads no value of C), and its product's backward reads its operands, never its result
+ * (TG_OPF_OUT_UNREAD). So once the forward has run, P's values are dead — a recurrent
+ * layer's input projection x W_ihᵀ + b, T·B × G·H, the size of the stage exactly — and the
+ * stage costs no memory. P is then marked TG_REUSED: its data hold its gradient. */
+static int addend_data_dead(const struct tg_tensor *P)
+{
+    return P->node && P->node->out == P && (P->node->op->flags & TG_OPF_OUT_UNREAD) &&
+           !(P->flags & (TG_VIEW | TG_PARAM | TG_HEAP | TG_INPUT | TG_PENDING | TG_ALIASED |
+                         TG_REUSED));
 }
 
 static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
@@ -143,24 +157,11 @@ static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
     int kept = 0;
     for (int j = 0; j < n; j++) {
         struct tg_tensor *w = list[j];
-        struct tg_grad_stage *st = stage_of(w);
-        if (st->rows < 2) { /* one use: nothing to batch */
+        if (stage_of(w)->rows < 2) { /* one use: nothing to batch */
             TG_PRIV(w)->stage = NULL;
             continue;
         }
-        size_t es = tg_dtype_size(w->dtype);
-        st->dc = tg_tape_alloc(t, (size_t)st->rows_cap * w->rows * es);
-        st->a = tg_tape_alloc(t, (size_t)st->rows_cap * w->cols * es);
-        if (!st->dc || !st->a) {
-            /* weights kept so far and weights not yet looked at all still carry a stage */
-            unstage(list, kept);
-            unstage(list + j, n - j);
-            return -1;
-        }
-        /* zeroed: a use that no gradient reaches leaves zero rows, which add nothing */
-        memset(st->dc, 0, (size_t)st->rows_cap * w->rows * es);
-        memset(st->a, 0, (size_t)st->rows_cap * w->cols * es);
-        st->rows = 0;
+        stage_of(w)->rows = 0;
         list[kept++] = w;
     }
     /* Each use's rows, in tape order. The use's output gradient is then allocated in its rows
@@ -174,7 +175,28 @@ static int stage_weights(struct tg_tape *t, size_t top, struct tg_tensor ***out)
             stage_of(w)->rows += nd->out->rows;
         }
     }
-    for (int j = 0; j < kept; j++) alias_addend(t, top, list[j]);
+    for (int j = 0; j < kept; j++) {
+        struct tg_tensor *w = list[j];
+        struct tg_grad_stage *st = stage_of(w);
+        size_t es = tg_dtype_size(w->dtype);
+        struct tg_tensor *P = alias_addend(t, top, w);
+        if (P && addend_data_dead(P)) {
+            st->dc = P->data;
+            P->flags |= TG_REUSED;
+        } else {
+            st->dc = tg_tape_alloc(t, (size_t)st->rows_cap * w->rows * es);
+        }
+        st->a = tg_tape_alloc(t, (size_t)st->rows_cap * w->cols * es);
+        if (!st->dc || !st->a) {
+            /* every weight in the list still carries a stage */
+            unstage(list, n);
+            return -1;
+        }
+        /* zeroed: a use that no gradient reaches leaves zero rows, which add nothing */
+        memset(st->dc, 0, (size_t)st->rows_cap * w->rows * es);
+        memset(st->a, 0, (size_t)st->rows_cap * w->cols * es);
+        if (P) P->grad = st->dc;
+    }
     *out = list;
     return kept;
 fail:

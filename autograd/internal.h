@@ -180,6 +180,22 @@ struct tg_fuse_plan {
 };
 
 
+/* The compiled-program cache of one tape (fuse_compile.c): templates of regions already
+ * compiled since the last reset, keyed by the region's signature. Entries point into the
+ * arena and die with it at tg_tape_reset; hits and misses count for the life of the tape. */
+struct tg_fuse_tmpl;
+struct tg_fuse_cache_entry {
+    size_t len;                     /* key words */
+    const uint64_t *key;
+    const struct tg_fuse_tmpl *tm;
+};
+enum { TG_FUSE_CACHE = 8 };
+struct tg_fuse_cache {
+    int n, next, last;              /* entries, the next to replace, the last hit */
+    struct tg_fuse_cache_entry e[TG_FUSE_CACHE];
+    size_t hits, misses;
+};
+
 /* Ensure the tape's kernel scratch holds `bytes` per thread for up to the current OpenMP
  * thread count; returns 0 (error set) if memory ran out. Heap memory, kept across resets. */
 int tg_fuse_scratch_reserve(struct tg_tape *t, size_t bytes);
@@ -199,6 +215,8 @@ struct tg_tape {
     int fusion_off;           /* tg_tape_set_fusion(t, TG_FUSION_OFF) */
     int fusion_lean;          /* TG_FUSION_LEAN: recompute σ/tanh in backward instead of saving */
     struct tg_fuse_region fuse;
+    struct tg_fuse_cache fuse_cache;
+    int fuse_cache_off;       /* analyse every region afresh (tests compare it with the cache) */
     void *fuse_scratch;       /* per-thread scratch of fused kernels (heap, grows in warm-up) */
     size_t fuse_scratch_per_thread;
     int fuse_scratch_threads;
@@ -266,6 +284,20 @@ struct tg_tensor *tg_fuse_pend(struct tg_tape *t, const struct tg_op_info *op,
                                struct tg_tensor *const *src, int nsrc, int rows, int cols,
                                const union tg_node_args *args);
 int tg_fuse_flush(struct tg_tape *t);
+/* fuse_compile.c: compile the open region into one node keeping outs[0 … no−1] (keep, nkeep:
+ * what the step keeps, nkeep < 0 if unknown); 0 if memory ran out (error set; the region's
+ * pending tensors are then dead). */
+int tg_fuse_compile(struct tg_tape *t, struct tg_tensor *const *outs, int no,
+                    struct tg_tensor *const *keep, int nkeep);
+/* Record a node whatever the no-grad mode is (pending ops were recorded with gradients). */
+struct tg_tensor *tg_fuse_emit_recorded(struct tg_tape *t, const struct tg_op_info *op,
+                                        struct tg_tensor *const *src, int nsrc,
+                                        const union tg_node_args *args, struct tg_tensor *out);
+/* Is x an instruction's result in the open region (not a pending column slice)? */
+static inline int tg_fuse_is_instr(const struct tg_tensor *x)
+{
+    return (x->flags & TG_PENDING) && TG_PRIV(x)->fuse_idx >= 0;
+}
 int tg_fuse_realize(struct tg_tape *t, struct tg_tensor *x);
 int tg_fuse_check_alive(struct tg_tape *t, const char *opname, int i, const struct tg_tensor *x);
 void tg_fuse_reset(struct tg_tape *t);

@@ -39,6 +39,7 @@ void tg_tape_reset(struct tg_tape *t)
     t->origin = NULL;
     t->walked = 0;
     tg_fuse_reset(t);
+    t->fuse_cache.n = t->fuse_cache.next = t->fuse_cache.last = 0; /* its templates were in the arena */
 }
 
 int tg_tape_set_no_grad(struct tg_tape *t, int no_grad)

@@ -174,9 +174,11 @@ void tg_tape_set_tag(struct tg_tape *t, int step, int layer);
  * The sequence model wraps each cell step in a region. Fusion is on by default; with it off,
  * begin/end do nothing (each op its own node, as the DOT export shows by default).
  * TG_FUSION_ON also keeps the results of σ and tanh that backward reads (their derivative is
- * a function of the result), so backward evaluates no transcendental twice; TG_FUSION_LEAN
- * keeps only the tensors passed to tg_tape_fuse_end and recomputes the rest in backward: less
- * memory, a little more time. tg_tape_set_fusion returns the previous mode. */
+ * a function of the result) where that costs no memory — over the gate pre-activations they
+ * came from, dead by then — and recomputes in backward only those with no such place (an
+ * LSTM's tanh(c')); TG_FUSION_LEAN keeps only the tensors passed to tg_tape_fuse_end and
+ * recomputes the rest in backward: a little more time. tg_tape_set_fusion returns the previous
+ * mode. */
 enum tg_fusion { TG_FUSION_OFF = 0, TG_FUSION_ON = 1, TG_FUSION_LEAN = 2 };
 int tg_tape_set_fusion(struct tg_tape *t, int mode);
 void tg_tape_fuse_begin(struct tg_tape *t);

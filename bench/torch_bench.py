@@ -24,15 +24,19 @@ Configs are named T<steps>B<batch>H<hidden>; the issue's set is the default. Any
 form is accepted (e.g. T10B32H128, T1000B32H128 for the scaling series).
 
 Timing: --warmup steps first (default 3), then --repeats timed steps (default: as many as fit in
-about 2 s after warm-up, at least 5, at most 200). Each step is timed alone with
-time.perf_counter; reported are the median and the min–max in ms/step and tokens/s = T·B / median.
+about 2 s after warm-up, at least 20, at most 200). Each step is timed alone with
+time.perf_counter (--clock cpu: time.process_time, the process's CPU time); reported are the median and the min–max in ms/step and tokens/s = T·B / median.
 Threads: torch.set_num_threads(N) (default 1), and the same count for the OpenBLAS that torch
 loaded, through its openblas_set_num_threads (see openblas_info; --blas-threads leave skips it).
 OPENBLAS_* and *_NUM_THREADS environment variables are printed but never changed: run tapegrad
 and this script under the same environment.
 
+Memory: the rise of the process's peak RSS (VmHWM, reset through /proc/self/clear_refs before
+each measurement, as `tapegrad bench` does) over the warm-up and timed steps: what torch keeps
+for forward and backward, its caching allocator included.
+
 --json FILE writes a list of {impl, cell, config, threads, median_ms, min_ms, max_ms,
-tokens_per_s, T, B, H, V, repeats, os_threads} for `tapegrad bench` to read and print ratios
+tokens_per_s, T, B, H, V, repeats, os_threads, rss_rise_kib, openblas_core} for `tapegrad bench` to read and print ratios
 side by side (os_threads: threads the process had after the run). Only the standard library and
 torch are imported.
 """
@@ -106,6 +110,9 @@ class LoopLSTM(nn.Module):
         return self.out(torch.stack(hs))
 
 
+CLOCK = time.perf_counter   # --clock cpu: time.process_time (this process's CPU time)
+
+
 def bench_one(impl, cell, config, threads, repeats, warmup, seed=0):
     T, B, H = parse_config(config)
     torch.manual_seed(seed)
@@ -123,24 +130,55 @@ def bench_one(impl, cell, config, threads, repeats, warmup, seed=0):
         opt.step()
         return loss
 
-    t0 = time.perf_counter()
+    mark = _rss_mark()
+    t0 = CLOCK()
     for _ in range(warmup):
         loss = step()
-    warm = (time.perf_counter() - t0) / max(warmup, 1)
+    warm = (CLOCK() - t0) / max(warmup, 1)
     if repeats is None:
-        repeats = int(min(200, max(5, 2.0 / max(warm, 1e-6))))
+        repeats = int(min(200, max(20, 2.0 / max(warm, 1e-6))))
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         loss = step()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     if not torch.isfinite(loss):
         print(f"warning: {impl} {cell} {config}: loss is not finite", file=sys.stderr)
     med = statistics.median(times)
     return {"impl": "torch_" + impl, "cell": cell, "config": config, "threads": threads,
             "median_ms": med * 1e3, "min_ms": min(times) * 1e3, "max_ms": max(times) * 1e3,
             "tokens_per_s": T * B / med, "T": T, "B": B, "H": H, "V": V, "repeats": repeats,
-            "os_threads": _os_threads()}
+            "os_threads": _os_threads(), "rss_rise_kib": _rss_rise(mark),
+            "openblas_core": OPENBLAS_CORE}
+
+
+OPENBLAS_CORE = None   # set by openblas_info()
+
+
+def _status_kib(field):
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+def _rss_mark():
+    """Reset the peak-RSS mark to the current RSS (Linux >= 4.0); returns the current RSS, KiB."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status_kib("VmRSS")
+
+
+def _rss_rise(mark):
+    hwm = _status_kib("VmHWM")
+    return -1 if hwm < 0 or mark < 0 else hwm - mark
 
 
 def _os_threads():
@@ -186,6 +224,8 @@ def openblas_info(match_threads):
     lib = ctypes.CDLL(path)
     lib.openblas_get_config.restype = ctypes.c_char_p
     lib.openblas_get_corename.restype = ctypes.c_char_p
+    global OPENBLAS_CORE
+    OPENBLAS_CORE = lib.openblas_get_corename().decode()
     before = lib.openblas_get_num_threads()
     if match_threads:
         lib.openblas_set_num_threads(ctypes.c_int(torch.get_num_threads()))
@@ -219,11 +259,14 @@ def main(argv=None):
                                                   "loop runs for lstm only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=None,
-                    help="timed steps (default: ~2 s worth, 5..200)")
+                    help="timed steps (default: ~2 s worth, 20..200)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--blas-threads", choices=("match", "leave"), default="match",
                     help="match: set OpenBLAS's thread count to --threads (default); "
                          "leave: keep OpenBLAS's own (pthread flavour: one per CPU)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall (default) or cpu: the process's CPU time (all threads), which a "
+                         "loaded machine's time slicing does not inflate")
     ap.add_argument("--json", metavar="FILE", help="write the results as a JSON list")
     args = ap.parse_args(argv)
 
@@ -238,6 +281,8 @@ def main(argv=None):
         except ValueError as e:
             raise SystemExit(str(e))
 
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     print_environment(args.threads, args.blas_threads == "match")
     print(f"# one training step, float32: forward + summed cross-entropy (V={V}) + backward + SGD")

@@ -8,9 +8,10 @@ TG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Build: compiler, meson, ninja. Libraries: cmocka (tests), OpenBLAS with its OpenMP flavour
 # (see meson.build for why), jansson (safetensors headers), Graphviz (rendering DOT), Open MPI
 # (data-parallel training: `mpirun -np N tapegrad train`, and its tests), PLplot with its cairo
-# driver (PNG/SVG plots of tapegrad flow and train --plot).
+# driver (PNG/SVG plots of tapegrad flow and train --plot), libxsmm (JIT kernels for the small
+# per-step GEMMs, autograd/blas.c; optional in meson.build, OpenBLAS does everything without it).
 TG_PACKAGES=(gcc libc6-dev pkg-config meson ninja-build python3
-             libcmocka-dev libopenblas-dev libopenblas0-openmp libjansson-dev
+             libcmocka-dev libopenblas-dev libopenblas0-openmp libxsmm-dev libjansson-dev
              graphviz libgraphviz-dev openmpi-bin libopenmpi-dev libplplot-dev plplot-driver-cairo)
 
 tg_missing_packages() {

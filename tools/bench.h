@@ -26,7 +26,8 @@ struct gemm_shape {
     float beta;
 };
 
-double now(void);                  /* seconds, monotonic */
+double now(void);                  /* seconds, monotonic; process CPU time if bench_clock_cpu */
+extern int bench_clock_cpu;
 double median(double *v, int n);   /* of n ≥ 1 values; sorts them in place */
 
 /* The step's GEMMs (at most 8) into g; their FLOPs; the time (ms) of those GEMMs as plain

@@ -9,10 +9,16 @@
 
 #include "bench.h"
 
+/* Wall time by default; with bench_clock_cpu set (`tapegrad bench --clock cpu`) the process's
+ * CPU time, all its threads together: on a shared machine a descheduled process then is not
+ * charged for the time slices other processes took (cache and memory-bandwidth contention
+ * still count). At one thread it measures the work; at more, spinning waits count as work. */
+int bench_clock_cpu;
+
 double now(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(bench_clock_cpu ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 

@@ -50,6 +50,7 @@ static int omp_get_max_threads(void) { return 1; }
 #include "bench.h"
 #include "cli.h"
 #include "tapegrad.h"
+#include "tapegrad_blas.h"
 #include "tapegrad_fileio.h"
 #include "tapegrad_models.h"
 #include "tapegrad_manual.h"
@@ -62,7 +63,7 @@ int openblas_get_parallel(void);
 char *openblas_get_corename(void);
 char *openblas_get_config(void);
 
-enum { MAX_CONFIGS = 32, MAX_CELLS = 3, MAX_REPEATS_AUTO = 100, MIN_REPEATS_AUTO = 5 };
+enum { MAX_CONFIGS = 32, MAX_CELLS = 3, MAX_REPEATS_AUTO = 100, MIN_REPEATS_AUTO = 20 };
 static const double LR = 1e-4;
 
 static const char *const STD_CONFIGS[] = {"T50B32H128", "T50B32H256", "T100B64H512",
@@ -552,7 +553,11 @@ static int write_json(struct tg_atomic *a, const struct result *res, int n,
 {
     FILE *f = a->f;
     const char *core = getenv("OPENBLAS_CORETYPE");
-    fprintf(f, "{\"tool\": \"tapegrad bench\", \"threads\": %d, \"blas_flavour\": \"%s\", "
+    static const char *const gemm_names[] = {"auto", "openblas", "xsmm"};
+    fprintf(f, "{\"tool\": \"tapegrad bench\", \"gemm\": \"%s\", \"libxsmm\": %s, \"clock\": \"%s\", ",
+            gemm_names[tg_gemm_get_backend()], tg_gemm_have_xsmm() ? "true" : "false",
+            bench_clock_cpu ? "cpu" : "wall");
+    fprintf(f, "\"threads\": %d, \"blas_flavour\": \"%s\", "
             "\"openblas_parallel\": %d, \"openblas_core\": \"%s\", \"openblas_coretype_env\": %s%s%s, "
             "\"sgemm_1024_gflops\": %.6g, \"sgemm_check_rel_err\": %.3g, \"malloc_counted\": %s,\n \"flops\": \"GEMMs a step needs: "
             "per step fwd 2B(I+H)GH, bwd dW 2B(I+H)GH + dh 2BH·GH (t>=1); output 6TBHV\",\n"
@@ -613,14 +618,14 @@ static int bench_main(int argc, char **argv)
     const char *cell_arg = "all", *config_arg = "all", *json = NULL;
     struct bench_opts o = {.threads = 1, .repeats = 0, .warmup = 2, .seed = 1, .budget = 1.0,
                            .fusion = TG_FUSION_ON};
-    const char *fusion_arg = "on";
+    const char *fusion_arg = "on", *gemm_arg = "auto", *clock_arg = "wall";
     const struct cli_flag flags[] = {
         {"cell", CLI_STR, &cell_arg, "lstm, gru, rnn_tanh, a comma list, or all (default); or FILE.cell (timed against the built-in cell of its name)", 1, 0},
         {"config", CLI_STR, &config_arg, "T<steps>B<batch>H<hidden>, a comma list, all (default: "
                                          "T50B32H128,T50B32H256,T100B64H512,T35B20H1024,T100B1H8) or none", 1, 0},
         {"threads", CLI_INT, &o.threads, "OpenMP and OpenBLAS threads (default 1)", 1, 256},
         {"repeats", CLI_INT, &o.repeats, "timed steps after warm-up (default 0: about --budget "
-                                         "seconds' worth, 5 to 100)", 0, 100000},
+                                         "seconds' worth, 20 to 100)", 0, 100000},
         {"warmup", CLI_INT, &o.warmup, "untimed steps first (default 2; autodiff runs at least 1)", 0, 10000},
         {"budget", CLI_DOUBLE, &o.budget, "seconds of timed steps per measurement when --repeats is 0 "
                                           "(default 1)", 0.01, 3600},
@@ -630,6 +635,10 @@ static int bench_main(int argc, char **argv)
         {"seed", CLI_INT, &o.seed, "seed of weights, inputs and labels (default 1)", 0, 2147483647},
         {"fusion", CLI_STR, &fusion_arg, "on (default), lean (recompute σ/tanh in backward: less "
                                          "memory) or off (one node per op)", 1, 0},
+        {"gemm", CLI_STR, &gemm_arg, "auto (default: libxsmm for the small per-step products where "
+                                     "it was measured faster, OpenBLAS for the rest), openblas or xsmm", 1, 0},
+        {"clock", CLI_STR, &clock_arg, "wall (default) or cpu: the process's CPU time, which a "
+                                       "loaded machine's time slicing does not inflate", 1, 0},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
     int pr = cli_parse("bench", "[flags]   time training steps (see bench/README.md)", argc, argv,
@@ -639,6 +648,15 @@ static int bench_main(int argc, char **argv)
     else if (strcmp(fusion_arg, "lean") == 0) o.fusion = TG_FUSION_LEAN;
     else if (strcmp(fusion_arg, "off") == 0) o.fusion = TG_FUSION_OFF;
     else return cli_fail("bench", "--fusion: expected on, lean or off, got '%s'", fusion_arg);
+    if (strcmp(clock_arg, "wall") == 0) bench_clock_cpu = 0;
+    else if (strcmp(clock_arg, "cpu") == 0) bench_clock_cpu = 1;
+    else return cli_fail("bench", "--clock: expected wall or cpu, got '%s'", clock_arg);
+    if (strcmp(gemm_arg, "auto") == 0) tg_gemm_set_backend(TG_GEMM_AUTO);
+    else if (strcmp(gemm_arg, "openblas") == 0) tg_gemm_set_backend(TG_GEMM_OPENBLAS);
+    else if (strcmp(gemm_arg, "xsmm") == 0 && tg_gemm_have_xsmm()) tg_gemm_set_backend(TG_GEMM_XSMM);
+    else if (strcmp(gemm_arg, "xsmm") == 0)
+        return cli_fail("bench", "--gemm xsmm: this tapegrad was built without libxsmm");
+    else return cli_fail("bench", "--gemm: expected auto, openblas or xsmm, got '%s'", gemm_arg);
 
     /* cells and configs */
     const char *cells[MAX_CELLS];
@@ -706,9 +724,10 @@ static int bench_main(int argc, char **argv)
     const char *coretype = getenv("OPENBLAS_CORETYPE"), *l2 = getenv("OPENBLAS_L2_SIZE");
     printf("tapegrad bench — training step = forward + summed cross-entropy (V=%d) + backward + "
            "SGD, float32, 1 layer, I = H\n", V_CLASSES);
-    printf("threads %d (OpenMP %s, max threads %d; OpenBLAS threads %d); fusion %s\n", o.threads,
-           BENCH_OPENMP ? "on" : "off", omp_get_max_threads(), openblas_get_num_threads(),
-           fusion_arg);
+    printf("threads %d (OpenMP %s, max threads %d; OpenBLAS threads %d); fusion %s; gemm %s "
+           "(libxsmm %s); clock %s\n", o.threads, BENCH_OPENMP ? "on" : "off", omp_get_max_threads(),
+           openblas_get_num_threads(), fusion_arg, gemm_arg, tg_gemm_have_xsmm() ? "built in" : "absent",
+           bench_clock_cpu ? "process CPU time" : "wall");
     printf("BLAS: %s; flavour %s (openblas_get_parallel() = %d: %s); core %s; OPENBLAS_CORETYPE=%s%s%s\n",
            openblas_get_config(), TG_BLAS_FLAVOUR, par,
            par == 2 ? "OpenMP" : par == 1 ? "pthreads" : "sequential", openblas_get_corename(),
@@ -724,7 +743,7 @@ static int bench_main(int argc, char **argv)
     printf("GFLOP/s counts the GEMMs a step needs (fwd 2B(I+H)GH and bwd dW 2B(I+H)GH + dh 2BH·GH "
            "per step, output layer 6TBHV);\n%%sgemm = time of those GEMMs as cblas_sgemm at the "
            "per-step shapes ÷ step time. Repeats: %s.\n\n",
-           o.repeats ? "fixed" : "about --budget s of steps, 5 to 100");
+           o.repeats ? "fixed" : "about --budget s of steps, 20 to 100");
 
     int nres = ncfg * ncell, nscal = o.scaling ? (int)(sizeof SCALING_T / sizeof SCALING_T[0]) : 0;
     struct result *res = calloc((size_t)(nres + nscal + 1), sizeof *res);

@@ -274,6 +274,55 @@ static const void *gram_of(struct gram_cache *c, int slot, enum tg_dtype dt, con
     return g->g;
 }
 
+/* The estimator (f->sketch = k): ‖dOut_tᵀA_t‖_F² ≈ ‖(S₁ dOut_tᵀ)(A_t S₂ᵀ)‖_F² = ‖Yᵀ Z‖_F², with
+ * Y = dOut_t S₁ᵀ (B × k) and Z = A_t S₂ᵀ (B × k) CountSketches of the rows: column n of a block
+ * goes, times a random sign, to bucket (n mod k + rot[n div k]) mod k, a random rotation per
+ * chunk of k columns (so that two columns meet in a bucket with probability ≤ 1/k whatever
+ * their positions, as with a random hash, while a chunk stays one vector add). S₁ (for
+ * gradients) and S₂ (for inputs) are drawn afresh and independently per step; E[SᵀS] = I
+ * makes the estimate unbiased. Cost per step: B·(N + K) adds per distinct block (blocks are
+ * shared by address, as the Gram matrices are) and B·k² per use, against B²/2·(N + K).
+ * Variance (one side, signs and rotations random): (2/k)·Σ_{n≠m} ⟨M_n, M_m⟩² ≤ (2/k)‖M‖_F⁴
+ * for M's rows M_n; both sides: ≤ ((2/k)(1 + 2/k) + 2/k)·‖M‖_F⁴. */
+struct sketch_cache {
+    struct sk { const void *p; int n, m, side; void *y; } *e;
+    int n, cap, k, dim;
+    void *sign[2], *tmp;
+    int *rot[2];
+    char *pool;
+    size_t ybytes;
+    struct tg_rng rng;
+};
+
+static void sketch_draw(struct sketch_cache *c, enum tg_dtype dt)
+{
+    c->n = 0;
+    for (int side = 0; side < 2; side++) {
+        for (int i = 0; i < c->dim; i += 64) {
+            uint64_t bits = tg_rng_next(&c->rng);
+            for (int j = i; j < c->dim && j < i + 64; j++, bits >>= 1) {
+                double x = (double)(int)(1 - 2 * (int)(bits & 1));
+                if (dt == TG_F64) ((double *)c->sign[side])[j] = x;
+                else ((float *)c->sign[side])[j] = (float)x;
+            }
+        }
+        for (int i = 0; i < (c->dim + c->k - 1) / c->k; i++)
+            c->rot[side][i] = (int)tg_rng_below(&c->rng, (uint32_t)c->k);
+    }
+}
+
+static const void *sketch_of(struct sketch_cache *c, enum tg_dtype dt, int side, const void *p, int n, int m)
+{
+    for (int i = 0; i < c->n; i++)
+        if (c->e[i].p == p && c->e[i].n == n && c->e[i].m == m && c->e[i].side == side) return c->e[i].y;
+    if (c->n == c->cap) return NULL;
+    struct sk *e = &c->e[c->n];
+    e->p = p, e->n = n, e->m = m, e->side = side, e->y = c->pool + (size_t)c->n * c->ybytes;
+    c->n++;
+    flow_sketch(dt, m, n, c->k, p, c->sign[side], c->rot[side], e->y, c->tmp);
+    return e->y;
+}
+
 /* Where rows [r0, r0 + m) of A live: in A, or — when A is a concatenation of rows, as the
  * output layer's stacked h_t are — in the input holding exactly those rows (so its Gram is
  * shared with the uses that read that input itself). */
@@ -401,19 +450,36 @@ enum tg_status tg_flow_end(struct tg_flow *f, struct tg_tape *t, const struct tg
     for (int u = 0; u < q->n_uses; u++)
         if (q->uses[u].t1 == q->uses[u].t0 + 1) order[cur[q->uses[u].t0]++] = u;
     size_t es = tg_dtype_size(dt), ld = (size_t)flow_gram_ld((int)gmax);
+    const int sketch = f->sketch > 0 ? f->sketch : 0;
     struct gram_cache gc = {.cap = 2 * q->n_uses + 2, .gbytes = (ld * ld * es + 63) / 64 * 64};
+    struct sketch_cache sc = {.cap = 2 * q->n_uses + 2, .k = sketch, .dim = (int)kmax};
     double *acc = tg_tape_alloc(t, kmax * sizeof *acc);
     if (!acc) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
-    for (int sl = 0; sl < 2; sl++) {
-        gc.e[sl] = tg_tape_alloc(t, (size_t)gc.cap * sizeof *gc.e[sl]);
-        gc.pool[sl] = tg_tape_alloc(t, (size_t)gc.cap * gc.gbytes + 64);
-        if (!gc.e[sl] || !gc.pool[sl]) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
-        gc.pool[sl] = (char *)(((uintptr_t)gc.pool[sl] + 63) & ~(uintptr_t)63);
-    }
+    if (sketch) { /* signs and rotations per side, one step's sketches (cap × gmax × k) */
+        int chunks = (sc.dim + sketch - 1) / sketch;
+        sc.e = tg_tape_alloc(t, (size_t)sc.cap * sizeof *sc.e);
+        sc.ybytes = (gmax * sketch * es + 63) / 64 * 64;
+        sc.pool = tg_tape_alloc(t, (size_t)sc.cap * sc.ybytes);
+        sc.tmp = tg_tape_alloc(t, gmax * 2 * sketch * es + (size_t)sketch * sketch * es);
+        for (int side = 0; side < 2; side++) {
+            sc.sign[side] = tg_tape_alloc(t, kmax * es);
+            sc.rot[side] = tg_tape_alloc(t, (size_t)chunks * sizeof(int));
+            if (!sc.sign[side] || !sc.rot[side]) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
+        }
+        if (!sc.e || !sc.pool || !sc.tmp) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
+        tg_rng_seed(&sc.rng, f->sketch_seed);
+    } else
+        for (int sl = 0; sl < 2; sl++) {
+            gc.e[sl] = tg_tape_alloc(t, (size_t)gc.cap * sizeof *gc.e[sl]);
+            gc.pool[sl] = tg_tape_alloc(t, (size_t)gc.cap * gc.gbytes + 64);
+            if (!gc.e[sl] || !gc.pool[sl]) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
+            gc.pool[sl] = (char *)(((uintptr_t)gc.pool[sl] + 63) & ~(uintptr_t)63);
+        }
     /* step by step, so that the Gram matrices of one step serve the next */
     for (int s = 0; s < T; s++) {
         int slot = s & 1;
         gc.n[slot] = 0;
+        if (sketch) sketch_draw(&sc, dt);
         for (int j = 0; j < n_span + pos[s + 1] - pos[s]; j++) {
             const struct flow_use *us = &q->uses[order[j < n_span ? j : pos[s] + j - n_span]];
             const struct tg_node *n = us->n;
@@ -423,7 +489,18 @@ enum tg_status tg_flow_end(struct tg_flow *f, struct tg_tape *t, const struct tg
                 continue;
             }
             const void *dout = (const char *)n->out->grad + (size_t)r0 * N * es;
-            if (us->kind == USE_PRODUCT) {
+            if (us->kind == USE_PRODUCT && sketch) {
+                struct tg_tensor *A;
+                tg_node_weight(n, &A, NULL);
+                const void *y = sketch_of(&sc, dt, 0, dout, N, rows);
+                const void *z = sketch_of(&sc, dt, 1, rows_of(A, r0, rows), A->cols, rows);
+                if (!y || !z) return tg_error(TG_ERR_NOMEM, "tg_flow_end: sketch cache full");
+                add_term(f, us->p, s, flow_sketch_dot(dt, rows, sketch, y, z, sc.tmp));
+            } else if (us->kind == USE_BIAS && sketch) { /* exact: the column sums themselves */
+                double ss = flow_colsum_sumsq(dt, dout, rows, N, acc);
+                add_term(f, us->p, s, ss);
+                if (us->p2 >= 0) add_term(f, us->p2, s, ss);
+            } else if (us->kind == USE_PRODUCT) {
                 struct tg_tensor *A;
                 tg_node_weight(n, &A, NULL);
                 const void *g1 = gram_of(&gc, slot, dt, dout, N, rows);

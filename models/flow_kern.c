@@ -107,3 +107,74 @@ double flow_sumsq(const void *p, enum tg_dtype dt, size_t n)
     else split_f32(p, NULL, n, r);
     return r[0];
 }
+
+#define COLSUM_DEF(T, S)                                                                       \
+    FLOW_CLONES static double colsum_##S(const T *a, int m, int n, double *acc)                \
+    {                                                                                          \
+        for (int j = 0; j < n; j++) acc[j] = 0;                                                \
+        for (int i = 0; i < m; i++)                                                            \
+            for (int j = 0; j < n; j++) acc[j] += a[(size_t)i * n + j];                        \
+        double s[LANES] = {0};                                                                 \
+        int j = 0;                                                                             \
+        for (; j + LANES <= n; j += LANES)                                                     \
+            for (int l = 0; l < LANES; l++) s[l] += acc[j + l] * acc[j + l];                   \
+        for (; j < n; j++) s[0] += acc[j] * acc[j];                                            \
+        return lanes_total(s);                                                                 \
+    }
+COLSUM_DEF(float, f32)
+COLSUM_DEF(double, f64)
+
+double flow_colsum_sumsq(enum tg_dtype dt, const void *a, int m, int n, double *acc)
+{
+    return dt == TG_F64 ? colsum_f64(a, m, n, acc) : colsum_f32(a, m, n, acc);
+}
+
+/* The chunk loop is outside the row loop: each row accumulates in its own 2k-wide window
+ * (bucket j + rot at offset j + rot, folded at the end), so consecutive adds never overlap the
+ * unaligned store just made (a store-forwarding stall per chunk when a row ran chunk by chunk). */
+#define SKETCH_DEF(T, S)                                                                       \
+    FLOW_CLONES static void sketch_##S(int m, int n, int k, const T *a, const T *sg,           \
+                                       const int *rot, T *y, T *w)                             \
+    {                                                                                          \
+        memset(w, 0, (size_t)m * 2 * k * sizeof *w);                                           \
+        for (int c0 = 0; c0 < n; c0 += k) {                                                    \
+            int len = n - c0 < k ? n - c0 : k;                                                 \
+            const T *s = sg + c0;                                                              \
+            for (int i = 0; i < m; i++) {                                                      \
+                T *d = w + (size_t)i * 2 * k + rot[c0 / k];                                    \
+                const T *x = a + (size_t)i * n + c0;                                           \
+                for (int j = 0; j < len; j++) d[j] += s[j] * x[j];                             \
+            }                                                                                  \
+        }                                                                                      \
+        for (int i = 0; i < m; i++)                                                            \
+            for (int j = 0; j < k; j++) y[(size_t)i * k + j] = w[(size_t)i * 2 * k + j] + w[(size_t)i * 2 * k + k + j]; \
+    }                                                                                          \
+    FLOW_CLONES static double sketch_dot_##S(int m, int k, const T *y, const T *z, T *w)       \
+    {                                                                                          \
+        memset(w, 0, (size_t)k * k * sizeof *w);                                               \
+        for (int b = 0; b < m; b++)                                                            \
+            for (int i = 0; i < k; i++) {                                                      \
+                T yi = y[(size_t)b * k + i];                                                   \
+                for (int j = 0; j < k; j++) w[(size_t)i * k + j] += yi * z[(size_t)b * k + j];  \
+            }                                                                                  \
+        double s[LANES] = {0};                                                                 \
+        int i = 0, kk = k * k;                                                                 \
+        for (; i + LANES <= kk; i += LANES)                                                    \
+            for (int l = 0; l < LANES; l++) s[l] += (double)w[i + l] * w[i + l];               \
+        for (; i < kk; i++) s[0] += (double)w[i] * w[i];                                       \
+        return lanes_total(s);                                                                 \
+    }
+SKETCH_DEF(float, f32)
+SKETCH_DEF(double, f64)
+
+void flow_sketch(enum tg_dtype dt, int m, int n, int k, const void *a, const void *sign,
+                 const int *rot, void *y, void *tmp)
+{
+    if (dt == TG_F64) sketch_f64(m, n, k, a, sign, rot, y, tmp);
+    else sketch_f32(m, n, k, a, sign, rot, y, tmp);
+}
+
+double flow_sketch_dot(enum tg_dtype dt, int m, int k, const void *y, const void *z, void *tmp)
+{
+    return dt == TG_F64 ? sketch_dot_f64(m, k, y, z, tmp) : sketch_dot_f32(m, k, y, z, tmp);
+}

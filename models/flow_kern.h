@@ -25,6 +25,15 @@ double flow_gram_sum(enum tg_dtype dt, const void *g, int m);
 /* ‖g‖², ‖a‖², ‖g − a‖² of n elements in one pass (either pointer may be NULL: zeros). */
 void flow_split_norms(enum tg_dtype dt, const void *g, const void *a, size_t n, double *tot,
                       double *up, double *nx);
+/* ‖column sums‖² of the m×n row-major block a: Σ_j (Σ_i a_ij)², acc holding n doubles. */
+double flow_colsum_sumsq(enum tg_dtype dt, const void *a, int m, int n, double *acc);
+/* CountSketch of the rows of the m×n row-major block a into the m×k row-major y: column j of
+ * chunk c (columns c·k … c·k + k − 1) times sign[c·k + j] into bucket (j + rot[c]) mod k.
+ * tmp: m·2k elements. */
+void flow_sketch(enum tg_dtype dt, int m, int n, int k, const void *a, const void *sign,
+                 const int *rot, void *y, void *tmp);
+/* ‖yᵀz‖_F² for m×k row-major y and z; tmp: k·k elements. */
+double flow_sketch_dot(enum tg_dtype dt, int m, int k, const void *y, const void *z, void *tmp);
 /* Σ x_i² of n elements of dtype dt. */
 double flow_sumsq(const void *p, enum tg_dtype dt, size_t n);
 

@@ -45,6 +45,8 @@ struct tg_flow_priv {
     int *count;                   /* [p·T + t]: terms found (more than one: added explicitly) */
     double *norm2;                /* [p·T + t] */
     double *jac_acc;              /* L·T·B */
+    struct flow_sketch_store *sk; /* f->sketch > 0: this batch's sketches (tape arena) */
+    double *sk_acc;               /* column sums for the hook (tape arena) */
 };
 
 static double at(const void *p, enum tg_dtype dt, size_t i)
@@ -179,11 +181,26 @@ static int diff_node(const struct tg_flow *f, const struct tg_node *n)
     return n->step >= 0 && n->step < f->T && !tg_node_weight(n, NULL, NULL);
 }
 
+static const void *rows_of(const struct tg_tensor *A, int r0, int m);
+
 static void hook(void *ctx, const struct tg_node *n, int after)
 {
     struct tg_flow *f = ctx;
     struct tg_flow_priv *q = f->priv;
     if (!after && n->layer >= 0 && n->layer < f->L && !q->snapped[n->layer]) snapshot(f, n->layer);
+    if (after && q->sk && n->step >= 0 && n->step < f->T) {
+        /* A step's product: its dOut rows were just written and its A rows just read (staged),
+         * so sketch both now, from cache, for tg_flow_end (and the bias's column sums) */
+        struct tg_tensor *A, *C, *W = tg_node_weight(n, &A, &C);
+        if (W && n->out->grad && A->data && param_index(f, W) >= 0) {
+            double *cs = NULL;
+            enum tg_dtype dt = n->out->dtype;
+            if (flow_sketch_get(q->sk, 0, n->out->grad, n->out->cols, n->out->rows, n->step, &cs) && cs &&
+                *cs < 0 && C && C->rows == 1)
+                *cs = flow_colsum_sumsq(dt, n->out->grad, n->out->rows, n->out->cols, q->sk_acc);
+            flow_sketch_get(q->sk, 1, rows_of(A, 0, n->out->rows), A->cols, n->out->rows, n->step, NULL);
+        }
+    }
     if (!diff_node(f, n)) return;
     for (int s = 0; s < n->nsrc; s++) {
         int p = param_index(f, n->src[s]), dup = 0;
@@ -237,6 +254,23 @@ enum tg_status tg_flow_begin(struct tg_flow *f, struct tg_tape *t, const struct 
     }
     q->uses = tg_tape_alloc(t, (size_t)(n_uses + 1) * sizeof *q->uses);
     if (!q->uses) return tg_error(TG_ERR_NOMEM, "tg_flow_begin: out of memory");
+    q->sk = NULL;
+    if (f->sketch > 0) { /* room for two sketches per block of every product */
+        int dim = 1, rows = f->B, cap = 2;
+        for (size_t i = 0; i < nn; i++) {
+            struct tg_tensor *A, *W = tg_node_weight(tg_tape_node(t, i), &A, NULL);
+            const struct tg_node *n = tg_tape_node(t, i);
+            if (!W || param_index(f, W) < 0) continue;
+            dim = W->rows > dim ? W->rows : dim;
+            dim = A->cols > dim ? A->cols : dim;
+            int per_step = n->step >= 0 || n->out->rows != f->T * f->B;
+            if (per_step && n->out->rows > rows) rows = n->out->rows;
+            cap += 2 * (per_step ? 1 : f->T);
+        }
+        q->sk = flow_sketch_store_new(t, f->model->cfg.dtype, f->sketch, f->sketch_seed, dim, rows, cap);
+        q->sk_acc = tg_tape_alloc(t, (size_t)dim * sizeof *q->sk_acc);
+        if (!q->sk || !q->sk_acc) return tg_error(TG_ERR_NOMEM, "tg_flow_begin: out of memory");
+    }
     for (int p = 0; p < f->n_params; p++) {
         if (!q->diff[p]) continue;
         const struct tg_tensor *w = f->model->params[p];
@@ -284,45 +318,6 @@ static const void *gram_of(struct gram_cache *c, int slot, enum tg_dtype dt, con
  * shared by address, as the Gram matrices are) and B·k² per use, against B²/2·(N + K).
  * Variance (one side, signs and rotations random): (2/k)·Σ_{n≠m} ⟨M_n, M_m⟩² ≤ (2/k)‖M‖_F⁴
  * for M's rows M_n; both sides: ≤ ((2/k)(1 + 2/k) + 2/k)·‖M‖_F⁴. */
-struct sketch_cache {
-    struct sk { const void *p; int n, m, side; void *y; } *e;
-    int n, cap, k, dim;
-    void *sign[2], *tmp;
-    int *rot[2];
-    char *pool;
-    size_t ybytes;
-    struct tg_rng rng;
-};
-
-static void sketch_draw(struct sketch_cache *c, enum tg_dtype dt)
-{
-    c->n = 0;
-    for (int side = 0; side < 2; side++) {
-        for (int i = 0; i < c->dim; i += 64) {
-            uint64_t bits = tg_rng_next(&c->rng);
-            for (int j = i; j < c->dim && j < i + 64; j++, bits >>= 1) {
-                double x = (double)(int)(1 - 2 * (int)(bits & 1));
-                if (dt == TG_F64) ((double *)c->sign[side])[j] = x;
-                else ((float *)c->sign[side])[j] = (float)x;
-            }
-        }
-        for (int i = 0; i < (c->dim + c->k - 1) / c->k; i++)
-            c->rot[side][i] = (int)tg_rng_below(&c->rng, (uint32_t)c->k);
-    }
-}
-
-static const void *sketch_of(struct sketch_cache *c, enum tg_dtype dt, int side, const void *p, int n, int m)
-{
-    for (int i = 0; i < c->n; i++)
-        if (c->e[i].p == p && c->e[i].n == n && c->e[i].m == m && c->e[i].side == side) return c->e[i].y;
-    if (c->n == c->cap) return NULL;
-    struct sk *e = &c->e[c->n];
-    e->p = p, e->n = n, e->m = m, e->side = side, e->y = c->pool + (size_t)c->n * c->ybytes;
-    c->n++;
-    flow_sketch(dt, m, n, c->k, p, c->sign[side], c->rot[side], e->y, c->tmp);
-    return e->y;
-}
-
 /* Where rows [r0, r0 + m) of A live: in A, or — when A is a concatenation of rows, as the
  * output layer's stacked h_t are — in the input holding exactly those rows (so its Gram is
  * shared with the uses that read that input itself). */
@@ -452,22 +447,22 @@ enum tg_status tg_flow_end(struct tg_flow *f, struct tg_tape *t, const struct tg
     size_t es = tg_dtype_size(dt), ld = (size_t)flow_gram_ld((int)gmax);
     const int sketch = f->sketch > 0 ? f->sketch : 0;
     struct gram_cache gc = {.cap = 2 * q->n_uses + 2, .gbytes = (ld * ld * es + 63) / 64 * 64};
-    struct sketch_cache sc = {.cap = 2 * q->n_uses + 2, .k = sketch, .dim = (int)kmax};
+    int sk_cap = 2, sk_dim = 1, sk_rows = 1; /* what the products' sketches need */
+    for (int u = 0; u < q->n_uses; u++) {
+        const struct flow_use *us = &q->uses[u];
+        struct tg_tensor *A, *W = us->kind == USE_PRODUCT ? tg_node_weight(us->n, &A, NULL) : NULL;
+        if (!W || us->t1 <= us->t0) continue;
+        sk_cap += 2 * (us->t1 - us->t0);
+        sk_dim = W->rows > sk_dim ? W->rows : sk_dim;
+        sk_dim = A->cols > sk_dim ? A->cols : sk_dim;
+        sk_rows = us->rows > sk_rows ? us->rows : sk_rows;
+    }
     double *acc = tg_tape_alloc(t, kmax * sizeof *acc);
     if (!acc) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
-    if (sketch) { /* signs and rotations per side, one step's sketches (cap × gmax × k) */
-        int chunks = (sc.dim + sketch - 1) / sketch;
-        sc.e = tg_tape_alloc(t, (size_t)sc.cap * sizeof *sc.e);
-        sc.ybytes = (gmax * sketch * es + 63) / 64 * 64;
-        sc.pool = tg_tape_alloc(t, (size_t)sc.cap * sc.ybytes);
-        sc.tmp = tg_tape_alloc(t, gmax * 2 * sketch * es + (size_t)sketch * sketch * es);
-        for (int side = 0; side < 2; side++) {
-            sc.sign[side] = tg_tape_alloc(t, kmax * es);
-            sc.rot[side] = tg_tape_alloc(t, (size_t)chunks * sizeof(int));
-            if (!sc.sign[side] || !sc.rot[side]) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
-        }
-        if (!sc.e || !sc.pool || !sc.tmp) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
-        tg_rng_seed(&sc.rng, f->sketch_seed);
+    if (sketch) { /* the hook's sketches if they were made for this (k, seed), else anew */
+        if (!flow_sketch_store_fits(q->sk, sketch, f->sketch_seed, sk_dim, sk_rows, sk_cap))
+            q->sk = flow_sketch_store_new(t, dt, sketch, f->sketch_seed, sk_dim, sk_rows, sk_cap);
+        if (!q->sk) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
     } else
         for (int sl = 0; sl < 2; sl++) {
             gc.e[sl] = tg_tape_alloc(t, (size_t)gc.cap * sizeof *gc.e[sl]);
@@ -475,11 +470,12 @@ enum tg_status tg_flow_end(struct tg_flow *f, struct tg_tape *t, const struct tg
             if (!gc.e[sl] || !gc.pool[sl]) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
             gc.pool[sl] = (char *)(((uintptr_t)gc.pool[sl] + 63) & ~(uintptr_t)63);
         }
-    /* step by step, so that the Gram matrices of one step serve the next */
-    for (int s = 0; s < T; s++) {
+    /* step by step, so that the Gram matrices of one step serve the next; last step first, as
+     * the backward hook ran, so that a block shared by two steps (h_t: the input of step t's
+     * output and of step t+1's W_hh) is sketched with the same step's draw either way */
+    for (int s = T - 1; s >= 0; s--) {
         int slot = s & 1;
         gc.n[slot] = 0;
-        if (sketch) sketch_draw(&sc, dt);
         for (int j = 0; j < n_span + pos[s + 1] - pos[s]; j++) {
             const struct flow_use *us = &q->uses[order[j < n_span ? j : pos[s] + j - n_span]];
             const struct tg_node *n = us->n;
@@ -492,12 +488,15 @@ enum tg_status tg_flow_end(struct tg_flow *f, struct tg_tape *t, const struct tg
             if (us->kind == USE_PRODUCT && sketch) {
                 struct tg_tensor *A;
                 tg_node_weight(n, &A, NULL);
-                const void *y = sketch_of(&sc, dt, 0, dout, N, rows);
-                const void *z = sketch_of(&sc, dt, 1, rows_of(A, r0, rows), A->cols, rows);
-                if (!y || !z) return tg_error(TG_ERR_NOMEM, "tg_flow_end: sketch cache full");
-                add_term(f, us->p, s, flow_sketch_dot(dt, rows, sketch, y, z, sc.tmp));
+                const void *y = flow_sketch_get(q->sk, 0, dout, N, rows, s, NULL);
+                const void *z = flow_sketch_get(q->sk, 1, rows_of(A, r0, rows), A->cols, rows, s, NULL);
+                if (!y || !z) return tg_error(TG_ERR_NOMEM, "tg_flow_end: sketch store full");
+                add_term(f, us->p, s, flow_sketch_pair(q->sk, y, z, rows));
             } else if (us->kind == USE_BIAS && sketch) { /* exact: the column sums themselves */
-                double ss = flow_colsum_sumsq(dt, dout, rows, N, acc);
+                double *cs = NULL;
+                flow_sketch_get(q->sk, 0, dout, N, rows, s, &cs);
+                double ss = cs && *cs >= 0 ? *cs : flow_colsum_sumsq(dt, dout, rows, N, acc);
+                if (cs) *cs = ss;
                 add_term(f, us->p, s, ss);
                 if (us->p2 >= 0) add_term(f, us->p2, s, ss);
             } else if (us->kind == USE_PRODUCT) {

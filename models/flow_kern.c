@@ -9,6 +9,7 @@
  * The reductions accumulate in double, in 8 independent lanes, so the compiler vectorises them
  * without reassociating a single sum (a scalar double sum is latency-bound: one add per 4
  * cycles, which made ‖∂L/∂h_t‖ and its split a third of the ledger's time). */
+#include <stdint.h>
 #include <string.h>
 
 #include "flow_kern.h"
@@ -177,4 +178,103 @@ void flow_sketch(enum tg_dtype dt, int m, int n, int k, const void *a, const voi
 double flow_sketch_dot(enum tg_dtype dt, int m, int k, const void *y, const void *z, void *tmp)
 {
     return dt == TG_F64 ? sketch_dot_f64(m, k, y, z, tmp) : sketch_dot_f32(m, k, y, z, tmp);
+}
+
+/* ------------------------------------------------------------- sketch store */
+
+struct flow_sketch_entry {
+    const void *p;
+    int n, m, side;
+    void *y;
+    double cs;
+};
+
+struct flow_sketch_store {
+    enum tg_dtype dt;
+    int k, dim, rows, cap, n, hmask, drawn;
+    uint64_t seed;
+    void *sign[2], *tmp;
+    int *rot[2];
+    struct flow_sketch_entry *e;
+    int *hash;                     /* open addressing, −1 empty */
+    char *pool;
+    size_t ybytes;
+};
+
+struct flow_sketch_store *flow_sketch_store_new(struct tg_tape *t, enum tg_dtype dt, int k, uint64_t seed,
+                                                int dim, int rows, int cap)
+{
+    size_t es = tg_dtype_size(dt);
+    int chunks = (dim + k - 1) / k, hn = 16;
+    while (hn < 2 * cap) hn *= 2;
+    struct flow_sketch_store *s = tg_tape_alloc(t, sizeof *s);
+    if (!s) return NULL;
+    *s = (struct flow_sketch_store){.dt = dt, .k = k, .dim = dim, .rows = rows, .cap = cap, .hmask = hn - 1,
+                                    .drawn = -1, .seed = seed};
+    s->ybytes = ((size_t)rows * k * es + 63) / 64 * 64;
+    s->e = tg_tape_alloc(t, (size_t)cap * sizeof *s->e);
+    s->hash = tg_tape_alloc(t, (size_t)hn * sizeof *s->hash);
+    s->pool = tg_tape_alloc(t, (size_t)cap * s->ybytes);
+    s->tmp = tg_tape_alloc(t, ((size_t)rows * 2 * k + (size_t)k * k) * es);
+    for (int side = 0; side < 2; side++) {
+        s->sign[side] = tg_tape_alloc(t, (size_t)dim * es);
+        s->rot[side] = tg_tape_alloc(t, (size_t)chunks * sizeof(int));
+        if (!s->sign[side] || !s->rot[side]) return NULL;
+    }
+    if (!s->e || !s->hash || !s->pool || !s->tmp) return NULL;
+    memset(s->hash, 0xff, (size_t)hn * sizeof *s->hash);
+    return s;
+}
+
+int flow_sketch_store_fits(const struct flow_sketch_store *s, int k, uint64_t seed, int dim, int rows, int cap)
+{
+    return s && s->k == k && s->seed == seed && s->dim >= dim && s->rows >= rows && s->cap >= cap;
+}
+
+/* Step step's signs (±1) and chunk rotations, both sides, from (seed, step). */
+static void sketch_draw(struct flow_sketch_store *s, int step)
+{
+    if (s->drawn == step) return;
+    s->drawn = step;
+    struct tg_rng rng;
+    tg_rng_seed(&rng, s->seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(step + 1)));
+    for (int side = 0; side < 2; side++) {
+        for (int i = 0; i < s->dim; i += 64) {
+            uint64_t bits = tg_rng_next(&rng);
+            for (int j = i; j < s->dim && j < i + 64; j++, bits >>= 1) {
+                int x = 1 - 2 * (int)(bits & 1);
+                if (s->dt == TG_F64) ((double *)s->sign[side])[j] = x;
+                else ((float *)s->sign[side])[j] = (float)x;
+            }
+        }
+        for (int i = 0; i < (s->dim + s->k - 1) / s->k; i++)
+            s->rot[side][i] = (int)tg_rng_below(&rng, (uint32_t)s->k);
+    }
+}
+
+const void *flow_sketch_get(struct flow_sketch_store *s, int side, const void *p, int n, int m, int step,
+                            double **cs)
+{
+    uint64_t h = ((uint64_t)(uintptr_t)p * 0x9e3779b97f4a7c15ULL) >> 32 ^ (uint64_t)side;
+    int i = (int)(h & (uint64_t)s->hmask);
+    for (; s->hash[i] >= 0; i = (i + 1) & s->hmask) {
+        struct flow_sketch_entry *e = &s->e[s->hash[i]];
+        if (e->p == p && e->side == side && e->n == n && e->m == m) {
+            if (cs) *cs = &e->cs;
+            return e->y;
+        }
+    }
+    if (s->n == s->cap || n > s->dim || m > s->rows) return NULL;
+    struct flow_sketch_entry *e = &s->e[s->n];
+    *e = (struct flow_sketch_entry){p, n, m, side, s->pool + (size_t)s->n * s->ybytes, -1.0};
+    s->hash[i] = s->n++;
+    sketch_draw(s, step);
+    flow_sketch(s->dt, m, n, s->k, p, s->sign[side], s->rot[side], e->y, s->tmp);
+    if (cs) *cs = &e->cs;
+    return e->y;
+}
+
+double flow_sketch_pair(struct flow_sketch_store *s, const void *y, const void *z, int m)
+{
+    return flow_sketch_dot(s->dt, m, s->k, y, z, s->tmp);
 }

@@ -6,6 +6,7 @@
  *                 bound ((2/k)(1 + 2/k) + 2/k)·‖term‖⁴; the sample variance is below that bound
  *                 (a factor 1.5 allowed for the sampling error of a variance over 1500 seeds)
  *   reproducible  the same seed gives bit-identical estimates; another seed different ones
+ *   hook = end    sketches made in the backward hook equal those tg_flow_end makes afterwards
  *   exact rest    bias terms, tg_flow_term (Σ_t terms = gradient ≤ 1e-12) and ‖∂L/∂h_t‖ and
  *                 its split are the same as in exact mode
  *   no allocation a loop with the sketch on allocates nothing after its first step
@@ -190,6 +191,36 @@ static void test_reproducible_and_rest_exact(void **state)
     fixture_free(&s);
 }
 
+/* Sketches made by the backward hook (data in cache) and by tg_flow_end afterwards (the store
+ * rebuilt for another seed, then for the first again) give bit-identical estimates. */
+static void test_hook_same_as_end(void **state)
+{
+    (void)state;
+    const char *cells[] = {"lstm", "gru", "rnn_tanh"};
+    for (int c = 0; c < 3; c++)
+        for (int fusion = 0; fusion <= 1; fusion++) {
+            struct fixture s;
+            int T = 5;
+            fixture_new(&s, cells[c], T, 4, 3, 6, 2, 5);
+            tg_tape_set_fusion(s.t, fusion ? TG_FUSION_ON : TG_FUSION_OFF);
+            s.f->sketch = 8, s.f->sketch_seed = 42;
+            fixture_run(&s);
+            size_t PT = (size_t)s.m->n_params * T;
+            double *a = malloc(PT * sizeof *a);
+            memcpy(a, s.f->contrib, PT * sizeof *a);
+            s.f->sketch_seed = 43;
+            assert_int_equal(tg_flow_end(s.f, s.t, &s.res), TG_OK);
+            s.f->sketch_seed = 42;
+            assert_int_equal(tg_flow_end(s.f, s.t, &s.res), TG_OK);
+            for (size_t i = 0; i < PT; i++)
+                if (memcmp(&a[i], &s.f->contrib[i], sizeof *a) != 0)
+                    fail_msg("%s fusion %d %s step %zu: hook %.17g, end %.17g", cells[c], fusion,
+                             s.m->names[i / T], i % T, a[i], s.f->contrib[i]);
+            free(a);
+            fixture_free(&s);
+        }
+}
+
 static void test_allocates_nothing_per_step(void **state)
 {
     (void)state;
@@ -261,6 +292,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unbiased),
         cmocka_unit_test(test_reproducible_and_rest_exact),
+        cmocka_unit_test(test_hook_same_as_end),
         cmocka_unit_test(test_allocates_nothing_per_step),
         cmocka_unit_test(test_cli),
     };

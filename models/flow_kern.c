@@ -5,6 +5,16 @@
  * ledger's shapes: the block transposed into a panel and G built as Σ_k a_k a_kᵀ in a 4×32
  * register tile (0.6–0.9× syrk's speed), and 4×4 tiles of row dot products reduced by a
  * shuffle tree (1.1× at 32×32×128, 1.4× at 32×32×512, 0.9× at 64×64×64); neither is here.
+ * Nor is a full A·Aᵀ through libxsmm's JIT kernels (a transposed copy, then C = P·Pᵀ or
+ * P·A): per call 1.02–1.29× faster than ssyrk at 32×64, 32×128 and 64×64, 0.77–0.93× at
+ * 32×512 and 64×512, 0.63–0.82× at 64×2048 (thread CPU time, one thread): it computes the
+ * whole matrix where syrk computes half, so it wins only where syrk's own packing dominates.
+ *
+ * The estimator (f->sketch) replaces the Gram matrices by CountSketches (flow_sketch): one
+ * pass over a block's rows, B·n adds, then ‖YᵀZ‖² from two B×k sketches. At these sizes the
+ * ledger is then bound by reading the blocks at all; the backward hook sketches a step's
+ * blocks while they are in cache (models/flow.c), which helped the LSTM and was within the
+ * noise for the GRU and rnn_tanh (README, "Cost").
  *
  * The reductions accumulate in double, in 8 independent lanes, so the compiler vectorises them
  * without reassociating a single sum (a scalar double sum is latency-bound: one add per 4

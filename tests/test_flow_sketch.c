@@ -1,4 +1,5 @@
-/* test_flow_sketch.c — the ledger's estimator mode (f->sketch = k, models/flow.c): the per-step
+/* test_flow_sketch.c — the ledger's estimator mode (f->sketch = k, models/flow.c), and the split
+ * of ∂L/∂h_t against its definition. The estimator: the per-step
  * norms of product weight terms estimated from two CountSketches, ‖(S₁dOutᵀ)(A S₂ᵀ)‖_F².
  *
  *   unbiased      over many seeds the mean of the estimated ‖term‖² is within 5 standard
@@ -7,6 +8,10 @@
  *                 (a factor 1.5 allowed for the sampling error of a variance over 1500 seeds)
  *   reproducible  the same seed gives bit-identical estimates; another seed different ones
  *   hook = end    sketches made in the backward hook equal those tg_flow_end makes afterwards
+ *   split         ∂L/∂h_t's split equals its definition computed by the test's own hook (a copy
+ *                 of every h_t's gradient when the walk reaches h_t's layer), 5 cells, 2 layers,
+ *                 fusion on and off (kept from an attempt to take the split step by step in
+ *                 the hook, correct but slower, and not in)
  *   exact rest    bias terms, tg_flow_term (Σ_t terms = gradient ≤ 1e-12) and ‖∂L/∂h_t‖ and
  *                 its split are the same as in exact mode
  *   no allocation a loop with the sketch on allocates nothing after its first step
@@ -221,6 +226,79 @@ static void test_hook_same_as_end(void **state)
         }
 }
 
+/* The split of ∂L/∂h_t against its definition computed here by a hook of the test's own: h_t's gradient copied for every t when the reverse walk reaches
+ * the first node of h_t's layer, then total, copy and their difference after backward. */
+struct ref_snap {
+    const struct tg_seq_result *res;
+    int T, L, n_state, *done;
+    double *above;                /* [(l·T + t)·B·H] */
+    size_t bh;
+};
+
+static void ref_hook(void *ctx, const struct tg_node *n, int after)
+{
+    struct ref_snap *r = ctx;
+    if (after || n->layer < 0 || n->layer >= r->L || r->done[n->layer]) return;
+    r->done[n->layer] = 1;
+    for (int t = 0; t < r->T; t++) {
+        const struct tg_tensor *h = r->res->states[((size_t)n->layer * r->T + t) * r->n_state];
+        for (size_t i = 0; i < r->bh; i++)
+            r->above[((size_t)n->layer * r->T + t) * r->bh + i] = h->grad ? ((double *)h->grad)[i] : 0;
+    }
+}
+
+static void test_split_definition(void **state)
+{
+    (void)state;
+    const char *cells[] = {"lstm", "gru", "rnn_tanh", "gru_cho", "lstm_peephole"};
+    double worst = 0;
+    for (int c = 0; c < 5; c++)
+        for (int fusion = 0; fusion <= 1; fusion++) {
+            struct fixture s;
+            int T = 6, B = 3, H = 5, L = 2;
+            fixture_new(&s, cells[c], T, B, 4, H, L, 5);
+            tg_tape_set_fusion(s.t, fusion ? TG_FUSION_ON : TG_FUSION_OFF);
+            fixture_run(&s);
+            struct ref_snap r = {.T = T, .L = L, .n_state = s.m->cfg.cell->n_state, .bh = (size_t)B * H};
+            r.done = calloc((size_t)L, sizeof *r.done);
+            r.above = calloc((size_t)L * T * r.bh, sizeof *r.above);
+            struct tg_tape *t2 = tg_tape_new(0);
+            tg_tape_set_fusion(t2, fusion ? TG_FUSION_ON : TG_FUSION_OFF);
+            struct tg_seq_result res2;
+            tg_model_zero_grad(s.m);
+            assert_int_equal(tg_model_forward_from(s.m, t2, &s.b, NULL, &res2), TG_OK);
+            r.res = &res2;
+            tg_tape_set_backward_hook(t2, ref_hook, &r);
+            assert_int_equal(tg_backward(t2, res2.loss), TG_OK);
+            for (int l = 0; l < L; l++)
+                for (int t = 0; t < T; t++) {
+                    const double *g = res2.states[((size_t)l * T + t) * r.n_state]->grad;
+                    const double *a = r.above + ((size_t)l * T + t) * r.bh;
+                    double tot = 0, up = 0, nx = 0;
+                    for (size_t i = 0; i < r.bh; i++) {
+                        double x = g ? g[i] : 0;
+                        tot += x * x, up += a[i] * a[i], nx += (x - a[i]) * (x - a[i]);
+                    }
+                    double want[3] = {sqrt(tot), sqrt(up), sqrt(nx)};
+                    double got[3] = {tg_flow_at(s.f->grad_h, s.f, l, t), tg_flow_at(s.f->from_out, s.f, l, t),
+                                     tg_flow_at(s.f->from_next, s.f, l, t)};
+                    for (int k = 0; k < 3; k++) {
+                        double d = fabs(got[k] - want[k]) / fmax(want[0], 1e-300);
+                        worst = fmax(worst, d);
+                        if (d > 1e-12)
+                            fail_msg("%s fusion %d layer %d step %d: split %d is %.17g, by definition %.17g",
+                                     cells[c], fusion, l, t, k, got[k], want[k]);
+                    }
+                    if (t < T - 1 && want[2] == 0) fail_msg("%s: nothing from step t+1, nothing tested", cells[c]);
+                }
+            tg_tape_free(t2);
+            free(r.done);
+            free(r.above);
+            fixture_free(&s);
+        }
+    printf("# split vs its definition: worst %.2e (relative to ‖∂L/∂h_t‖)\n", worst);
+}
+
 static void test_allocates_nothing_per_step(void **state)
 {
     (void)state;
@@ -293,6 +371,7 @@ int main(void)
         cmocka_unit_test(test_unbiased),
         cmocka_unit_test(test_reproducible_and_rest_exact),
         cmocka_unit_test(test_hook_same_as_end),
+        cmocka_unit_test(test_split_definition),
         cmocka_unit_test(test_allocates_nothing_per_step),
         cmocka_unit_test(test_cli),
     };

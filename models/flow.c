@@ -10,7 +10,10 @@
  * GRU's and 3.9% of an LSTM's at B = 32, H = I = 128, V = 64 (3.7%, 3.4%, 1.9% at B = 64,
  * H = I = 512): at equal speed, a floor for exact per-step norms, above the issue's 3% except
  * for the LSTM at H = 512.
- * The Gram matrices are most of the ledger's time (flow_kern.c). */
+ * The Gram matrices are most of the ledger's time (flow_kern.c). With f->sketch = k they are
+ * replaced by CountSketches (B·(N+K) adds per block, B·k² per use; unbiased, variance in
+ * tapegrad_flow.h), made in the backward hook where it can; what is left is reading the blocks
+ * and the ∂L/∂h_t snapshots at all (README, "Cost"). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>

@@ -81,7 +81,9 @@ struct tg_flow {
     const char *gate_names;       /* comma-separated, NULL: the built-in cell's list */
     /* How tg_flow_end computes route 1 (product uses) of contrib: sketch = 0 (the default)
      * exactly, from B×B Gram matrices; sketch = k > 0 estimated with k buckets (below), from
-     * sketch_seed (the same seed gives the same estimates). Everything else stays exact. */
+     * sketch_seed (the same seed gives the same estimates). Everything else stays exact. Set
+     * before tg_flow_begin, the backward hook makes most sketches while the rows are in
+     * cache; set (or changed) later, tg_flow_end makes them all, with the same result. */
     int sketch;
     uint64_t sketch_seed;
     struct tg_flow_priv *priv;    /* per-batch bookkeeping (arena pointers, hook state) */

@@ -10,7 +10,10 @@
  * GRU's and 3.9% of an LSTM's at B = 32, H = I = 128, V = 64 (3.7%, 3.4%, 1.9% at B = 64,
  * H = I = 512): at equal speed, a floor for exact per-step norms, above the issue's 3% except
  * for the LSTM at H = 512.
- * The Gram matrices are most of the ledger's time (flow_kern.c). */
+ * The Gram matrices are most of the ledger's time (flow_kern.c). With f->sketch = k they are
+ * replaced by CountSketches (B·(N+K) adds per block, B·k² per use; unbiased, variance in
+ * tapegrad_flow.h), made in the backward hook where it can; what is left is reading the blocks
+ * and the ∂L/∂h_t snapshots at all (README, "Cost"). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -45,6 +48,8 @@ struct tg_flow_priv {
     int *count;                   /* [p·T + t]: terms found (more than one: added explicitly) */
     double *norm2;                /* [p·T + t] */
     double *jac_acc;              /* L·T·B */
+    struct flow_sketch_store *sk; /* f->sketch > 0: this batch's sketches (tape arena) */
+    double *sk_acc;               /* column sums for the hook (tape arena) */
 };
 
 static double at(const void *p, enum tg_dtype dt, size_t i)
@@ -179,11 +184,26 @@ static int diff_node(const struct tg_flow *f, const struct tg_node *n)
     return n->step >= 0 && n->step < f->T && !tg_node_weight(n, NULL, NULL);
 }
 
+static const void *rows_of(const struct tg_tensor *A, int r0, int m);
+
 static void hook(void *ctx, const struct tg_node *n, int after)
 {
     struct tg_flow *f = ctx;
     struct tg_flow_priv *q = f->priv;
     if (!after && n->layer >= 0 && n->layer < f->L && !q->snapped[n->layer]) snapshot(f, n->layer);
+    if (after && q->sk && n->step >= 0 && n->step < f->T) {
+        /* A step's product: its dOut rows were just written and its A rows just read (staged),
+         * so sketch both now, from cache, for tg_flow_end (and the bias's column sums) */
+        struct tg_tensor *A, *C, *W = tg_node_weight(n, &A, &C);
+        if (W && n->out->grad && A->data && param_index(f, W) >= 0) {
+            double *cs = NULL;
+            enum tg_dtype dt = n->out->dtype;
+            if (flow_sketch_get(q->sk, 0, n->out->grad, n->out->cols, n->out->rows, n->step, &cs) && cs &&
+                *cs < 0 && C && C->rows == 1)
+                *cs = flow_colsum_sumsq(dt, n->out->grad, n->out->rows, n->out->cols, q->sk_acc);
+            flow_sketch_get(q->sk, 1, rows_of(A, 0, n->out->rows), A->cols, n->out->rows, n->step, NULL);
+        }
+    }
     if (!diff_node(f, n)) return;
     for (int s = 0; s < n->nsrc; s++) {
         int p = param_index(f, n->src[s]), dup = 0;
@@ -237,6 +257,23 @@ enum tg_status tg_flow_begin(struct tg_flow *f, struct tg_tape *t, const struct 
     }
     q->uses = tg_tape_alloc(t, (size_t)(n_uses + 1) * sizeof *q->uses);
     if (!q->uses) return tg_error(TG_ERR_NOMEM, "tg_flow_begin: out of memory");
+    q->sk = NULL;
+    if (f->sketch > 0) { /* room for two sketches per block of every product */
+        int dim = 1, rows = f->B, cap = 2;
+        for (size_t i = 0; i < nn; i++) {
+            struct tg_tensor *A, *W = tg_node_weight(tg_tape_node(t, i), &A, NULL);
+            const struct tg_node *n = tg_tape_node(t, i);
+            if (!W || param_index(f, W) < 0) continue;
+            dim = W->rows > dim ? W->rows : dim;
+            dim = A->cols > dim ? A->cols : dim;
+            int per_step = n->step >= 0 || n->out->rows != f->T * f->B;
+            if (per_step && n->out->rows > rows) rows = n->out->rows;
+            cap += 2 * (per_step ? 1 : f->T);
+        }
+        q->sk = flow_sketch_store_new(t, f->model->cfg.dtype, f->sketch, f->sketch_seed, dim, rows, cap);
+        q->sk_acc = tg_tape_alloc(t, (size_t)dim * sizeof *q->sk_acc);
+        if (!q->sk || !q->sk_acc) return tg_error(TG_ERR_NOMEM, "tg_flow_begin: out of memory");
+    }
     for (int p = 0; p < f->n_params; p++) {
         if (!q->diff[p]) continue;
         const struct tg_tensor *w = f->model->params[p];
@@ -274,6 +311,16 @@ static const void *gram_of(struct gram_cache *c, int slot, enum tg_dtype dt, con
     return g->g;
 }
 
+/* The estimator (f->sketch = k): ‖dOut_tᵀA_t‖_F² ≈ ‖(S₁ dOut_tᵀ)(A_t S₂ᵀ)‖_F² = ‖Yᵀ Z‖_F², with
+ * Y = dOut_t S₁ᵀ (B × k) and Z = A_t S₂ᵀ (B × k) CountSketches of the rows: column n of a block
+ * goes, times a random sign, to bucket (n mod k + rot[n div k]) mod k, a random rotation per
+ * chunk of k columns (so that two columns meet in a bucket with probability ≤ 1/k whatever
+ * their positions, as with a random hash, while a chunk stays one vector add). S₁ (for
+ * gradients) and S₂ (for inputs) are drawn afresh and independently per step; E[SᵀS] = I
+ * makes the estimate unbiased. Cost per step: B·(N + K) adds per distinct block (blocks are
+ * shared by address, as the Gram matrices are) and B·k² per use, against B²/2·(N + K).
+ * Variance (one side, signs and rotations random): (2/k)·Σ_{n≠m} ⟨M_n, M_m⟩² ≤ (2/k)‖M‖_F⁴
+ * for M's rows M_n; both sides: ≤ ((2/k)(1 + 2/k) + 2/k)·‖M‖_F⁴. */
 /* Where rows [r0, r0 + m) of A live: in A, or — when A is a concatenation of rows, as the
  * output layer's stacked h_t are — in the input holding exactly those rows (so its Gram is
  * shared with the uses that read that input itself). */
@@ -401,17 +448,35 @@ enum tg_status tg_flow_end(struct tg_flow *f, struct tg_tape *t, const struct tg
     for (int u = 0; u < q->n_uses; u++)
         if (q->uses[u].t1 == q->uses[u].t0 + 1) order[cur[q->uses[u].t0]++] = u;
     size_t es = tg_dtype_size(dt), ld = (size_t)flow_gram_ld((int)gmax);
+    const int sketch = f->sketch > 0 ? f->sketch : 0;
     struct gram_cache gc = {.cap = 2 * q->n_uses + 2, .gbytes = (ld * ld * es + 63) / 64 * 64};
+    int sk_cap = 2, sk_dim = 1, sk_rows = 1; /* what the products' sketches need */
+    for (int u = 0; u < q->n_uses; u++) {
+        const struct flow_use *us = &q->uses[u];
+        struct tg_tensor *A, *W = us->kind == USE_PRODUCT ? tg_node_weight(us->n, &A, NULL) : NULL;
+        if (!W || us->t1 <= us->t0) continue;
+        sk_cap += 2 * (us->t1 - us->t0);
+        sk_dim = W->rows > sk_dim ? W->rows : sk_dim;
+        sk_dim = A->cols > sk_dim ? A->cols : sk_dim;
+        sk_rows = us->rows > sk_rows ? us->rows : sk_rows;
+    }
     double *acc = tg_tape_alloc(t, kmax * sizeof *acc);
     if (!acc) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
-    for (int sl = 0; sl < 2; sl++) {
-        gc.e[sl] = tg_tape_alloc(t, (size_t)gc.cap * sizeof *gc.e[sl]);
-        gc.pool[sl] = tg_tape_alloc(t, (size_t)gc.cap * gc.gbytes + 64);
-        if (!gc.e[sl] || !gc.pool[sl]) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
-        gc.pool[sl] = (char *)(((uintptr_t)gc.pool[sl] + 63) & ~(uintptr_t)63);
-    }
-    /* step by step, so that the Gram matrices of one step serve the next */
-    for (int s = 0; s < T; s++) {
+    if (sketch) { /* the hook's sketches if they were made for this (k, seed), else anew */
+        if (!flow_sketch_store_fits(q->sk, sketch, f->sketch_seed, sk_dim, sk_rows, sk_cap))
+            q->sk = flow_sketch_store_new(t, dt, sketch, f->sketch_seed, sk_dim, sk_rows, sk_cap);
+        if (!q->sk) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
+    } else
+        for (int sl = 0; sl < 2; sl++) {
+            gc.e[sl] = tg_tape_alloc(t, (size_t)gc.cap * sizeof *gc.e[sl]);
+            gc.pool[sl] = tg_tape_alloc(t, (size_t)gc.cap * gc.gbytes + 64);
+            if (!gc.e[sl] || !gc.pool[sl]) return tg_error(TG_ERR_NOMEM, "tg_flow_end: out of memory");
+            gc.pool[sl] = (char *)(((uintptr_t)gc.pool[sl] + 63) & ~(uintptr_t)63);
+        }
+    /* step by step, so that the Gram matrices of one step serve the next; last step first, as
+     * the backward hook ran, so that a block shared by two steps (h_t: the input of step t's
+     * output and of step t+1's W_hh) is sketched with the same step's draw either way */
+    for (int s = T - 1; s >= 0; s--) {
         int slot = s & 1;
         gc.n[slot] = 0;
         for (int j = 0; j < n_span + pos[s + 1] - pos[s]; j++) {
@@ -423,7 +488,21 @@ enum tg_status tg_flow_end(struct tg_flow *f, struct tg_tape *t, const struct tg
                 continue;
             }
             const void *dout = (const char *)n->out->grad + (size_t)r0 * N * es;
-            if (us->kind == USE_PRODUCT) {
+            if (us->kind == USE_PRODUCT && sketch) {
+                struct tg_tensor *A;
+                tg_node_weight(n, &A, NULL);
+                const void *y = flow_sketch_get(q->sk, 0, dout, N, rows, s, NULL);
+                const void *z = flow_sketch_get(q->sk, 1, rows_of(A, r0, rows), A->cols, rows, s, NULL);
+                if (!y || !z) return tg_error(TG_ERR_NOMEM, "tg_flow_end: sketch store full");
+                add_term(f, us->p, s, flow_sketch_pair(q->sk, y, z, rows));
+            } else if (us->kind == USE_BIAS && sketch) { /* exact: the column sums themselves */
+                double *cs = NULL;
+                flow_sketch_get(q->sk, 0, dout, N, rows, s, &cs);
+                double ss = cs && *cs >= 0 ? *cs : flow_colsum_sumsq(dt, dout, rows, N, acc);
+                if (cs) *cs = ss;
+                add_term(f, us->p, s, ss);
+                if (us->p2 >= 0) add_term(f, us->p2, s, ss);
+            } else if (us->kind == USE_PRODUCT) {
                 struct tg_tensor *A;
                 tg_node_weight(n, &A, NULL);
                 const void *g1 = gram_of(&gc, slot, dt, dout, N, rows);

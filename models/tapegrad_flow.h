@@ -31,6 +31,14 @@
  *                    norm from two B×B Gram matrices, ‖dOutᵀA‖² = Σ_ij (dOut dOutᵀ)_ij (A Aᵀ)_ij,
  *                    O(B²(N+K)) instead of O(B·N·K); a use over all T·B rows (the hoisted input
  *                    projection, the output layer) is split in its B-row blocks, block t = step t;
+ *                    Or, with f->sketch = k > 0, estimated: ‖(S₁dOutᵀ)(A S₂ᵀ)‖_F² with
+ *                    S₁, S₂ independent CountSketches to k buckets (a random sign per
+ *                    column, buckets rotated at random per chunk of k columns), drawn afresh
+ *                    per step from sketch_seed: O(B·(N+K) + B·k²) per step and use. Unbiased
+ *                    (E[SᵀS] = I); with M = dOutᵀA its variance is at most
+ *                    ((2/k)(1 + 2/k) + 2/k)·‖M‖_F⁴ (equality only for rank-one M), so the
+ *                    squared norm's relative standard deviation is ≤ 0.52 at k = 16 (≤ 0.36 at
+ *                    k = 32), the norm's about half. Routes 2–4 and tg_flow_term stay exact;
  *                (2) a bias row C of such a use (or the sum b_ih + b_hh of two parameters):
  *                    the column sums of the step's rows of dOut;
  *                (3) any other node of step t that reads p itself (peepholes, weight slices
@@ -71,6 +79,13 @@ struct tg_flow {
     char gate_label[TG_FLOW_MAX_GATES][24]; /* "σ(i)", "tanh(c)", … */
     double *sat;
     const char *gate_names;       /* comma-separated, NULL: the built-in cell's list */
+    /* How tg_flow_end computes route 1 (product uses) of contrib: sketch = 0 (the default)
+     * exactly, from B×B Gram matrices; sketch = k > 0 estimated with k buckets (below), from
+     * sketch_seed (the same seed gives the same estimates). Everything else stays exact. Set
+     * before tg_flow_begin, the backward hook makes most sketches while the rows are in
+     * cache; set (or changed) later, tg_flow_end makes them all, with the same result. */
+    int sketch;
+    uint64_t sketch_seed;
     struct tg_flow_priv *priv;    /* per-batch bookkeeping (arena pointers, hook state) */
 };
 

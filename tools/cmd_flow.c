@@ -22,7 +22,8 @@
 #include "tapegrad_train.h"
 
 struct flow_opts {
-    const char *cell, *task, *data, *dtype, *checkpoint, *loss, *csv, *json, *out, *compare;
+    const char *cell, *task, *data, *dtype, *checkpoint, *loss, *csv, *json, *out, *compare, *ledger;
+    int sketch;                   /* from --ledger: 0 exact, else its buckets */
     int length, batch, hidden, layers, every, exact_max, probes, no_jacobian, bench;
     long seed;
 };
@@ -81,6 +82,7 @@ static int analyse(const struct flow_opts *o, struct flow_setup *s, struct flow_
     struct tg_seq_result res;
     int rc = -1;
     if (tg_flow_new(m, s->sb.T, s->sb.B, &r->f) != TG_OK) goto out;
+    r->f->sketch = o->sketch, r->f->sketch_seed = (uint64_t)o->seed;
     r->m = m;
     if (tg_model_forward_from(m, t, &s->sb, NULL, &res) != TG_OK) goto out;
     r->loss = tg_get(res.loss, 0, 0);
@@ -131,6 +133,7 @@ static int bench(const struct flow_opts *o)
     struct tg_tape *t = tg_tape_new(0);
     struct tg_flow *f = NULL;
     if (!x || !lab || !ms || !t || tg_flow_new(m, T, B, &f) != TG_OK) return cli_fail("flow", "out of memory");
+    f->sketch = o->sketch, f->sketch_seed = (uint64_t)o->seed;
     for (size_t i = 0; i < (size_t)T * B * H; i++) x[i] = tg_rng_normal(&rng);
     for (int i = 0; i < T * B; i++) lab[i] = (int32_t)tg_rng_below(&rng, V);
     struct tg_seq_batch sb = {.T = T, .B = B, .x = x, .labels = lab};
@@ -165,8 +168,8 @@ static int bench(const struct flow_opts *o)
         double *v = clk ? cs : ms;
         double a = median(v, N), b = median(v + N, N), c = median(v + 2 * N, N), own = median(v + 3 * N, N);
         if (!clk)
-            printf("%s T%d·B%d·H%d L%d %s, %d steps each, interleaved; median ms per training step\n",
-                   cell->name, T, B, H, mc.layers, tg_dtype_name(dt), N);
+            printf("%s T%d·B%d·H%d L%d %s, ledger %s, %d steps each, interleaved; median ms per training step\n",
+                   cell->name, T, B, H, mc.layers, tg_dtype_name(dt), o->sketch ? "sketch" : "exact", N);
         printf("  %s\n  plain          %9.3f\n  ledger on      %9.3f  (%+.1f%%; tg_flow_begin + "
                "tg_flow_end alone %.3f ms = %.1f%% of plain)\n  anomaly mode   %9.3f  (%.2fx)\n",
                clk ? "CPU time (the process's; steadier on a loaded machine):" : "wall time:",
@@ -205,10 +208,19 @@ int cmd_flow(int argc, char **argv)
         {"exact-max", CLI_INT, &o.exact_max, "‖∂h_T/∂h_t‖ exactly up to this H (default 64), else estimated", 1, 1 << 16},
         {"probes", CLI_INT, &o.probes, "seeds of the estimator (default 32)", 1, 1 << 16},
         {"no-jacobian", CLI_BOOL, &o.no_jacobian, "skip ‖∂h_T/∂h_t‖ (H extra backward passes)", 1, 0},
+        {"ledger", CLI_STR, &o.ledger, "per-step weight-gradient norms: exact (default) or sketch[:K], estimated with K buckets (default 16)", 1, 0},
         {"bench", CLI_INT, &o.bench, "time N training steps plain / with the ledger / in anomaly mode", 1, 100000},
     };
     int pr = cli_parse("flow", "[flags]", argc, argv, flags, (int)(sizeof flags / sizeof flags[0]));
     if (pr) return pr < 0 ? 1 : 0;
+    if (o.ledger && strcmp(o.ledger, "exact") != 0) {
+        char *end = NULL;
+        long k = 16;
+        if (strncmp(o.ledger, "sketch", 6) != 0 || (o.ledger[6] && o.ledger[6] != ':') ||
+            (o.ledger[6] == ':' && ((k = strtol(o.ledger + 7, &end, 10)) < 1 || k > 4096 || *end)))
+            return cli_fail("flow", "--ledger must be 'exact', 'sketch' or 'sketch:K' with 1 <= K <= 4096, got '%s'", o.ledger);
+        o.sketch = (int)k;
+    }
     if (o.bench) return bench(&o);
     if (!o.task && !o.checkpoint) o.task = "adding";
     int loss_last = 0;

@@ -49,6 +49,12 @@ void flow_print_table(FILE *out, const struct flow_run *r, int every)
             f->H, f->L, r->m->cfg.loss == TG_LOSS_MSE_LAST ? "MSE" : "cross-entropy summed over positions",
             r->loss_last ? "of the last step only" : "of every step", r->loss,
             every > 1 ? ", every few steps shown (--every 1 for all)" : "");
+    if (f->sketch)
+        fprintf(out, "per-step weight-gradient norms of products: ESTIMATED (CountSketch, %d buckets; "
+                "relative std of the squared norm <= %.2f); bias, embedding, other terms exact\n",
+                f->sketch, sqrt((2.0 / f->sketch) * (1 + 2.0 / f->sketch) + 2.0 / f->sketch));
+    else
+        fprintf(out, "per-step weight-gradient norms: exact\n");
     if (r->jacobian)
         fprintf(out, "‖∂h_T/∂h_t‖: RMS singular value of the per-sequence Jacobian, %s\n",
                 f->jac_exact ? "exact (H one-hot seeds)" : "estimated (Gaussian probes)");
@@ -129,6 +135,10 @@ int flow_write_json(const char *path, const struct flow_run *r, char *err, int e
     json_object_set_new(jm, "method", json_string(!r->jacobian ? "skipped" : f->jac_exact ? "exact" : "hutchinson"));
     if (r->jacobian && !f->jac_exact) json_object_set_new(jm, "probes", json_integer(r->probes));
     json_object_set_new(root, "jacobian", jm);
+    json_t *jl = json_object();
+    json_object_set_new(jl, "method", json_string(f->sketch ? "sketch" : "exact"));
+    if (f->sketch) json_object_set_new(jl, "buckets", json_integer(f->sketch));
+    json_object_set_new(root, "contrib_method", jl);
     for (int p = 0; p < r->m->n_params; p++) {
         json_t *jp = json_object();
         json_object_set_new(jp, "name", json_string(r->m->names[p]));

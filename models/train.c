@@ -417,6 +417,7 @@ enum tg_status tg_trainer_new(const struct tg_train_config *cfg, struct tg_train
             r.log_path = cfg->log_path;
             if (cfg->micro_batches) r.micro_batches = cfg->micro_batches;
             r.recompute = cfg->recompute;
+            r.detect_anomaly = cfg->detect_anomaly; /* the user's, like --log */
             r.dist = cfg->dist;
             r.stop = cfg->stop;
             r.progress = cfg->progress;

@@ -235,6 +235,24 @@ static void test_resume_bit_identical(void **state)
     check_resume(c5, 10, "copy_bidir_dropout");
 }
 
+/* What a resumed run is asked to do along the way is the user's, not the checkpoint's:
+ * --detect-anomaly given at resume must be on (it was dropped once). */
+static void test_resume_keeps_run_options(void **state)
+{
+    (void)state;
+    char b[128];
+    snprintf(b, sizeof b, "%s/anomaly_resume.st", dir);
+    unlink(b);
+    struct tg_train_config c = {.task = "adding", .length = 6, .hidden = 4, .batch = 2, .steps = 2,
+                                .seed = 4, .eval_size = 2, .checkpoint = b};
+    train_lib(&c);
+    struct tg_train_config r = {.resume = b, .steps = 3, .detect_anomaly = 1};
+    struct tg_trainer *tr = NULL;
+    assert_int_equal(tg_trainer_new(&r, &tr), TG_OK);
+    assert_int_equal(tg_trainer_config(tr)->detect_anomaly, 1);
+    tg_trainer_free(tr);
+}
+
 /* The same seed gives the same bytes at a fixed thread count, also with two threads. (Across
  * thread counts it does not: OpenBLAS splits a GEMM's work differently, which changes the
  * rounding of the last bits.) */
@@ -563,6 +581,7 @@ int main(void)
         cmocka_unit_test(test_same_bytes_two_threads),
         cmocka_unit_test(test_clean_temps),
         cmocka_unit_test(test_bad_checkpoints),
+        cmocka_unit_test(test_resume_keeps_run_options),
         cmocka_unit_test(test_sigint),
         cmocka_unit_test(test_sample_cli),
         cmocka_unit_test(test_kill_during_save),

@@ -49,9 +49,13 @@ static enum tg_status diverged(struct tg_trainer *tr, struct tg_tape *t, double 
                 }
             }
     }
-    return tg_error(TG_ERR_VALUE, "training diverged at step %ld: loss %g, gradient norm %g; first "
+    /* NaN's sign bit is noise (printf shows "-nan" for some): name it plainly */
+    char ls[32], gs[32];
+    snprintf(ls, sizeof ls, isnan(loss) ? "nan" : "%g", loss);
+    snprintf(gs, sizeof gs, isnan(gn) ? "nan" : "%g", gn);
+    return tg_error(TG_ERR_VALUE, "training diverged at step %ld: loss %s, gradient norm %s; first "
                     "non-finite tensor: %s (try a lower --lr or --clip-norm; --detect-anomaly "
-                    "stops there and shows the inputs)", tr->step + 1, loss, gn,
+                    "stops there and shows the inputs)", tr->step + 1, ls, gs,
                     where[0] ? where : "none found");
 }
 

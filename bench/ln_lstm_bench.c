@@ -89,7 +89,7 @@ static int setup(struct side *s, const char *name, const struct tg_cell *cell, i
         }
     tg_tape_set_fusion(s->t, fusion);
     if (tg_optim_new(&oc, s->m->params, s->m->n_params, &s->opt) != TG_OK) return -1;
-    s->b = (struct tg_seq_batch){T, B, x, NULL, y, NULL};
+    s->b = (struct tg_seq_batch){.T = T, .B = B, .x = x, .labels = y};
     return 0;
 }
 

@@ -362,7 +362,7 @@ static int bench_one(const char *cell_name, const struct config *c, const char *
     tg_tape_set_fusion(ad.t, o->fusion);
     tg_model_init_uniform(ad.m, &rng);
     if (tg_optim_new(&ocfg, ad.m->params, ad.m->n_params, &ad.opt) != TG_OK) goto lib_fail;
-    ad.batch = (struct tg_seq_batch){T, B, x, NULL, y, NULL};
+    ad.batch = (struct tg_seq_batch){.T = T, .B = B, .x = x, .labels = y};
 
     if (file_cell) {
         /* the built-in C cell with the same initial weights, timed alternately with the file */

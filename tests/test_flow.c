@@ -28,6 +28,8 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "tapegrad_flow.h"
 #include "tapegrad_models.h"
 #include "tapegrad_safetensors.h"
@@ -633,15 +635,6 @@ static int starts_with(const char *path, const char *magic, size_t n)
     return got == n && memcmp(buf, magic, n) == 0;
 }
 
-static int sh(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return system(cmd);
-}
 
 /* tapegrad flow writes a table, CSV (one row per step and layer), JSON and PNG/SVG plots;
  * --compare, train --plot, tapegrad plot and dot --loss last make non-empty files. */
@@ -650,7 +643,7 @@ static void test_cli_outputs(void **state)
     (void)state;
     char dir[] = "/tmp/tg_flow_testXXXXXX";
     assert_non_null(mkdtemp(dir));
-    assert_int_equal(sh("cd %s && " TAPEGRAD " flow --cell gru --task adding --length 12 --batch 4 "
+    assert_int_equal(tg_test_sh("cd %s && " TAPEGRAD " flow --cell gru --task adding --length 12 --batch 4 "
                         "--hidden 5 --layers 2 --csv f.csv --json f.json --out f.png > table.txt", dir), 0);
     char p[512];
     snprintf(p, sizeof p, "%s/f.csv", dir);
@@ -668,13 +661,13 @@ static void test_cli_outputs(void **state)
     snprintf(p, sizeof p, "%s/table.txt", dir);
     assert_true(file_size(p) > 500);
 
-    assert_int_equal(sh("cd %s && " TAPEGRAD " flow --compare rnn_tanh,lstm,gru --task adding --length 20 "
+    assert_int_equal(tg_test_sh("cd %s && " TAPEGRAD " flow --compare rnn_tanh,lstm,gru --task adding --length 20 "
                         "--batch 4 --hidden 6 --out cmp.svg > /dev/null", dir), 0);
     snprintf(p, sizeof p, "%s/cmp.svg", dir);
     assert_true(file_size(p) > 5000);
     assert_true(starts_with(p, "<?xml", 5));
 
-    assert_int_equal(sh("cd %s && " TAPEGRAD " train --task adding --length 10 --steps 60 --hidden 8 "
+    assert_int_equal(tg_test_sh("cd %s && " TAPEGRAD " train --task adding --length 10 --steps 60 --hidden 8 "
                         "--layers 2 --log run.csv --plot curve.png > /dev/null 2>&1", dir), 0);
     snprintf(p, sizeof p, "%s/curve.png", dir);
     assert_true(file_size(p) > 10000);
@@ -685,18 +678,18 @@ static void test_cli_outputs(void **state)
     assert_non_null(fgets(head, sizeof head, f));
     fclose(f);
     assert_non_null(strstr(head, "grad_norm,gnorm_l0,gnorm_l1,gnorm_out"));
-    assert_int_equal(sh("cd %s && " TAPEGRAD " plot --log run.csv --out again.svg > /dev/null", dir), 0);
+    assert_int_equal(tg_test_sh("cd %s && " TAPEGRAD " plot --log run.csv --out again.svg > /dev/null", dir), 0);
     snprintf(p, sizeof p, "%s/again.svg", dir);
     assert_true(file_size(p) > 5000);
 
-    assert_int_equal(sh("cd %s && " TAPEGRAD " dot --cell lstm --steps 3 --backward --loss last --out g.dot", dir), 0);
+    assert_int_equal(tg_test_sh("cd %s && " TAPEGRAD " dot --cell lstm --steps 3 --backward --loss last --out g.dot", dir), 0);
     snprintf(p, sizeof p, "%s/g.dot", dir);
     assert_true(file_size(p) > 1000);
     /* a plot request the program cannot honour fails with one line, not a crash */
-    assert_int_not_equal(sh("cd %s && " TAPEGRAD " flow --length 5 --out f.jpg 2> err.txt", dir), 0);
+    assert_int_not_equal(tg_test_sh("cd %s && " TAPEGRAD " flow --length 5 --out f.jpg 2> err.txt", dir), 0);
     snprintf(p, sizeof p, "%s/err.txt", dir);
     assert_true(file_size(p) > 10);
-    sh("rm -rf %s", dir);
+    tg_test_sh("rm -rf %s", dir);
 }
 
 /* The divergence message names the step and the first non-finite tensor; with
@@ -706,7 +699,7 @@ static void test_cli_divergence(void **state)
     (void)state;
     char dir[] = "/tmp/tg_flow_divXXXXXX", p[512], buf[1024] = "";
     assert_non_null(mkdtemp(dir));
-    assert_int_not_equal(sh("cd %s && " TAPEGRAD " train --cell rnn_relu --task adding --length 30 --steps 20 "
+    assert_int_not_equal(tg_test_sh("cd %s && " TAPEGRAD " train --cell rnn_relu --task adding --length 30 --steps 20 "
                             "--lr 1e4 --optimizer sgd 2> err.txt > /dev/null", dir), 0);
     snprintf(p, sizeof p, "%s/err.txt", dir);
     FILE *f = fopen(p, "r");
@@ -717,7 +710,7 @@ static void test_cli_divergence(void **state)
     printf("# %s", buf);
     assert_non_null(strstr(buf, "training diverged at step"));
     assert_non_null(strstr(buf, "first non-finite tensor: the output of"));
-    assert_int_not_equal(sh("cd %s && " TAPEGRAD " train --cell rnn_relu --task adding --length 30 --steps 20 "
+    assert_int_not_equal(tg_test_sh("cd %s && " TAPEGRAD " train --cell rnn_relu --task adding --length 30 --steps 20 "
                             "--lr 1e4 --optimizer sgd --detect-anomaly 2> err2.txt > /dev/null", dir), 0);
     snprintf(p, sizeof p, "%s/err2.txt", dir);
     f = fopen(p, "r");
@@ -729,7 +722,7 @@ static void test_cli_divergence(void **state)
     printf("# %s", buf);
     assert_non_null(strstr(buf, "anomaly: forward"));
     assert_non_null(strstr(buf, ", layer 0, sequence"));
-    sh("rm -rf %s", dir);
+    tg_test_sh("rm -rf %s", dir);
 }
 
 int main(void)

@@ -26,6 +26,8 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "tapegrad_flow.h"
 #include "tapegrad_models.h"
 
@@ -315,15 +317,6 @@ static void test_allocates_nothing_per_step(void **state)
 
 #define TAPEGRAD TG_BUILD_DIR "/tools/tapegrad"
 
-static int sh(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return system(cmd);
-}
 
 static int file_has(const char *path, const char *needle, int *lines)
 {
@@ -345,24 +338,24 @@ static void test_cli(void **state)
     (void)state;
     char dir[] = "/tmp/tg_flow_sketchXXXXXX", p[512];
     assert_non_null(mkdtemp(dir));
-    assert_int_equal(sh("cd %s && " TAPEGRAD " flow --cell lstm --task adding --length 8 --batch 4 --hidden 5 "
+    assert_int_equal(tg_test_sh("cd %s && " TAPEGRAD " flow --cell lstm --task adding --length 8 --batch 4 --hidden 5 "
                         "--ledger sketch:8 --no-jacobian --json f.json > t.txt", dir), 0);
     snprintf(p, sizeof p, "%s/t.txt", dir);
     assert_true(file_has(p, "ESTIMATED (CountSketch, 8 buckets", NULL));
     snprintf(p, sizeof p, "%s/f.json", dir);
     assert_true(file_has(p, "\"sketch\"", NULL));
-    assert_int_equal(sh("cd %s && " TAPEGRAD " flow --length 8 --batch 4 --hidden 5 --no-jacobian > t.txt", dir), 0);
+    assert_int_equal(tg_test_sh("cd %s && " TAPEGRAD " flow --length 8 --batch 4 --hidden 5 --no-jacobian > t.txt", dir), 0);
     snprintf(p, sizeof p, "%s/t.txt", dir);
     assert_true(file_has(p, "per-step weight-gradient norms: exact", NULL));
     const char *bad[] = {"sketchy", "sketch:0", "sketch:", "sketch:4x", "Exact"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        assert_int_not_equal(sh("cd %s && " TAPEGRAD " flow --length 8 --ledger %s > /dev/null 2> err.txt", dir, bad[i]), 0);
+        assert_int_not_equal(tg_test_sh("cd %s && " TAPEGRAD " flow --length 8 --ledger %s > /dev/null 2> err.txt", dir, bad[i]), 0);
         int lines = 0;
         snprintf(p, sizeof p, "%s/err.txt", dir);
         assert_true(file_has(p, "--ledger", &lines));
         assert_int_equal(lines, 1);
     }
-    sh("rm -rf %s", dir);
+    tg_test_sh("rm -rf %s", dir);
 }
 
 int main(void)

@@ -27,46 +27,20 @@
 #include "internal.h" /* the tape's fuse_cache counters and fuse_cache_off, TG_REUSED */
 
 #include "malloc_count.h"
+#include "seq_case.h"
 
 /* ------------------------------------------------------------------ model runs */
 
-struct mcase {
-    struct tg_model *m;
-    double *x;
-    int32_t *y;
-    struct tg_seq_batch b;
-};
-
-static void mcase_new(struct mcase *c, const struct tg_cell *cell, enum tg_dtype dt, int H, int L,
+/* test_cells' fixture (seq_case.h): dense inputs of width 3, 3 classes, no initial state */
+static void mcase_new(struct seq_case *c, const struct tg_cell *cell, enum tg_dtype dt, int H, int L,
                       int B, int T, uint64_t seed)
 {
-    memset(c, 0, sizeof *c);
-    int I = 3;
-    struct tg_model_config cfg = {.cell = cell, .input = I, .hidden = H, .layers = L, .outputs = 3,
-                                  .dtype = dt, .loss = TG_LOSS_XENT_SUM};
-    if (tg_model_new(&cfg, &c->m) != TG_OK) fail_msg("%s: %s", cell->name, tg_last_error());
-    struct tg_rng r;
-    tg_rng_seed(&r, seed);
-    for (int i = 0; i < c->m->n_params; i++) tg_tensor_uniform(c->m->params[i], &r, -0.7, 0.7);
-    c->x = malloc(sizeof *c->x * (size_t)T * B * I);
-    c->y = malloc(sizeof *c->y * (size_t)T * B);
-    assert_non_null(c->x);
-    assert_non_null(c->y);
-    for (long i = 0; i < (long)T * B * I; i++) c->x[i] = tg_rng_normal(&r);
-    for (long i = 0; i < (long)T * B; i++) c->y[i] = (int32_t)tg_rng_below(&r, 3);
-    c->b = (struct tg_seq_batch){.T = T, .B = B, .x = c->x, .labels = c->y};
-}
-
-static void mcase_free(struct mcase *c)
-{
-    tg_model_free(c->m);
-    free(c->x);
-    free(c->y);
+    seq_case_new(c, cell, T, B, 3, H, L, 3, dt, seed, 0, NULL);
 }
 
 /* Every parameter's gradient, concatenated as doubles (malloc'd), after one forward+backward
  * with the given fusion mode and cache switch on a fresh tape; *hits, *misses from it. */
-static double *model_grads(struct mcase *c, int fusion, int cache_off, double *loss, size_t *n,
+static double *model_grads(struct seq_case *c, int fusion, int cache_off, double *loss, size_t *n,
                            size_t *hits, size_t *misses)
 {
     struct tg_tape *t = tg_tape_new(0);
@@ -118,7 +92,7 @@ static void test_cells_bit_identical(void **state)
         const struct tg_cell *cell = tg_cell_at(ci);
         for (int dt = 0; dt < 2; dt++) {
             enum tg_dtype dtype = dt ? TG_F32 : TG_F64;
-            struct mcase c;
+            struct seq_case c;
             mcase_new(&c, cell, dtype, H, L, B, T, 11 + (uint64_t)ci);
             for (int mode = TG_FUSION_ON; mode <= TG_FUSION_LEAN; mode++) {
                 double l_on, l_off, l_un;
@@ -141,7 +115,7 @@ static void test_cells_bit_identical(void **state)
                 free(g_off);
                 free(g_un);
             }
-            mcase_free(&c);
+            seq_case_free(&c);
         }
     }
 }
@@ -158,7 +132,7 @@ static void test_hits_per_unroll(void **state)
     const int first_misses[] = {2, 2, 1};
     enum { T = 7, B = 2, H = 5, L = 2 };
     for (int i = 0; i < 3; i++) {
-        struct mcase c;
+        struct seq_case c;
         mcase_new(&c, tg_cell_find(names[i]), TG_F64, H, L, B, T, 3);
         struct tg_tape *t = tg_tape_new(0);
         assert_non_null(t);
@@ -174,7 +148,7 @@ static void test_hits_per_unroll(void **state)
                          t->fuse_cache.misses, t->fuse_cache.hits, m, h);
         }
         tg_tape_free(t);
-        mcase_free(&c);
+        seq_case_free(&c);
     }
 }
 
@@ -385,7 +359,7 @@ static void test_mode_change(void **state)
 static void test_loop_heap_silent(void **state)
 {
     (void)state;
-    struct mcase c;
+    struct seq_case c;
     mcase_new(&c, tg_cell_find("lstm"), TG_F32, 8, 1, 1, 20, 5);
     struct tg_tape *t = tg_tape_new(0);
     assert_non_null(t);
@@ -406,7 +380,7 @@ static void test_loop_heap_silent(void **state)
     assert_int_equal(tg_tape_heap_allocs(t) - tape0, 0);
     assert_int_equal(t->fuse_cache.hits - hits0, 4 * (20 - 2));
     tg_tape_free(t);
-    mcase_free(&c);
+    seq_case_free(&c);
 }
 
 int main(void)

@@ -2,6 +2,7 @@
 #ifndef TG_TEST_UTIL_H
 #define TG_TEST_UTIL_H
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -24,6 +25,17 @@ static inline char *tg_test_read_file(const char *path, size_t *len)
     buf[n] = '\0';
     if (len) *len = (size_t)n;
     return buf;
+}
+
+/* system() of a printf-formatted shell command; its wait status. */
+static inline int __attribute__((format(printf, 1, 2))) tg_test_sh(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return system(cmd);
 }
 
 #endif

@@ -20,6 +20,42 @@
 static inline float xent_exp_f32(float x) { return tg_fast_expf(x); }
 static inline double xent_exp_f64(double x) { return exp(x); }
 
+/* Σ_j e_j in double. float32: four interleaved partial sums (four independent add chains
+ * instead of one; the order changes only the last bits of a double that is then rounded to
+ * float). float64 adds in order, as its gradient checks were written against. */
+static inline double xent_sum_f32(const float *e, int c)
+{
+    double s[4] = {0, 0, 0, 0};
+    int j = 0;
+    for (; j + 4 <= c; j += 4)
+        for (int k = 0; k < 4; k++) s[k] += e[j + k];
+    for (; j < c; j++) s[0] += e[j];
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+static inline double xent_sum_f64(const double *e, int c)
+{
+    double s = 0;
+    for (int j = 0; j < c; j++) s += e[j];
+    return s;
+}
+
+/* max_j l_j as four interleaved running maxima, then their max: the same value as one running
+ * max (a max does not depend on order; a NaN l_0 stays in all four and wins, later NaNs lose
+ * every compare in both), with four independent compare chains instead of one. */
+#define DEF_ROW_MAX(T, S)                                                                      \
+    static inline T row_max_##S(const T *l, int c)                                             \
+    {                                                                                          \
+        T m[4] = {l[0], l[0], l[0], l[0]};                                                     \
+        int j = 1;                                                                             \
+        for (; j + 4 <= c; j += 4)                                                             \
+            for (int k = 0; k < 4; k++) m[k] = l[j + k] > m[k] ? l[j + k] : m[k];              \
+        for (; j < c; j++) m[0] = l[j] > m[0] ? l[j] : m[0];                                   \
+        T r = m[0];                                                                            \
+        for (int k = 1; k < 4; k++) r = m[k] > r ? m[k] : r;                                   \
+        return r;                                                                              \
+    }
+TG_BOTH_DTYPES(DEF_ROW_MAX)
+
 #define DEF_XENT(T, S)                                                                         \
     static double xent_fwd_##S(const T *l, T *p, const int32_t *y, int n, int c)               \
     {                                                                                          \
@@ -27,11 +63,9 @@ static inline double xent_exp_f64(double x) { return exp(x); }
         for (int i = 0; i < n; i++) {                                                          \
             const T *li = l + (size_t)i * c;                                                   \
             T *pi = p + (size_t)i * c;                                                         \
-            T m = li[0];                                                                       \
-            for (int j = 1; j < c; j++) m = li[j] > m ? li[j] : m;                             \
+            T m = row_max_##S(li, c);                                                          \
             for (int j = 0; j < c; j++) pi[j] = xent_exp_##S(li[j] - m);                       \
-            double s = 0;                                                                      \
-            for (int j = 0; j < c; j++) s += pi[j];                                            \
+            double s = xent_sum_##S(pi, c);                                                    \
             T inv = (T)(1.0 / s);                                                              \
             for (int j = 0; j < c; j++) pi[j] *= inv;                                          \
             if (y[i] >= 0) total += (double)m + log(s) - (double)li[y[i]];                     \

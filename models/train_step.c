@@ -44,7 +44,12 @@ static void layer_norms(struct tg_trainer *tr)
  * stays below DBL_MAX (float32 values square to at most 2²⁵⁶). Done on the bits — an integer
  * compare and an OR vectorise, where the norm's ordered sum of squares cannot — so a step whose
  * norm nobody reads pays one cheap pass for the divergence check. */
-static int grads_tame(const struct tg_model *m)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define TAME_CLONES __attribute__((target_clones("avx2", "default"))) /* a 64-bit vector compare */
+#else
+#define TAME_CLONES
+#endif
+TAME_CLONES static int grads_tame(const struct tg_model *m)
 {
     int bad = 0;
     for (int p = 0; p < m->n_params; p++) {
@@ -55,7 +60,8 @@ static int grads_tame(const struct tg_model *m)
             for (size_t i = 0; i < n; i++) {
                 uint64_t b;
                 memcpy(&b, g + 8 * i, 8);
-                bad |= (b & 0x7fffffffffffffffULL) > 0x5df0000000000000ULL; /* |g| > 2⁴⁸⁰ or NaN */
+                /* |g| > 2⁴⁸⁰, ∞ or NaN; below 2⁶³ after the mask, so a signed compare serves */
+                bad |= (int64_t)(b & 0x7fffffffffffffffULL) > (int64_t)0x5df0000000000000LL;
             }
         } else {
             const unsigned char *g = w->grad;

@@ -620,17 +620,20 @@ enum tg_status tg_clip_grad_value(struct tg_tensor *const *params, int n, double
         if (!p || !p->grad) continue;
         size_t len = tg_numel(p);
         if (p->dtype == TG_F64) {
+            /* selects, not branches, so the loop vectorises; NaN fails both and stays NaN */
             double *g = p->grad;
             for (size_t j = 0; j < len; j++) {
-                if (g[j] > clip) g[j] = clip;
-                else if (g[j] < -clip) g[j] = -clip;
+                double v = g[j];
+                v = v > clip ? clip : v;
+                g[j] = v < -clip ? -clip : v;
             }
         } else {
             float *g = p->grad;
             const float c = (float)clip;
             for (size_t j = 0; j < len; j++) {
-                if (g[j] > c) g[j] = c;
-                else if (g[j] < -c) g[j] = -c;
+                float v = g[j];
+                v = v > c ? c : v;
+                g[j] = v < -c ? -c : v;
             }
         }
     }

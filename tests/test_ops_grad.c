@@ -702,6 +702,39 @@ static void test_softmax_xent_extreme_logits(void **state)
     }
 }
 
+/* The row max taken as four interleaved maxima (and the float32 sum as four partial sums):
+ * a dominant logit at each position of an 11-wide row — every lane and the 3-long tail — must
+ * give the loss and gradient of the plain formula. Were the max missed, e^{l−m} would overflow
+ * or the loss would be off by the logit's size. */
+static void test_softmax_xent_max_anywhere(void **state)
+{
+    (void)state;
+    enum { C = 11 };
+    for (int d = 0; d < 2; d++)
+        for (int at = 0; at < C; at++) {
+            struct tg_tensor *l = tg_tensor_new_heap(1, C, d ? TG_F64 : TG_F32);
+            tg_tensor_set_requires_grad(l);
+            double v[C];
+            for (int j = 0; j < C; j++) v[j] = j == at ? 95.0 : 0.25 * j - 1.0;
+            for (int j = 0; j < C; j++) tg_set(l, 0, j, v[j]);
+            int32_t y[1] = {(at + 3) % C};
+            struct tg_tape *t = tg_tape_new(0);
+            struct tg_tensor *loss = tg_softmax_xent(t, l, y, TG_REDUCE_SUM);
+            assert_non_null(loss);
+            assert_int_equal(tg_backward(t, loss), TG_OK);
+            double s = 0;
+            for (int j = 0; j < C; j++) s += exp(v[j] - 95.0);
+            double want = 95.0 + log(s) - v[y[0]], tol = d ? 1e-12 : 1e-5;
+            assert_true(fabs(tg_get(loss, 0, 0) - want) <= tol * want);
+            for (int j = 0; j < C; j++) {
+                double g = exp(v[j] - 95.0) / s - (j == y[0]);
+                assert_true(fabs(tg_grad_get(l, 0, j) - g) <= tol);
+            }
+            tg_tape_free(t);
+            tg_tensor_free(l);
+        }
+}
+
 /* y = op(x) (affine: 2x + 1) on a 1×n row of given values, loss Σ y, standalone (mode 0) or in a fusion region
  * (1: fusion on, 2: lean) that keeps only z = 1·y + 0 — so backward recomputes or re-reads y
  * itself. Fills y[] and dx[]. */
@@ -974,6 +1007,7 @@ int main(void)
         cmocka_unit_test(test_every_op_vs_finite_differences),
         cmocka_unit_test(test_float32_matches_float64),
         cmocka_unit_test(test_softmax_xent_extreme_logits),
+        cmocka_unit_test(test_softmax_xent_max_anywhere),
         cmocka_unit_test(test_softplus_large_inputs),
         cmocka_unit_test(test_exp_overflow),
         cmocka_unit_test(test_log_sqrt_out_of_domain),

@@ -331,6 +331,41 @@ static void test_clip_value_in_run(void **state)
     tg_trainer_free(tr);
 }
 
+/* A bare tg_trainer_step (no log, no progress callback, no --clip-norm) skips the gradient
+ * norms: the parameters must come out byte for byte as from a run that logs them, and a run that
+ * blows up must still stop with the divergence message. */
+static void test_bare_steps_skip_norms(void **state)
+{
+    (void)state;
+    char log[] = "/tmp/tg_train_bareXXXXXX";
+    int fd = mkstemp(log);
+    assert_true(fd >= 0);
+    close(fd);
+    struct tg_train_config a = {.hidden = 8, .batch = 4, .seed = 5, .clip_value = 0.05, .eval_size = 8};
+    struct tg_train_config b = a;
+    b.log_path = log;
+    struct tg_trainer *ta = new_trainer(&a), *tb = new_trainer(&b);
+    for (int i = 0; i < 6; i++) step(ta), step(tb);
+    size_t na, nb;
+    unsigned char *pa = param_bytes(tg_trainer_model(ta), &na), *pb = param_bytes(tg_trainer_model(tb), &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(pa, pb, na);
+    free(pa);
+    free(pb);
+    tg_trainer_free(ta);
+    tg_trainer_free(tb);
+    unlink(log);
+
+    struct tg_train_config d = {.cell = "rnn_relu", .task = "adding", .length = 30, .lr = 1e4,
+                                .optimizer = "sgd", .eval_size = 8};
+    struct tg_trainer *td = new_trainer(&d);
+    enum tg_status st = TG_OK;
+    for (int i = 0; i < 20 && st == TG_OK; i++) st = tg_trainer_step(td);
+    assert_int_equal(st, TG_ERR_VALUE);
+    assert_non_null(strstr(tg_last_error(), "training diverged at step"));
+    tg_trainer_free(td);
+}
+
 static void test_bad_config(void **state)
 {
     (void)state;
@@ -419,6 +454,7 @@ int main(void)
         cmocka_unit_test(test_every_task_every_cell),
         cmocka_unit_test(test_tbptt),
         cmocka_unit_test(test_clip_value_in_run),
+        cmocka_unit_test(test_bare_steps_skip_norms),
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_sample_errors),
         cmocka_unit_test(test_no_alloc_after_warmup),

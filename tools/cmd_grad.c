@@ -357,6 +357,10 @@ static int read_data(const struct tg_st_file *f, const struct layout *lo, struct
                                 d->x[i * lo->I + j], t, b, j, t + 1, d->T, b, b, (int)d->len[b]);
             }
         }
+        if (labels[i] == -100) { /* F.cross_entropy's default ignore_index: no loss here */
+            d->y[i] = -1;
+            continue;
+        }
         if (labels[i] < 0 || labels[i] >= lo->V) {
             int64_t v = labels[i];
             free(labels);
@@ -481,7 +485,8 @@ static int grad_main(int argc, char **argv)
     if (pr < 0) return 1;
     if (pr > 0) {
         printf("\nRuns the model from a zero state in the parameters' dtype (F32 or F64); the loss is the\n"
-               "cross-entropy summed over all T*B positions. Writes G with loss (shape []), the gradient\n"
+               "cross-entropy summed over all T*B positions (a label of -100, F.cross_entropy's ignore_index,\n"
+               "carries no loss). Writes G with loss (shape []), the gradient\n"
                "of every parameter under its own name and shape, h_n (L, B, H) and, for lstm, c_n.\n"
                "Sizes and layers come from the tensors. On any error: one line on stderr, exit 1, and\n"
                "G is not written (an existing G is left as it was).\n"

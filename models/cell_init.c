@@ -7,7 +7,8 @@
  *
  * A cell file without init lines starts exactly as before (every parameter U(−1/√H, 1/√H), the
  * trainer's default); init lines then overwrite what they name, in file order, for every layer.
- * The numbers are constants (a leading minus is allowed): uniform needs a < b, normal std ≥ 0.
+ * The numbers are constants of numbers, H and I with + − · / and sqrt (PyTorch's bound is
+ * 1/sqrt(H)), evaluated with each layer's sizes: uniform needs a < b, normal std ≥ 0.
  * `orthogonal` (Saxe et al. 2014; PyTorch's nn.init.orthogonal_) takes a matrix or a row slice
  * of one, r × c: a Gaussian matrix, transposed to be tall if r < c, orthonormalised by
  * Gram–Schmidt (twice, for accuracy) — that is its QR factor Q with R's diagonal made positive,
@@ -19,6 +20,7 @@
  * that are not constants or out of range, two inits of the same parameter (or slice),
  * orthogonal on a vector, and (per layer size) a slice outside the parameter. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,12 +28,66 @@
 
 #define ERR(e, ...) cl_error_at(c->f, (e)->line, (e)->col, __VA_ARGS__)
 
-/* A constant: a number or a negated one. */
+/* An init's number: a constant expression of numbers, H and I with + − · / and sqrt, e.g.
+ * PyTorch's bound 1/sqrt(H). Returns the first part that is not one (NULL: all are); *uses_size
+ * is set when it names H or I, whose values differ between layers. */
+static const struct cl_expr *not_scalar(const struct cl_expr *e, int *uses_size)
+{
+    switch (e->kind) {
+    case CL_NUM: return NULL;
+    case CL_NAME:
+        if ((!strcmp(e->name, "H") || !strcmp(e->name, "I"))) return *uses_size = 1, NULL;
+        return e;
+    case CL_NEG: return not_scalar(e->a, uses_size);
+    case CL_ADD: case CL_SUB: case CL_MUL: case CL_DIV: {
+        const struct cl_expr *bad = not_scalar(e->a, uses_size);
+        return bad ? bad : not_scalar(e->b, uses_size);
+    }
+    case CL_CALL:
+        if (!strcmp(e->name, "sqrt") && e->n_args == 1) return not_scalar(e->args[0], uses_size);
+        return e;
+    default: return e;
+    }
+}
+
+/* Its value for one layer's H and I (NaN or ±inf where the arithmetic gives them). */
+static double scalar(const struct cl_expr *e, int H, int I)
+{
+    switch (e->kind) {
+    case CL_NUM: return e->num;
+    case CL_NAME: return e->name[0] == 'H' ? H : I;
+    case CL_NEG: return -scalar(e->a, H, I);
+    case CL_ADD: return scalar(e->a, H, I) + scalar(e->b, H, I);
+    case CL_SUB: return scalar(e->a, H, I) - scalar(e->b, H, I);
+    case CL_MUL: return scalar(e->a, H, I) * scalar(e->b, H, I);
+    case CL_DIV: return scalar(e->a, H, I) / scalar(e->b, H, I);
+    default: return sqrt(scalar(e->args[0], H, I)); /* CL_CALL sqrt, as not_scalar allowed */
+    }
+}
+
+/* A number that names no size: its value now. */
 static int constant(const struct cl_expr *e, double *v)
 {
-    if (e->kind == CL_NUM) return *v = e->num, 1;
-    if (e->kind == CL_NEG && e->a->kind == CL_NUM) return *v = -e->a->num, 1;
-    return 0;
+    int sized = 0;
+    if (not_scalar(e, &sized) || sized) return 0;
+    *v = scalar(e, 0, 0);
+    return 1;
+}
+
+/* The numbers of an init for one layer's sizes; the message names what is wrong, else NULL. */
+static const char *numbers(const struct cinit *in, int H, int I, double *a, double *b, char *msg, size_t n)
+{
+    *a = in->ea ? scalar(in->ea, H, I) : in->a;
+    *b = in->eb ? scalar(in->eb, H, I) : in->b;
+    if (!isfinite(*a) || (in->kind != IN_CONST && !isfinite(*b)))
+        snprintf(msg, n, "a number is not finite at H = %d, I = %d", H, I);
+    else if (in->kind == IN_UNIFORM && !(*a < *b))
+        snprintf(msg, n, "uniform(%g, %g) needs a < b (H = %d, I = %d)", *a, *b, H, I);
+    else if (in->kind == IN_NORMAL && !(*b >= 0))
+        snprintf(msg, n, "normal(%g, %g) needs a standard deviation >= 0 (H = %d, I = %d)", *a, *b, H, I);
+    else
+        return NULL;
+    return msg;
 }
 
 static int param_index(const struct cfile *c, const char *name)
@@ -59,8 +115,11 @@ static int resolve(struct cfile *c, const struct cl_stmt *s, struct cinit *in)
         if (cc_size(c, d->rows, &in->lo) || cc_size(c, d->cols, &in->hi)) return -1;
     }
     double v;
+    int sized = 0;
     if (constant(e, &v)) {
         in->kind = IN_CONST, in->a = v;
+    } else if (!not_scalar(e, &sized) && sized) {
+        in->kind = IN_CONST, in->ea = e;
     } else if (e->kind == CL_NAME && (!strcmp(e->name, "zeros") || !strcmp(e->name, "ones"))) {
         in->kind = IN_CONST, in->a = e->name[0] == 'o';
     } else if (e->kind == CL_NAME && !strcmp(e->name, "orthogonal")) {
@@ -74,10 +133,17 @@ static int resolve(struct cfile *c, const struct cl_stmt *s, struct cinit *in)
         if (e->n_args != 2)
             return ERR(e, "init %s: %s takes two numbers, %s, not %d", d->name, e->name,
                        uni ? "uniform(a, b)" : "normal(mean, std)", e->n_args);
-        for (int k = 0; k < 2; k++)
-            if (!constant(e->args[k], k ? &in->b : &in->a))
-                return ERR(e->args[k], "init %s: %s is not a number (the bounds of an init are "
-                           "constants)", d->name, cl_expr_text(c->f, e->args[k], b, sizeof b));
+        for (int k = 0; k < 2; k++) {
+            int uses = 0;
+            const struct cl_expr *bad = not_scalar(e->args[k], &uses);
+            if (bad)
+                return ERR(bad, "init %s: %s is not a number (the numbers of an init are constants "
+                           "of numbers, H and I with + - * / and sqrt)", d->name,
+                           cl_expr_text(c->f, bad, b, sizeof b));
+            if (uses) *(k ? &in->eb : &in->ea) = e->args[k];
+            else *(k ? &in->b : &in->a) = scalar(e->args[k], 0, 0);
+        }
+        if (in->ea || in->eb) return 0; /* checked per layer, when H and I are known */
         if (!isfinite(in->a) || !isfinite(in->b))
             return ERR(e, "init %s: %s has a number that is not finite", d->name, e->name);
         if (uni && !(in->a < in->b))
@@ -130,6 +196,10 @@ int cc_init_check_sizes(const struct cfile *c, int H, int I)
 {
     for (int k = 0; k < c->n_inits; k++) {
         const struct cinit *in = &c->inits[k];
+        double a, b;
+        char msg[160];
+        if ((in->ea || in->eb) && numbers(in, H, I, &a, &b, msg, sizeof msg))
+            return ERR(in->stmt->expr, "init %s: %s", in->stmt->decls->name, msg);
         if (!in->sliced) continue;
         const struct cl_decl *d = in->stmt->decls;
         long long lo = lf_eval(in->lo, H, I), hi = lf_eval(in->hi, H, I), n = extent(c, in->param, H, I);
@@ -199,6 +269,11 @@ static enum tg_status apply(const struct cfile *c, const struct cinit *in, struc
                             int H, int I, struct tg_rng *rng)
 {
     int vector = c->params[in->param].ndim == 1;
+    double a, b;
+    char msg[160];
+    if (numbers(in, H, I, &a, &b, msg, sizeof msg))
+        return tg_error(TG_ERR_VALUE, "%s:%d:%d: init %s: %s", c->f->path, in->stmt->expr->line,
+                        in->stmt->expr->col, in->stmt->decls->name, msg);
     long long lo = 0, hi = vector ? t->cols : t->rows;
     if (in->sliced) lo = lf_eval(in->lo, H, I), hi = lf_eval(in->hi, H, I);
     if (!(0 <= lo && lo < hi && hi <= (vector ? t->cols : t->rows)))
@@ -222,9 +297,9 @@ static enum tg_status apply(const struct cfile *c, const struct cinit *in, struc
     }
     for (int i = r0; i < r1; i++)
         for (int j = c0; j < c1; j++) {
-            double v = in->kind == IN_CONST     ? in->a
-                       : in->kind == IN_UNIFORM ? in->a + (in->b - in->a) * tg_rng_uniform(rng)
-                                                : in->a + in->b * tg_rng_normal(rng);
+            double v = in->kind == IN_CONST     ? a
+                       : in->kind == IN_UNIFORM ? a + (b - a) * tg_rng_uniform(rng)
+                                                : a + b * tg_rng_normal(rng);
             tg_set(t, i, j, v);
         }
     return TG_OK;

@@ -74,6 +74,7 @@ struct cinit {
     int param;                  /* index into params */
     enum init_kind kind;
     double a, b;                /* uniform(a, b), normal(a = mean, b = std), constant a */
+    const struct cl_expr *ea, *eb; /* … as written, when they name H or I (evaluated per layer) */
     int sliced;                 /* rows (matrix) or units (vector) [lo, hi) only */
     struct lf lo, hi;
 };

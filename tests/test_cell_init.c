@@ -137,6 +137,41 @@ static void test_init_values(void **state)
 }
 
 /* `init` is a keyword only before a name: an intermediate called init is still an equation. */
+/* Numbers that name the sizes, evaluated per layer: layer 0 reads I = 5 inputs, layer 1 reads
+ * H = 16; W ~ U(−1/√I, 1/√I) must fill each layer's own range (a width near 2/√I), and the
+ * constant 2/H is 1/8 everywhere. */
+static void test_init_size_expressions(void **state)
+{
+    (void)state;
+    struct tg_cell *c = cell_with("init W = uniform(-1/sqrt(I), 1/sqrt(I))\n"
+                                  "init c = 2/H\n"
+                                  "init V = normal(0, 1 / sqrt(2 * H))\n");
+    struct tg_model *m = model(c, 17, 1);
+    for (int l = 0; l < L; l++) {
+        int in = l ? H : IN;
+        double bound = 1 / sqrt((double)in), lo = 1, hi = -1;
+        const struct tg_tensor *w = P(m, "W", l);
+        for (int i = 0; i < w->rows; i++)
+            for (int j = 0; j < w->cols; j++) {
+                double v = tg_get(w, i, j);
+                assert_true(fabs(v) <= bound);
+                lo = fmin(lo, v), hi = fmax(hi, v);
+            }
+        if (!(hi - lo > 1.5 * bound)) fail_msg("layer %d: W spans [%g, %g], bound %g", l, lo, hi, bound);
+        const struct tg_tensor *cv = P(m, "c", l);
+        for (int j = 0; j < H; j++) assert_true(tg_get(cv, 0, j) == 0.125);
+        /* std of V's 2H·H entries against 1/√(2H), loosely: 4·2H·H = 512+ draws */
+        const struct tg_tensor *v = P(m, "V", l);
+        double ss = 0;
+        for (int i = 0; i < v->rows; i++)
+            for (int j = 0; j < v->cols; j++) ss += tg_get(v, i, j) * tg_get(v, i, j);
+        double sd = sqrt(ss / (double)(v->rows * v->cols)), want = 1 / sqrt(2.0 * H);
+        if (fabs(sd / want - 1) > 0.15) fail_msg("layer %d: V's std %g, want %g", l, sd, want);
+    }
+    tg_model_free(m);
+    tg_cell_free(c);
+}
+
 static void test_init_as_a_name(void **state)
 {
     (void)state;
@@ -275,6 +310,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_init_values),
+        cmocka_unit_test(test_init_size_expressions),
         cmocka_unit_test(test_init_as_a_name),
         cmocka_unit_test(test_resume_bit_identical),
         cmocka_unit_test(test_orthogonal_is_lapack_qr),
